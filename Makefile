@@ -1,0 +1,26 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the tests).
+# VENV may point outside the clone (CI reuses a cached one); a fresh machine builds it from nothing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.moejet-installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/moejet demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/layers.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

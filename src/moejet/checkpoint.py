@@ -1,0 +1,147 @@
+"""Model files: safetensors weights that carry the timm model name and kwargs needed to rebuild them.
+
+Every file moejet writes goes through :func:`atomic_output`, so an interrupted run never leaves a
+truncated file behind. User files are read with safetensors or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .errors import UserError
+
+MODEL_KEY, KWARGS_KEY = "moejet.model", "moejet.model_kwargs"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_model(
+    model: nn.Module | dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    model_name: str,
+    model_kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Save weights as safetensors with the model's timm name and kwargs in the header."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    header = {MODEL_KEY: model_name, KWARGS_KEY: json.dumps(model_kwargs or {}, default=_jsonable)}
+    header.update(metadata or {})
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp), metadata=header)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (range, tuple, set)):
+        return list(value)
+    raise TypeError(f"model kwarg {value!r} is not JSON-serialisable")
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` (errors name the file and what to do)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorsError, OSError, ValueError) as err:
+        raise UserError(
+            f"checkpoint {path} is not a readable safetensors file ({err}): re-create or re-download it"
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors`` or ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorsError, RuntimeError, OSError, EOFError, ValueError) as err:
+        raise UserError(
+            f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "it may be truncated or not a weights file: re-create or re-download it"
+        ) from None
+    for key in ("state_dict", "model", "model_state", "module"):  # common training-script wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"checkpoint {path} does not hold a state dict of tensors: pass a weights file")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def build_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, str, dict[str, Any]]:
+    """Rebuild the model a moejet safetensors file was saved from and load its weights strictly.
+
+    Returns ``(model, model_name, model_kwargs)``; ``overrides`` update the saved kwargs.
+    """
+    meta = read_metadata(path)
+    if MODEL_KEY not in meta:
+        raise UserError(
+            f"checkpoint {path} has no moejet model header: it was not written by moejet; "
+            "build the model yourself and load the weights with load_state_dict()"
+        )
+    name, kwargs = meta[MODEL_KEY], {**json.loads(meta.get(KWARGS_KEY, "{}")), **overrides}
+    import moejet.models  # noqa: F401  (registers our models)
+
+    if not timm.is_model(name):
+        raise UserError(f"checkpoint {path} is for model {name!r}, which this timm does not know")
+    model = timm.create_model(name, **kwargs)
+    load_into(model, load_file(str(path)), str(path))
+    return model, name, kwargs
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error on mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise UserError(
+            f"{source} does not match the model architecture: {'; '.join(parts)}; "
+            "check the model name and its arguments"
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,153 @@
+"""SpheroMoE: hyperspherical cross-attention routing over a dual path of core and universal experts.
+
+Read top to bottom against SPEC §1 / paper §3.2. Notation: ``b`` batch, ``n`` tokens, ``d`` channels,
+``S = (E_core + E_univ) * s`` slots (core slots first, expert-major).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from entmax import entmax15
+
+from .experts import BatchedExperts, expert_keep_mask, experts_over_slots
+
+COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
+
+
+class SpheroMoE(nn.Module):
+    """Drop-in replacement for a transformer MLP: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
+
+    The input is expected to be the block's (inherited) ``norm2`` output, so keys are already LayerNorm-ed.
+
+    Args:
+        dim: token width ``d``.
+        core_experts / univ_experts: number of experts on each path (one of them may be 0).
+        slots_per_expert: slots ``s`` each expert processes.
+        mlp_ratio: core expert hidden size is ``int(dim * mlp_ratio)`` (as the dense MLP it replaces).
+        univ_factor: universal expert hidden size is ``int(core_hidden * univ_factor)``.
+        key_l2norm: L2-normalise keys too (released code) instead of keeping their scale (paper).
+        combine: ``"softmax"`` (paper) or ``"entmax15"`` (released configs) over slots.
+        temperature_init: initial value of the learnable dispatch / combine temperatures.
+        noise_std: std of Gaussian noise added to the logits in training; default ``1/(E_core+E_univ)``.
+        expert_dropout: dropout on each expert's hidden activation and output.
+        expert_drop_rate: probability of zeroing one expert's whole output per sample (stochastic expert drop).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        core_experts: int,
+        univ_experts: int,
+        slots_per_expert: int = 1,
+        mlp_ratio: float = 4.0,
+        univ_factor: float = 0.25,
+        key_l2norm: bool = False,
+        combine: str = "softmax",
+        temperature_init: float = 0.5,
+        noise_std: float | None = None,
+        expert_dropout: float = 0.0,
+        expert_drop_rate: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+    ) -> None:
+        super().__init__()
+        if core_experts < 0 or univ_experts < 0 or core_experts + univ_experts == 0:
+            raise ValueError(
+                f"SpheroMoE needs at least one expert, got core_experts={core_experts}, "
+                f"univ_experts={univ_experts}"
+            )
+        if slots_per_expert < 1:
+            raise ValueError(f"slots_per_expert must be >= 1, got {slots_per_expert}")
+        if combine not in COMBINE_FNS:
+            raise ValueError(f"combine must be one of {sorted(COMBINE_FNS)}, got {combine!r}")
+        if not 0.0 <= expert_drop_rate < 1.0:
+            raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
+        core_hidden = int(dim * mlp_ratio)
+        univ_hidden = int(core_hidden * univ_factor)
+        if univ_experts and univ_hidden < 1:
+            raise ValueError(
+                f"univ_factor={univ_factor} gives universal experts a hidden size of {univ_hidden} "
+                f"(core hidden {core_hidden}); use a larger univ_factor"
+            )
+        self.dim = dim
+        self.num_core, self.num_univ = core_experts, univ_experts
+        self.slots_per_expert = slots_per_expert
+        self.num_slots = (core_experts + univ_experts) * slots_per_expert
+        self.key_l2norm = key_l2norm
+        self.combine = combine
+        self.noise_std = 1.0 / (core_experts + univ_experts) if noise_std is None else noise_std
+        self.expert_drop_rate = expert_drop_rate
+        self.temperature_init = float(temperature_init)
+
+        self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
+        self.query_norm = norm_layer(dim)
+        self.dispatch_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
+        self.combine_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
+        make = lambda e, h: BatchedExperts(e, dim, h, act_layer, expert_dropout) if e else None
+        self.core_experts = make(core_experts, core_hidden)
+        self.univ_experts = make(univ_experts, univ_hidden)
+
+        self.record_routing = False  # set True to keep `last_routing` for analysis
+        self.last_routing: dict[str, torch.Tensor] | None = None
+        self.reset_router()
+
+    def reset_router(self) -> None:
+        """Fresh router: orthogonal queries, identity query norm, temperatures back to their init."""
+        nn.init.orthogonal_(self.queries)
+        self.query_norm.reset_parameters()
+        with torch.no_grad():
+            self.dispatch_temperature.fill_(self.temperature_init)
+            self.combine_temperature.fill_(self.temperature_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"SpheroMoE(dim={self.dim}) got input with last dimension {x.shape[-1]}")
+        shape = x.shape
+        x = x.reshape(shape[0], -1, self.dim)  # (b, h, w, d) -> (b, n, d); no-op for (b, n, d)
+
+        keys = F.normalize(x, dim=-1) if self.key_l2norm else x
+        queries = F.normalize(self.query_norm(self.queries), dim=-1)  # on the unit hypersphere
+        logits = keys @ queries.t()  # (b, n, S)
+        if self.training and self.noise_std > 0:
+            logits = logits + torch.randn_like(logits) * self.noise_std
+
+        dispatch_weights = torch.softmax(logits / self.dispatch_temperature, dim=1)  # over tokens
+        combine_weights = COMBINE_FNS[self.combine](logits / self.combine_temperature)  # over slots
+
+        slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): each slot a convex mix of tokens
+        slot_outputs = self._experts(slots)
+        y = combine_weights @ slot_outputs  # (b, n, d)
+
+        if self.record_routing:
+            self.last_routing = {
+                "dispatch": dispatch_weights.detach(),
+                "combine": combine_weights.detach(),
+                "slot_outputs": slot_outputs.detach(),
+            }
+        return y.reshape(shape)
+
+    def _experts(self, slots: torch.Tensor) -> torch.Tensor:
+        """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
+        num_core_slots = self.num_core * self.slots_per_expert
+        outputs = []
+        if self.core_experts is not None:
+            outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
+        if self.univ_experts is not None:
+            outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
+        slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        if self.training and self.expert_drop_rate > 0:
+            mask = expert_keep_mask(slots.shape[0], self.num_core + self.num_univ, self.expert_drop_rate, slots)
+            slot_outputs = slot_outputs * mask.repeat_interleave(self.slots_per_expert, dim=1).unsqueeze(-1)
+        return slot_outputs
+
+    def temperatures(self) -> dict[str, float]:
+        return {"dispatch": self.dispatch_temperature.item(), "combine": self.combine_temperature.item()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, core_experts={self.num_core}, univ_experts={self.num_univ}, "
+            f"slots_per_expert={self.slots_per_expert}, key_l2norm={self.key_l2norm}, combine={self.combine}, "
+            f"noise_std={self.noise_std:.4g}, expert_drop_rate={self.expert_drop_rate}"
+        )

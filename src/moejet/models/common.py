@@ -1,0 +1,81 @@
+"""What every MoE model family shares: building the MoE layer that replaces a block's MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
+
+SPHERO_ARGS = (
+    "slots_per_expert", "univ_factor", "key_l2norm", "combine", "temperature_init",
+    "noise_std", "expert_dropout", "expert_drop_rate",
+)
+SOFT_ARGS = ("slots_per_expert", "expert_dropout")
+
+
+def pop_moe_args(kwargs: dict[str, Any], moe_type: str) -> dict[str, Any]:
+    """Take the router / regularisation options of ``moe_type`` out of a model's kwargs."""
+    names = {"sphero": SPHERO_ARGS, "soft": SOFT_ARGS}.get(moe_type)
+    if names is None:
+        raise ValueError(f"moe_type must be 'sphero' or 'soft', got {moe_type!r}")
+    return {k: kwargs.pop(k) for k in names if k in kwargs}
+
+
+def check_moe_layers(moe_layers: Iterable[int], depth: int) -> tuple[int, ...]:
+    """Validate 0-based MoE block indices against the model depth; sorted, unique."""
+    layers = tuple(sorted({int(i) for i in moe_layers}))
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+        raise ValueError(
+            f"MoE block index {bad[0]} is outside the model's {depth} blocks "
+            f"(moe_layers are 0-based: valid 0..{depth - 1})"
+        )
+    return layers
+
+
+def per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[int, ...]:
+    """An int for every stage, or one value per stage."""
+    if isinstance(value, int):
+        return (value,) * num_stages
+    value = tuple(int(v) for v in value)
+    if len(value) != num_stages:
+        raise ValueError(f"{name} needs one value per stage ({num_stages}), got {value}")
+    return value
+
+
+def make_moe_layer(
+    moe_type: str,
+    dense_mlp: nn.Module,
+    norm: nn.Module,
+    dim: int,
+    mlp_ratio: float,
+    core_experts: int,
+    univ_experts: int,
+    **moe_args: Any,
+) -> nn.Module:
+    """The MoE layer that replaces ``dense_mlp``; activation and query norm follow the dense block."""
+    act_layer = type(dense_mlp.act)
+    if moe_type == "soft":
+        return SoftMoE(dim, core_experts + univ_experts, mlp_ratio=mlp_ratio, act_layer=act_layer, **moe_args)
+    norm_layer = lambda d: type(norm)(d, eps=norm.eps)
+    return SpheroMoE(
+        dim, core_experts, univ_experts, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer,
+        **moe_args,
+    )
+
+
+def moe_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{module name: layer}`` for every SpheroMoE / SoftMoE layer of ``model``."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MOE_LAYERS)}
+
+
+def router_no_weight_decay(model: nn.Module) -> set[str]:
+    """Full parameter names of router queries and temperatures (excluded from weight decay)."""
+    return {
+        f"{prefix}.{pname}"
+        for prefix, layer in moe_modules(model).items()
+        for pname, _ in layer.named_parameters(recurse=False)
+    }
