@@ -1,0 +1,206 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moejet.layers import BatchedExperts, SoftMoE, SpheroMoE, experts_over_slots
+
+torch.manual_seed(0)
+
+
+def reference_experts(experts: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
+    """Per-expert loop with nn.functional.linear: the definition batched experts must match."""
+    outs = []
+    for e in range(experts.num_experts):
+        h = F.gelu(F.linear(x[e], experts.fc1_weight[e], experts.fc1_bias[e]))
+        outs.append(F.linear(h, experts.fc2_weight[e], experts.fc2_bias[e]))
+    return torch.stack(outs)
+
+
+def reference_spheromoe(layer: SpheroMoE, x: torch.Tensor) -> torch.Tensor:
+    """SPEC §1 written out naively for eval mode (no noise, no dropout), one image at a time, expert by expert."""
+    queries = F.normalize(F.layer_norm(layer.queries, (layer.dim,), layer.query_norm.weight, layer.query_norm.bias,
+                                       layer.query_norm.eps), dim=-1)
+    outs = []
+    for xb in x:  # (n, d)
+        keys = F.normalize(xb, dim=-1) if layer.key_l2norm else xb
+        logits = keys @ queries.t()  # (n, S)
+        dispatch = torch.softmax(logits / layer.dispatch_temperature, dim=0)
+        combine = torch.softmax(logits / layer.combine_temperature, dim=1)
+        slots = dispatch.t() @ xb  # (S, d)
+        slot_out = []
+        for j in range(layer.num_slots):
+            e = j // layer.slots_per_expert
+            bank, idx = (layer.core_experts, e) if e < layer.num_core else (layer.univ_experts, e - layer.num_core)
+            h = F.gelu(F.linear(slots[j], bank.fc1_weight[idx], bank.fc1_bias[idx]))
+            slot_out.append(F.linear(h, bank.fc2_weight[idx], bank.fc2_bias[idx]))
+        outs.append(combine @ torch.stack(slot_out))
+    return torch.stack(outs)
+
+
+def randomize(layer: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial values everywhere (biases, norm affine) so equalities test every term."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.ndim == 0:
+                p.fill_(0.3 + torch.rand(()).item())
+            else:
+                p.normal_(0, 0.5)
+    return layer
+
+
+def test_batched_experts_equal_per_expert_loop():
+    experts = randomize(BatchedExperts(5, 12, 20))
+    x = torch.randn(5, 7, 12)
+    torch.testing.assert_close(experts(x), reference_experts(experts, x), rtol=1e-5, atol=1e-5)
+
+
+def test_experts_over_slots_keeps_expert_major_order():
+    experts = randomize(BatchedExperts(3, 8, 16))
+    slots = torch.randn(2, 3 * 4, 8)  # b=2, E=3, s=4
+    out = experts_over_slots(experts, slots)
+    for e in range(3):
+        expected = reference_experts(experts, slots[:, e * 4:(e + 1) * 4].reshape(1, 8, 8).expand(3, -1, -1))[e]
+        torch.testing.assert_close(out[:, e * 4:(e + 1) * 4].reshape(8, 8), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key_l2norm", [False, True])
+@pytest.mark.parametrize("slots_per_expert", [1, 2])
+def test_spheromoe_matches_reference(key_l2norm, slots_per_expert):
+    layer = randomize(SpheroMoE(16, 3, 6, slots_per_expert=slots_per_expert, key_l2norm=key_l2norm)).eval()
+    x = torch.randn(2, 10, 16)
+    torch.testing.assert_close(layer(x), reference_spheromoe(layer, x), rtol=1e-4, atol=1e-5)
+
+
+def test_expert_hidden_sizes_follow_dual_path():
+    layer = SpheroMoE(192, 98, 196)
+    assert layer.core_experts.fc1_weight.shape == (98, 768, 192)
+    assert layer.univ_experts.fc1_weight.shape == (196, 192, 192)
+    assert layer.num_slots == 294 and layer.noise_std == pytest.approx(1 / 294)
+
+
+@pytest.mark.parametrize("combine", ["softmax", "entmax15"])
+def test_routing_weights_are_distributions(combine):
+    layer = SpheroMoE(16, 4, 8, slots_per_expert=2, combine=combine).eval()
+    layer.record_routing = True
+    x = torch.randn(3, 11, 16) * 3
+    y = layer(x)
+    r = layer.last_routing
+    assert r["dispatch"].shape == r["combine"].shape == (3, 11, 24)
+    torch.testing.assert_close(r["dispatch"].sum(1), torch.ones(3, 24))
+    torch.testing.assert_close(r["combine"].sum(-1), torch.ones(3, 11))
+    assert (r["dispatch"] >= 0).all() and (r["combine"] >= 0).all()
+    torch.testing.assert_close(y, r["combine"] @ r["slot_outputs"])
+
+
+def test_entmax15_combine_is_sparse():
+    layer = SpheroMoE(16, 4, 8, combine="entmax15", temperature_init=0.05).eval()
+    layer.record_routing = True
+    layer(torch.randn(2, 9, 16) * 3)
+    combine = layer.last_routing["combine"]
+    assert (combine == 0).float().mean() > 0.3  # exact zeros, unlike softmax
+    torch.testing.assert_close(combine.sum(-1), torch.ones(2, 9))
+
+
+def test_routing_not_recorded_unless_asked():
+    layer = SpheroMoE(16, 2, 2).eval()
+    layer(torch.randn(1, 4, 16))
+    assert layer.last_routing is None
+
+
+def test_eval_is_deterministic_train_is_not():
+    layer = SpheroMoE(16, 4, 8, expert_dropout=0.2, expert_drop_rate=0.2, noise_std=0.5)
+    x = torch.randn(2, 10, 16)
+    layer.eval()
+    torch.testing.assert_close(layer(x), layer(x), rtol=0, atol=0)
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("option", [dict(noise_std=0.5), dict(expert_dropout=0.3), dict(expert_drop_rate=0.3)])
+def test_each_regulariser_alone_makes_training_stochastic(option):
+    base = dict(noise_std=0.0, expert_dropout=0.0, expert_drop_rate=0.0)
+    layer = SpheroMoE(16, 4, 8, **{**base, **option}).train()
+    x = torch.randn(2, 10, 16)
+    assert not torch.equal(layer(x), layer(x))
+    quiet = SpheroMoE(16, 4, 8, **base).train()
+    torch.testing.assert_close(quiet(x), quiet(x), rtol=0, atol=0)
+
+
+def test_stochastic_expert_drop_zeroes_whole_experts_per_sample():
+    layer = SpheroMoE(8, 2, 4, slots_per_expert=2, expert_drop_rate=0.5, noise_std=0.0).train()
+    layer.record_routing = True
+    torch.manual_seed(3)
+    layer(torch.randn(16, 5, 8))
+    out = layer.last_routing["slot_outputs"].reshape(16, 6, 2, 8)  # (b, E, s, d)
+    dropped = out.abs().sum(dim=(2, 3)) == 0  # (b, E)
+    assert 0.2 < dropped.float().mean() < 0.8
+    assert not dropped.all(dim=0).any()  # masks differ per sample
+
+
+def test_gradients_reach_router_and_every_expert():
+    layer = SpheroMoE(16, 3, 5, slots_per_expert=2)
+    layer(torch.randn(2, 7, 16)).square().sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # every single expert gets gradient, not just the bank as a whole
+    assert (layer.core_experts.fc1_weight.grad.flatten(1).abs().sum(1) > 0).all()
+    assert (layer.univ_experts.fc2_weight.grad.flatten(1).abs().sum(1) > 0).all()
+
+
+def test_4d_input_equals_flattened_tokens():
+    layer = randomize(SpheroMoE(8, 2, 4)).eval()
+    x = torch.randn(2, 3, 5, 8)
+    torch.testing.assert_close(layer(x), layer(x.reshape(2, 15, 8)).reshape(2, 3, 5, 8))
+
+
+def test_single_path_layers_work():
+    x = torch.randn(2, 6, 8)
+    assert SpheroMoE(8, 3, 0)(x).shape == x.shape
+    assert SpheroMoE(8, 0, 3)(x).shape == x.shape
+
+
+def test_temperatures_scale_the_logits():
+    layer = randomize(SpheroMoE(8, 2, 4)).eval()
+    layer.record_routing = True
+    x = torch.randn(1, 6, 8)
+    with torch.no_grad():
+        layer.dispatch_temperature.fill_(100.0)
+    layer(x)
+    # a very high dispatch temperature makes every slot a near-uniform average of the tokens
+    torch.testing.assert_close(layer.last_routing["dispatch"], torch.full((1, 6, 6), 1 / 6), atol=2e-2, rtol=0)
+    assert layer.temperatures()["dispatch"] == pytest.approx(100.0)
+
+
+def test_softmoe_matches_definition():
+    layer = randomize(SoftMoE(16, 5)).eval()
+    layer.record_routing = True
+    x = torch.randn(2, 9, 16)
+    y = layer(x)
+    logits = layer.scale * F.normalize(x, dim=-1) @ F.normalize(layer.queries, dim=-1).t()
+    slots = torch.softmax(logits, 1).transpose(1, 2) @ x
+    expected = torch.softmax(logits, -1) @ reference_experts(layer.experts, slots.transpose(0, 1)).transpose(0, 1)
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    assert layer.experts.hidden_dim == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(core_experts=0, univ_experts=0), "at least one expert"),
+        (dict(core_experts=2, univ_experts=2, univ_factor=0.001), "univ_factor=0.001"),
+        (dict(core_experts=2, univ_experts=2, combine="sparsemax"), "combine must be one of"),
+        (dict(core_experts=2, univ_experts=2, expert_drop_rate=1.0), "expert_drop_rate"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpheroMoE(16, **kwargs)
+
+
+def test_wrong_input_width_raises():
+    with pytest.raises(ValueError, match="last dimension 12"):
+        SpheroMoE(16, 2, 2)(torch.randn(1, 4, 12))
+    with pytest.raises(ValueError, match="last dimension 12"):
+        SoftMoE(16, 2)(torch.randn(1, 4, 12))
+    with pytest.raises(ValueError, match="at least one expert"):
+        SoftMoE(16, 0)

@@ -1,0 +1,155 @@
+import pytest
+import timm
+import torch
+
+import moejet  # noqa: F401  (registers the models)
+from moejet.analysis.cost import count_macs, count_params
+from moejet.layers import SoftMoE, SpheroMoE
+from moejet.models import MODEL_NAMES, moe_modules
+
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+TINY_CONVNEXT = dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_classes=10)
+
+
+def meta_params(name, **kwargs):
+    with torch.device("meta"):
+        return count_params(timm.create_model(name, **kwargs)) / 1e6
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "paper_millions"),
+    [
+        ("vjetmoe_tiny_patch16_224", {}, 265),
+        ("vjetmoe_small_patch16_224", {}, 1058),
+        ("softmoe_vit_tiny_patch16_224", {}, 354),
+        ("softmoe_vit_small_patch16_224", {}, 1412),
+        ("vjetmoe_tiny_patch16_224", dict(moe_layers=range(10, 12)), 92),
+        ("vjetmoe_tiny_patch16_224", dict(moe_layers=range(8, 12)), 179),
+        ("vjetmoe_tiny_patch16_224", dict(moe_layers=range(4, 12)), 352),
+        ("vjetmoe_tiny_patch16_224", dict(core_experts=32, univ_experts=64), 89),
+        ("vjetmoe_tiny_patch16_224", dict(core_experts=64, univ_experts=128), 175),
+    ],
+)
+def test_param_counts_match_paper_table4(name, kwargs, paper_millions):
+    assert meta_params(name, **kwargs) == pytest.approx(paper_millions, rel=0.01)
+
+
+def test_every_registered_model_builds_and_runs_tiny():
+    for name in MODEL_NAMES:
+        kwargs = TINY_CONVNEXT if "conv" in name or "cjet" in name else TINY_VIT
+        if name == "cjetmoe_femto":
+            kwargs = dict(kwargs, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
+        elif "moe" in name:
+            kwargs = dict(kwargs, moe_layers=(2, 3), core_experts=2, univ_experts=4, num_experts=None)
+        model = timm.create_model(name, **{k: v for k, v in kwargs.items() if v is not None or k != "num_experts"})
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_default_moe_blocks_are_second_half():
+    with torch.device("meta"):
+        model = timm.create_model("vjetmoe_tiny_patch16_224")
+        femto = timm.create_model("cjetmoe_femto")
+    assert model.moe_layers == tuple(range(6, 12))
+    assert list(moe_modules(model)) == [f"blocks.{i}.mlp" for i in range(6, 12)]
+    assert femto.moe_layers == tuple(range(9, 18))
+    layers = moe_modules(femto)
+    assert [layers[f"stages.2.blocks.{i}.mlp"].num_core for i in range(3, 9)] == [98] * 6
+    assert [layers[f"stages.3.blocks.{i}.mlp"].num_univ for i in range(3)] == [48] * 3
+    assert "stages.2.blocks.2.mlp" not in layers
+
+
+def test_softmoe_models_use_full_experts():
+    with torch.device("meta"):
+        model = timm.create_model("softmoe_vit_tiny_patch16_224")
+    layer = model.blocks[6].mlp
+    assert isinstance(layer, SoftMoE) and layer.num_experts == 197 and layer.experts.hidden_dim == 768
+    assert not isinstance(model.blocks[5].mlp, (SoftMoE, SpheroMoE))
+
+
+def test_dense_vit_checkpoint_loads_into_vjetmoe(tmp_path):
+    dense = timm.create_model("vit_tiny_patch16_224", **TINY_VIT)
+    path = tmp_path / "vit.pth"
+    torch.save(dense.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    moe = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(2, 3), core_experts=2, univ_experts=4)
+    result = moe.load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == sorted(
+        f"blocks.{i}.mlp.{fc}.{p}" for i in (2, 3) for fc in ("fc1", "fc2") for p in ("weight", "bias")
+    )
+    assert all(k.startswith(("blocks.2.mlp.", "blocks.3.mlp.")) for k in result.missing_keys)
+    assert len(result.missing_keys) == 2 * 13  # queries, query_norm (2), temperatures (2), 2 banks x 4 tensors
+    moe_state = moe.state_dict()
+    for key, value in state.items():
+        if key in moe_state:
+            assert torch.equal(moe_state[key], value), key
+
+
+def test_convnext_d18_and_cjetmoe_share_dense_keys():
+    dense = timm.create_model("convnext_femto_d18", **TINY_CONVNEXT)
+    moe = timm.create_model("cjetmoe_femto", **TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2),
+                            univ_experts=(0, 0, 4, 4))
+    dense_keys = set(dense.state_dict())
+    moe_keys = set(moe.state_dict())
+    moe_mlp = ("stages.2.blocks.1.mlp.", "stages.3.blocks.0.mlp.")
+    assert {k for k in dense_keys - moe_keys} == {k for k in dense_keys if k.startswith(moe_mlp)}
+    assert all(k.startswith(moe_mlp) for k in moe_keys - dense_keys)
+
+
+def test_convnext_moe_block_equals_flattened_tokens():
+    moe = timm.create_model("cjetmoe_femto", **TINY_CONVNEXT, moe_layers=(3,), core_experts=2,
+                            univ_experts=4).eval()
+    layer = moe.stages[2].blocks[1].mlp
+    seen = {}
+    layer.register_forward_hook(lambda m, i, o: seen.update(x=i[0], y=o))
+    moe(torch.randn(2, 3, 32, 32))
+    x, y = seen["x"], seen["y"]
+    assert x.ndim == 4  # (b, h, w, d), channels-last inside the ConvNeXt block
+    torch.testing.assert_close(y, layer(x.flatten(1, 2)).reshape(x.shape))
+
+
+def test_no_weight_decay_lists_router_queries_and_temperatures():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(3,), core_experts=2,
+                              univ_experts=4)
+    names = model.no_weight_decay()
+    assert {"blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature", "pos_embed"} <= names
+    assert "blocks.3.mlp.core_experts.fc1_weight" not in names
+
+
+def test_timm_kwargs_pass_through():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **dict(TINY_VIT, num_classes=7), global_pool="avg",
+                              drop_path_rate=0.1, moe_layers=(3,), core_experts=2, univ_experts=4, combine="entmax15",
+                              key_l2norm=True, expert_drop_rate=0.1)
+    assert model.global_pool == "avg" and model.head.out_features == 7
+    layer = model.blocks[3].mlp
+    assert layer.combine == "entmax15" and layer.key_l2norm and layer.expert_drop_rate == 0.1
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("vjetmoe_tiny_patch16_224", dict(moe_layers=(3, 4)), "MoE block index 4 is outside the model's 4 blocks"),
+        ("vjetmoe_tiny_patch16_224", dict(core_experts=0, univ_experts=0), "at least one expert"),
+        ("vjetmoe_tiny_patch16_224", dict(univ_factor=0.001), "univ_factor"),
+        ("vjetmoe_tiny_patch16_224", dict(moe_type="switch"), "moe_type must be"),
+        ("cjetmoe_femto", dict(moe_layers=(4,), core_experts=(1, 2)), "one value per stage"),
+        ("cjetmoe_femto", dict(moe_layers=(4,), conv_mlp=True), "conv_mlp=False"),
+    ],
+)
+def test_bad_model_arguments_raise(name, kwargs, message):
+    base = TINY_CONVNEXT if name == "cjetmoe_femto" else TINY_VIT
+    with pytest.raises(ValueError, match=message):
+        timm.create_model(name, **{**base, **kwargs})
+
+
+def test_macs_split_routing_from_experts():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(3,), core_experts=2,
+                              univ_experts=4)
+    macs, routing = count_macs(model, (3, 32, 32))
+    n, slots, d = 17, 6, 32  # 16 patches + cls token
+    assert routing == 3 * n * slots * d  # logits, dispatch, combine
+    dense = timm.create_model("vit_tiny_patch16_224", **TINY_VIT)
+    dense_macs, dense_routing = count_macs(dense, (3, 32, 32))
+    assert dense_routing == 0
+    dense_mlp = n * 2 * d * 4 * d
+    experts = 2 * 2 * d * 4 * d + 4 * 2 * d * d  # one slot per expert
+    assert macs - routing == dense_macs - dense_mlp + experts
