@@ -17,7 +17,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import UserError
@@ -76,7 +76,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except (SafetensorsError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise UserError(
             f"checkpoint {path} is not a readable safetensors file ({err}): re-create or re-download it"
         ) from None
@@ -91,7 +91,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorsError, RuntimeError, OSError, EOFError, ValueError) as err:
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as err:
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
             "it may be truncated or not a weights file: re-create or re-download it"
