@@ -1,0 +1,150 @@
+"""``moejet analyze``: expert attention maps, contributions, convergence curves, cost tables, recycling coverage.
+
+Heavy imports (torch, matplotlib) happen inside the handlers so ``moejet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("analyze", help="pictures and tables of what a MoE model's experts do",
+                              description="Analysis figures of the paper (Fig. 5-7, Tables 4 and 8) for any model.")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS")
+
+    a = sub.add_parser("attention", help="dispatch maps of the most important experts per MoE layer on one image")
+    _model_args(a)
+    a.add_argument("--image", required=True, help="image file (anything PIL reads)")
+    a.add_argument("--layers", type=int, nargs="+", metavar="BLOCK",
+                   help="0-based MoE block indices to show (default: all MoE blocks)")
+    a.add_argument("--top-k", type=int, default=3, help="experts per path (core / universal) and layer (default 3)")
+    a.set_defaults(func=run_attention)
+
+    c = sub.add_parser("contributions", help="per-expert contribution to each MoE layer's output (Table 8)")
+    _model_args(c)
+    c.add_argument("--data", required=True, metavar="DATASET_SPEC", help="dataset spec, e.g. cifar100 or synthetic")
+    c.add_argument("--images", type=int, default=256, help="validation images to average over (default 256)")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.set_defaults(func=run_contributions)
+
+    v = sub.add_parser("curves", help="val top-1 vs epoch and wall time of runs, time to a target accuracy")
+    v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (with metrics.jsonl)")
+    v.add_argument("--target", type=float, default=76.0, help="target val top-1 in percent (default 76)")
+    v.add_argument("--out", help="output directory (default: FIRST_RUN/analysis)")
+    v.set_defaults(func=run_curves)
+
+    k = sub.add_parser("cost", help="params and MACs per image (with / without routing), as in Table 4")
+    k.add_argument("models", nargs="+", metavar="MODEL", help="timm model names or moejet checkpoints")
+    k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model keyword argument (YAML value), e.g. --set moe_layers=[10,11]; repeatable")
+    k.add_argument("--out", help="also write cost.md and cost.json to this directory")
+    k.set_defaults(func=run_cost)
+
+    r = sub.add_parser("recycling", help="which predecessor neurons each recycled expert took, and their overlap")
+    r.add_argument("report", metavar="RUN_DIR_OR_JSON", help="moejet recycle output directory or its recycle.json")
+    r.add_argument("--out", help="output directory (default: next to recycle.json, in analysis/)")
+    r.set_defaults(func=run_recycling)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="moejet model checkpoint (.safetensors)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/analysis)")
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from .io import load_moe_model
+
+    model = load_moe_model(args.checkpoint)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    try:
+        model.to(torch.device(device))
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(f"cannot use device {args.device!r} ({err}): pass --device cpu") from None
+    input_size = (3, args.img_size, args.img_size) if args.img_size else None
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "analysis"
+    return model, input_size, out
+
+
+def _report(files: list[Path], table: str) -> int:
+    print(table)
+    for f in files:
+        print(f"wrote {f}{_png_size(f)}")
+    return 0
+
+
+def _png_size(path: Path) -> str:
+    if path.suffix != ".png":
+        return ""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return f" ({img.width}x{img.height} px)"
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from .report import write_attention
+
+    model, input_size, out = _load(args)
+    return _report(*write_attention(model, args.image, out, args.top_k, args.layers, input_size))
+
+
+def run_contributions(args: argparse.Namespace) -> int:
+    from .report import write_contributions
+
+    model, input_size, out = _load(args)
+    return _report(*write_contributions(model, args.data, out, args.images, args.batch_size, input_size,
+                                        Path(args.checkpoint).name))
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    from .report import write_curves
+
+    first = Path(args.runs[0])
+    out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "analysis"
+    return _report(*write_curves(args.runs, out, args.target))
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from .report import write_cost
+
+    files, table = write_cost(args.models, args.out, **parse_sets(args.set))
+    print(table)
+    print("\nMACs per image at each model's input size (torch FlopCounterMode, attention included); "
+          "'routing' = MoE logits, dispatch and combine matmuls.")
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+def run_recycling(args: argparse.Namespace) -> int:
+    from .recycling import recycle_report_path
+    from .report import write_recycling
+
+    out = Path(args.out) if args.out else recycle_report_path(args.report).parent / "analysis"
+    return _report(*write_recycling(args.report, out))
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``["k=v", ...]`` -> kwargs, values parsed as YAML (ints, floats, lists, booleans, strings)."""
+    import yaml
+
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+    return kwargs
