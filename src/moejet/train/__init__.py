@@ -1,0 +1,10 @@
+"""Fine-tuning with the paper's recipe (SPEC §4): ``moejet train`` / ``moejet eval`` and their Python API."""
+
+from .config import Config, batch_plan, config_from_dict, dump_config, load_config
+from .engine import evaluate, read_metrics, train
+from .evaluation import evaluate_checkpoint, evaluate_run
+
+__all__ = [
+    "Config", "batch_plan", "config_from_dict", "dump_config", "evaluate", "evaluate_checkpoint", "evaluate_run",
+    "load_config", "read_metrics", "train",
+]

@@ -1,0 +1,88 @@
+"""``moejet train`` and ``moejet eval`` (both also run under ``torchrun --nproc_per_node N -m moejet ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..checkpoint import write_json
+from ..errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="fine-tune a model from a YAML config (paper recipe), or resume a run",
+        description="Train a model from a YAML config into a run directory. Under torchrun every process "
+                    "joins one process group; train.batch_size stays the global batch whatever the process count.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=1e-3 --set model.kwargs.depth=6 (repeatable)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                   help="leave after this many epochs of this invocation (the run stays resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one summary line per epoch)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser("eval", help="top-1 / top-5 of a run or a checkpoint on a dataset's val split")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, metavar="RUN_DIR", help="a `moejet train` run directory")
+    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a weights file (needs --config)")
+    e.add_argument("--config", type=Path, help="config naming the dataset (with --checkpoint)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (e.g. --set data.root=/data)")
+    e.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of the run (default best)")
+    e.add_argument("--batch-size", type=int, help="images per process and batch")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's train.device")
+    e.add_argument("--out", type=Path, help="eval.json path (default: RUN_DIR/eval.json or next to --checkpoint)")
+    e.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import dump_config, load_config
+    from .engine import train
+
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UserError("--stop-after must be >= 1")
+    if args.resume is not None:
+        if args.config is not None:
+            raise UserError("--resume uses the run's own config.yaml: drop --config (use --set to change values)")
+        train(run_dir=args.resume, resume=True, overrides=args.overrides, stop_after=args.stop_after,
+              progress=not args.no_progress)
+        return 0
+    if args.config is None:
+        raise UserError("give --config FILE (see configs/) or --resume RUN_DIR")
+    config = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    if config.name == "run":
+        config.name = args.config.stem
+    train(config, args.out or Path("runs") / config.name, stop_after=args.stop_after, progress=not args.no_progress)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluation import evaluate_checkpoint, evaluate_run, format_result
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if args.run is not None:
+        if args.config is not None:
+            raise UserError("--run uses the run's own config.yaml: drop --config")
+        result = evaluate_run(args.run, args.which, args.batch_size, args.device, args.overrides)
+        out = args.out or args.run / "eval.json"
+    else:
+        if args.config is None:
+            raise UserError("--checkpoint needs --config FILE naming the dataset to evaluate on")
+        result = evaluate_checkpoint(args.checkpoint, load_config(args.config, args.overrides), args.batch_size,
+                                     args.device)
+        out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(format_result(result))
+        write_json(out, result)
+    return 0

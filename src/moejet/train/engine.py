@@ -1,0 +1,438 @@
+"""The training loop: one function, :func:`train`, that runs (or resumes) a run directory.
+
+Run directory (read by the analysis tools and the demo)::
+
+    RUN/config.yaml         resolved config (learning rate written in)
+    RUN/metrics.jsonl       one JSON object per epoch: epoch (1-based), train_loss, val_top1, val_top5 (percent),
+                            val_loss, lr, images_per_s, epoch_time_s, wall_time_s (cumulative), step,
+                            temperatures {moe module: {"dispatch", "combine"}} (+ val_top1_ema / val_top5_ema)
+    RUN/last.safetensors    model weights (moejet.checkpoint.save_model: rebuild with build_from_checkpoint)
+    RUN/best.safetensors    weights of the epoch with the best val_top1
+    RUN/last.state.pt       optimizer, scheduler, grad scaler, EMA, RNG states, epoch, step (weights_only-loadable)
+
+Every epoch starts from RNG states derived from (seed, epoch, rank), and checkpoints are written at
+epoch ends, so ``--resume`` continues bit-exactly in deterministic mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from ..checkpoint import atomic_output, read_metadata, save_model
+from ..errors import UserError
+from ..models import moe_modules
+from . import build
+from .config import Config, batch_plan, dump_config, load_config
+from .distributed import (
+    Dist,
+    all_reduce_max,
+    all_reduce_sum,
+    epoch_seed,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+    setup,
+    teardown,
+)
+
+CONFIG, METRICS, LAST, BEST, STATE = "config.yaml", "metrics.jsonl", "last.safetensors", "best.safetensors", \
+    "last.state.pt"
+
+
+def train(
+    config: Config | None = None,
+    run_dir: str | Path = "runs/run",
+    resume: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    stop_after: int | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``config`` into ``run_dir`` (or continue the run there when ``resume``); returns all epochs' metrics.
+
+    ``stop_after``: leave after this many epochs of this invocation (the run stays resumable).
+    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming.
+    ``progress``: a tqdm bar per epoch; ``verbose``: the header and one summary line per epoch;
+    ``on_epoch(row)``: called on rank 0 with each epoch's metrics once its checkpoints are written.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / STATE).is_file() or not (run_dir / CONFIG).is_file():
+            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {STATE}): check the path")
+        config = load_config(run_dir / CONFIG, overrides)
+    elif config is None:
+        raise UserError("give a config to train (or resume a run directory)")
+    elif (run_dir / CONFIG).exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
+
+    d = setup(config.train.device)
+    try:
+        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose)
+    finally:
+        teardown(d)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, d: Dist,
+           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool) -> list[dict[str, Any]]:
+    t = config.train
+    set_deterministic(t.deterministic)
+    seed_everything(t.seed)
+    micro, accum = batch_plan(config, d.world_size)
+    amp_dtype = _amp_dtype(t.amp, d.device)
+
+    # data first: the dataset decides the number of classes
+    meta_name, meta_kwargs = config.model.name, {**config.model.kwargs}
+    with torch.device("meta"):
+        probe = build.create_model(meta_name, meta_kwargs, pretrained=False)
+    train_tf, val_tf = build.build_transforms(config, probe)
+    train_ds = build.build_dataset(config, "train", train_tf)
+    val_ds = build.build_dataset(config, "val", val_tf)
+    num_classes = build.num_classes_of(train_ds, config)
+
+    seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
+    model, model_name, model_kwargs = build.build_model(config, num_classes)
+    model.to(d.device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build.build_optimizer(config, model)
+    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup = build.build_mixup(config, num_classes)
+    loss_fn = build.build_loss(config)
+
+    sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=t.seed)
+    loader_rng = torch.Generator()
+    train_loader = DataLoader(
+        train_ds, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_rng,
+        num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and d.device.type == "cuda",
+        worker_init_fn=_seed_worker, persistent_workers=False,
+    )
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, d)
+    steps_per_epoch = len(train_loader) // accum
+    if config.debug.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.debug.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise UserError(
+            f"dataset {config.data.dataset!r} has {len(train_ds)} training images, fewer than one global batch "
+            f"(train.batch_size = {t.batch_size}): lower train.batch_size"
+        )
+    scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
+
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0}
+    metrics: list[dict[str, Any]] = []
+    if resume:
+        state, metrics = _load_state(run_dir, model, optimizer, scheduler, scaler, ema)
+        model.to(d.device)
+    elif d.is_main:
+        with atomic_output(run_dir / CONFIG) as tmp:
+            tmp.write_text(dump_config(config))
+        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False)
+    if resume and d.is_main:  # overrides given with --resume are part of the run from now on
+        with atomic_output(run_dir / CONFIG) as tmp:
+            tmp.write_text(dump_config(config))
+
+    train_model: nn.Module = model
+    if t.compile:
+        train_model = torch.compile(model)
+    if d.enabled:
+        train_model = DistributedDataParallel(train_model, device_ids=[d.device.index] if d.device.type == "cuda"
+                                              else None)
+    writer = _tensorboard(run_dir, t.tensorboard and d.is_main)
+    if d.is_main and verbose:
+        print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
+              f"{len(val_ds)} val images, {num_classes} classes); {d.world_size} process(es) on {d.device}; "
+              f"global batch {t.batch_size} = {micro} x {d.world_size} x {accum} accumulation; "
+              f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
+
+    epochs_run = 0
+    for epoch in range(state["epoch"], config.schedule.epochs):
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+        seed_everything(epoch_seed(t.seed, epoch, d.rank))
+        loader_rng.manual_seed(epoch_seed(t.seed, epoch, d.rank))
+        sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        train_loss, images = _train_epoch(
+            config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
+            ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress,
+        )
+        train_time = time.perf_counter() - start
+        last_epoch = epoch + 1 == config.schedule.epochs
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss}
+        if (epoch + 1) % t.eval_every == 0 or last_epoch:
+            row.update(_prefixed(evaluate(model, val_loader, d, amp_dtype, t.channels_last), "val_"))
+            if ema is not None:
+                ema_eval = evaluate(ema.module, val_loader, d, amp_dtype, t.channels_last)
+                row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
+        epoch_time = time.perf_counter() - start
+        state["wall_time_s"] += epoch_time
+        row.update(
+            lr=max(g["lr"] for g in optimizer.param_groups), images_per_s=images / train_time,
+            epoch_time_s=epoch_time, wall_time_s=state["wall_time_s"],
+            temperatures={name: layer.temperatures() for name, layer in moe_modules(model).items()
+                          if hasattr(layer, "temperatures")},
+        )
+        metrics.append(row)
+        state["epoch"] = epoch + 1
+        is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
+        if is_best:
+            state["best_top1"] = row["val_top1"]
+        if d.is_main:
+            _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best)
+            if verbose:
+                print(_summary(row, config.schedule.epochs), flush=True)
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, float):
+                        writer.add_scalar(key, value, epoch + 1)
+                writer.flush()
+            if on_epoch is not None:
+                on_epoch(row)
+        epochs_run += 1
+    if writer is not None:
+        writer.close()
+    return metrics
+
+
+def _train_epoch(
+    config: Config, epoch: int, train_model: nn.Module, model: nn.Module, loader: DataLoader, steps: int,
+    accum: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
+    ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
+    run_dir: Path, d: Dist, progress: bool,
+) -> tuple[float, int]:
+    """One epoch of ``steps`` optimizer steps of ``accum`` micro-batches; returns (mean train loss, images seen)."""
+    t = config.train
+    train_model.train()
+    scheduler.step_update(state["step"])
+    loss_sum = torch.zeros(2, device=d.device, dtype=torch.float64)  # (sum of per-image losses, images)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False, dynamic_ncols=True,
+               disable=not (progress and d.is_main))
+    batches = iter(loader)
+    for step_in_epoch in range(steps):
+        step_loss = torch.zeros(2, device=d.device, dtype=torch.float64)
+        for micro_step in range(accum):
+            images, targets = _to_device(next(batches), d.device, t.channels_last)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            sync = micro_step == accum - 1
+            with _no_sync(train_model, sync), _autocast(d.device, amp_dtype):
+                loss = loss_fn(train_model(images).float(), targets)
+                if config.debug.nan_at_step == state["step"] + 1:  # test hook: simulate a diverging run
+                    loss = loss * float("nan")
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+            step_loss += torch.stack([loss.detach().double() * images.shape[0],
+                                      torch.tensor(images.shape[0], device=d.device, dtype=torch.float64)])
+        bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), d)
+        if bad.item():
+            optimizer.zero_grad(set_to_none=True)
+            bar.close()
+            good = read_metadata(run_dir / LAST).get("moejet.epoch", "?") if (run_dir / LAST).exists() else "none"
+            raise UserError(
+                f"the training loss became non-finite at epoch {epoch + 1}, step {step_in_epoch + 1} "
+                f"(optimizer step {state['step'] + 1}); stopped. The last good checkpoint is {run_dir / LAST} "
+                f"(epoch {good}): lower optim.lr or raise schedule.warmup_epochs, then --resume {run_dir}"
+            )
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if config.optim.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        scheduler.step_update(state["step"])
+        if ema is not None:
+            ema.update(model, step=state["step"])
+        loss_sum += step_loss
+        bar.update(1)
+        if progress and d.is_main:
+            bar.set_postfix(loss=f"{(step_loss[0] / step_loss[1]).item():.4f}",
+                            lr=f"{max(g['lr'] for g in optimizer.param_groups):.3g}")
+    bar.close()
+    loss_sum = all_reduce_sum(loss_sum, d)
+    return (loss_sum[0] / loss_sum[1]).item(), int(loss_sum[1].item())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over every rank's shard of the data."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=d.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
+    for batch in loader:
+        images, targets = _to_device(batch, d.device, channels_last)
+        with _autocast(d.device, amp_dtype):
+            logits = model(images).float()
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        hit = top == targets[:, None]
+        sums += torch.stack([hit[:, 0].sum(), hit.any(dim=-1).sum(),
+                             nn.functional.cross_entropy(logits, targets, reduction="sum"),
+                             torch.tensor(targets.numel(), device=d.device)]).double()
+    model.train(was_training)
+    sums = all_reduce_sum(sums, d)
+    n = max(sums[3].item(), 1.0)
+    return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
+            "images": int(sums[3].item())}
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _eval_loader(dataset: Any, batch_size: int, config: Config, d: Dist) -> DataLoader:
+    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact)."""
+    shard = Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers,
+                      pin_memory=config.data.pin_memory and d.device.type == "cuda")
+
+
+def _seed_worker(worker_id: int) -> None:
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32  # torch seeds each worker from the loader's generator
+    np.random.seed(seed)  # timm's RandAugment draws ops with NumPy
+    random.seed(seed)
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    images, targets = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, torch.as_tensor(targets).to(device, non_blocking=True)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("config key train.amp = 'fp16' needs a CUDA GPU (grad scaler): use bf16 or none on the CPU")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation."""
+    if sync or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in values.items() if k != "images"}
+
+
+def _summary(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    if "val_top1" in row:
+        parts += [f"val_top1 {row['val_top1']:.2f}", f"val_top5 {row['val_top5']:.2f}"]
+    if "val_top1_ema" in row:
+        parts.append(f"ema_top1 {row['val_top1_ema']:.2f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['images_per_s']:.1f} img/s", f"{row['epoch_time_s']:.1f} s"]
+    return "  ".join(parts)
+
+
+def _tensorboard(run_dir: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("moejet train: warning: train.tensorboard is on but tensorboard is not installed "
+              "(pip install 'moe-jetpack[tensorboard]'); logging to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
+          scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
+          metrics: list[dict[str, Any]], is_best: bool) -> None:
+    """metrics, best, last weights, then last state; each file atomically. Weights and state carry the epoch."""
+    with atomic_output(run_dir / METRICS) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+    header = {"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])}
+    if is_best:
+        save_model(model, run_dir / BEST, name, kwargs, metadata=header)
+    save_model(model, run_dir / LAST, name, kwargs, metadata=header)
+    payload = {
+        **state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": _plain_scheduler_state(scheduler),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng": rng_state(),
+    }
+    with atomic_output(run_dir / STATE) as tmp:
+        torch.save(payload, tmp)
+
+
+def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
+    return {k: v for k, v in scheduler.state_dict().items() if isinstance(v, (int, float, str, bool, list, tuple,
+                                                                              type(None)))}
+
+
+def _load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                ema: ModelEmaV3 | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from safetensors.torch import load_file
+
+    from ..checkpoint import load_into
+
+    try:
+        payload = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise UserError(f"cannot read {run_dir / STATE} ({type(err).__name__}): the run cannot be resumed") from None
+    weights_epoch = read_metadata(run_dir / LAST).get("moejet.epoch")
+    if weights_epoch != str(payload["epoch"]):
+        raise UserError(
+            f"{run_dir / LAST} (epoch {weights_epoch}) and {run_dir / STATE} (epoch {payload['epoch']}) disagree "
+            "(the run was killed while saving): the run cannot be resumed exactly; start a new run from "
+            f"model.init=checkpoint model.init_checkpoint={run_dir / LAST}"
+        )
+    load_into(model, load_file(str(run_dir / LAST)), str(run_dir / LAST))
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload["scaler"] is not None:
+        scaler.load_state_dict(payload["scaler"])
+    if ema is not None:
+        if payload["ema"] is None:
+            raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
+        ema.load_state_dict(payload["ema"])
+    set_rng_state(payload["rng"])
+    metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
+    return state, [row for row in metrics if row["epoch"] <= state["epoch"]]
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``RUN/metrics.jsonl``."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: is {run_dir} a moejet run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+

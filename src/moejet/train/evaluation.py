@@ -1,0 +1,81 @@
+"""``moejet eval``: top-1 / top-5 of a run's checkpoint or of any checkpoint file on a config's val split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
+from ..errors import UserError
+from . import build
+from .config import Config, load_config
+from .distributed import seed_everything, setup, teardown
+from .engine import BEST, CONFIG, LAST, _amp_dtype, _eval_loader, evaluate
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, config: Config, batch_size: int | None = None, device: str | None = None
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``config``'s val split. moejet files rebuild their own model; other weight
+    files are loaded strictly into ``config``'s model. Works under torchrun (metrics are all-reduced)."""
+    d = setup(device or config.train.device)
+    try:
+        seed_everything(config.train.seed)
+        checkpoint = Path(checkpoint)
+        is_moejet = checkpoint.suffix == ".safetensors" and MODEL_KEY in read_metadata(checkpoint)
+        if is_moejet:
+            model, name, _ = build_from_checkpoint(checkpoint, drop_path_rate=0.0)
+            _, val_tf = build.build_transforms(config, model)
+            val_ds = build.build_dataset(config, "val", val_tf)
+        else:
+            with torch.device("meta"):
+                probe = build.create_model(config.model.name, dict(config.model.kwargs), pretrained=False)
+            _, val_tf = build.build_transforms(config, probe)
+            val_ds = build.build_dataset(config, "val", val_tf)
+            model, name, _ = build.build_model(_scratch(config), build.num_classes_of(val_ds, config))
+            load_into(model, load_state_dict(checkpoint), str(checkpoint))
+        classes = build.num_classes_of(val_ds, config)
+        head = model.get_classifier() if hasattr(model, "get_classifier") else None
+        out_features = getattr(head, "out_features", None)
+        if out_features is not None and out_features != classes:
+            raise UserError(
+                f"checkpoint {checkpoint} predicts {out_features} classes but {config.data.dataset!r} has {classes}: "
+                "evaluate it on the dataset it was trained on"
+            )
+        model.to(d.device)
+        loader = _eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, d)
+        result = evaluate(model, loader, d, _amp_dtype(config.train.amp, d.device), config.train.channels_last)
+        return {"checkpoint": str(checkpoint), "model": name, "dataset": config.data.dataset, **result}
+    finally:
+        teardown(d)
+
+
+def evaluate_run(run_dir: str | Path, which: str = "best", batch_size: int | None = None,
+                 device: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Evaluate a run's best (or last) checkpoint on the val split of its own config (``overrides`` applied)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG}): check the path")
+    path = run_dir / {"best": BEST, "last": LAST}[which]
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
+    return evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+
+
+def _scratch(config: Config) -> Config:
+    """The config's model without its init checkpoint (the weights come from the evaluated file)."""
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, init="scratch", init_checkpoint=None))
+
+
+def format_result(result: dict[str, Any]) -> str:
+    return (f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+            f"loss {result['loss']:.4f}  ({result['images']} images)")
+
+
+def result_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2)

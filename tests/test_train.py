@@ -1,0 +1,349 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+import moejet  # noqa: F401  (registers the models)
+from moejet.checkpoint import build_from_checkpoint, read_metadata, save_model
+from moejet.cli import main
+from moejet.errors import UserError
+from moejet.train import build, load_config, train
+from moejet.train.config import batch_plan, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2, "moe_layers": [2, 3], "core_experts": 4,
+            "univ_experts": 8}
+NO_AUGMENT = {"auto_augment": None, "mixup": 0.0, "cutmix": 0.0, "random_erasing": 0.0, "label_smoothing": 0.0,
+              "scale": [1.0, 1.0], "hflip": 0.0, "color_jitter": 0.0}  # scale 1: the crop keeps the whole image
+SYNTHETIC = "synthetic-downstream:size=32,classes=4,per_class=8,val_per_class=4"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: oversubscribed OpenMP threads make tiny ops 10x slower
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**sections):
+    raw = {
+        "name": "tiny",
+        "model": {"name": "vjetmoe_tiny_patch16_224", "kwargs": dict(TINY_VIT), "drop_path_rate": 0.0},
+        "data": {"dataset": SYNTHETIC, "img_size": 32, "num_workers": 0},
+        "augment": dict(NO_AUGMENT),
+        "optim": {"lr": 2e-3, "layer_decay": 0.8},
+        "schedule": {"epochs": 2, "warmup_epochs": 0},
+        "train": {"batch_size": 8, "seed": 0, "deterministic": True},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return config_from_dict(raw)
+
+
+def write_config(path, config_dict):
+    path.write_text(yaml.safe_dump(config_dict))
+    return path
+
+
+def colour_folder(root, per_class=24, val_per_class=12, size=32):
+    """3 classes told apart by their dominant colour channel, under noise: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c in range(3):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.uniform(0, 120, (size, size, 3))
+                pixels[..., c] += 120
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------- full runs
+
+
+def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
+    data = colour_folder(tmp_path / "colours")
+    config = tiny_config(data={"dataset": f"folder:{data}"}, optim={"lr": 3e-3}, train={"batch_size": 8})
+    run = tmp_path / "run"
+    metrics = train(config, run, progress=False)
+
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.safetensors", "config.yaml", "last.safetensors", "last.state.pt", "metrics.jsonl"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == json.loads(json.dumps(metrics))
+    assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [9, 18]
+    for row in rows:
+        assert {"train_loss", "val_top1", "val_top5", "lr", "images_per_s", "epoch_time_s", "wall_time_s"} <= set(row)
+        assert set(row["temperatures"]) == {"blocks.2.mlp", "blocks.3.mlp"}
+        assert set(row["temperatures"]["blocks.2.mlp"]) == {"dispatch", "combine"}
+    assert rows[1]["wall_time_s"] > rows[0]["wall_time_s"]
+    assert rows[-1]["val_top1"] > 60.0, rows  # chance is 33.3%
+    assert rows[-1]["val_top5"] == 100.0  # 3 classes
+    assert rows[-1]["lr"] == pytest.approx(3e-3 * 0.01)  # cosine ends at 1% of lr
+
+    # the resolved config reloads to the same run
+    assert load_config(run / "config.yaml") == config
+    # last / best rebuild with the dataset's class count; their weights are the final model's
+    model, name, kwargs = build_from_checkpoint(run / "last.safetensors")
+    assert name == "vjetmoe_tiny_patch16_224" and kwargs["num_classes"] == 3 and kwargs["img_size"] == 32
+    assert read_metadata(run / "last.safetensors")["moejet.epoch"] == "2"
+    best_epoch = max(rows, key=lambda r: r["val_top1"])["epoch"]
+    assert read_metadata(run / "best.safetensors")["moejet.epoch"] == str(best_epoch)
+    assert {k: v.item() for k, v in model.state_dict().items() if k.endswith("temperature")} == pytest.approx(
+        {f"{m}.{t}_temperature": v for m, temps in rows[-1]["temperatures"].items() for t, v in temps.items()})
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 18
+    assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
+
+    # moejet eval --run reproduces the best epoch's val accuracy and writes eval.json
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--which", "last"]) == 0
+    assert "top-1" in capsys.readouterr().out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
+    # any checkpoint file on a config's dataset
+    assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
+                 "--out", str(tmp_path / "best.json")]) == 0
+    best = max(rows, key=lambda r: r["val_top1"])
+    assert json.loads((tmp_path / "best.json").read_text())["top1"] == pytest.approx(best["val_top1"])
+
+
+def comparable(rows):
+    drop = {"images_per_s", "epoch_time_s", "wall_time_s"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def test_resume_continues_bit_exactly(tmp_path):
+    # full recipe randomness: RandAugment, random erasing, mixup / cutmix, label smoothing, router noise, EMA
+    config = tiny_config(
+        augment={"auto_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
+                 "label_smoothing": 0.1, "scale": [0.5, 1.0], "hflip": 0.5},
+        model={"drop_path_rate": 0.1}, train={"ema": True, "ema_decay": 0.9}, schedule={"warmup_epochs": 1},
+    )
+    straight = train(config, tmp_path / "straight", progress=False)
+    first = train(config, tmp_path / "resumed", stop_after=1, progress=False)
+    assert len(first) == 1 and read_metadata(tmp_path / "resumed" / "last.safetensors")["moejet.epoch"] == "1"
+    resumed = train(run_dir=tmp_path / "resumed", resume=True, progress=False)
+
+    assert comparable(resumed) == comparable(straight)
+    assert {"val_top1_ema", "val_top5_ema"} <= set(straight[-1])
+    a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a = torch.load(tmp_path / "straight" / "last.state.pt", weights_only=True)["ema"]
+    ema_b = torch.load(tmp_path / "resumed" / "last.state.pt", weights_only=True)["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
+        train(config, tmp_path / "straight", progress=False)
+
+
+def test_torchrun_two_processes_keep_the_global_batch(tmp_path):
+    # no per-process randomness left (no noise, dropout, mixup or crops), so 2 x 2 x accumulation 2 must
+    # follow the same trajectory as 1 process x 8
+    sections = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
+                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=4,val_per_class=3"},
+                    schedule={"epochs": 1})
+    single = train(tiny_config(**sections), tmp_path / "single", progress=False)
+    raw = yaml.safe_load((tmp_path / "single" / "config.yaml").read_text())
+    raw["train"]["micro_batch_size"] = 2
+    cfg = write_config(tmp_path / "ddp.yaml", raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "moejet",
+         "train", "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("global batch 8 = 2 x 2 x 2 accumulation") == 1  # only rank 0 prints
+    ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2]
+    assert ddp[0]["val_top1"] == pytest.approx(single[0]["val_top1"])
+    assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=1e-5)
+    a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "ddp" / "last.safetensors")
+    # Adam moves every weight by up to lr = 2e-3 per step; float summation order differs by ~1e-6
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(debug={"nan_at_step": 6})  # 4 steps per epoch: step 2 of epoch 2
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"non-finite at epoch 2, step 2 \(optimizer step 6\).*epoch 1"):
+        train(config, run, progress=False)
+    model, _, _ = build_from_checkpoint(run / "last.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert read_metadata(run / "last.safetensors")["moejet.epoch"] == "1"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    # the run resumes once the cause is gone
+    rows = train(run_dir=run, resume=True, overrides=["debug.nan_at_step=null"], progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------ model init
+
+
+def test_init_checkpoint_reinitialises_only_a_mismatched_head(tmp_path):
+    source = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=10, **TINY_VIT)
+    save_model(source, tmp_path / "recycled.safetensors", "vjetmoe_tiny_patch16_224",
+               {"img_size": 32, "num_classes": 10, **TINY_VIT})
+    # header kwargs are the defaults: the config only names the file
+    config = tiny_config(model={"kwargs": {}, "init": "checkpoint",
+                                "init_checkpoint": str(tmp_path / "recycled.safetensors")})
+    model, _, kwargs = build.build_model(config, num_classes=4)
+    assert kwargs["moe_layers"] == [2, 3] and kwargs["num_classes"] == 4
+    src, new = source.state_dict(), model.state_dict()
+    assert new["head.weight"].shape == (4, 32)
+    assert all(torch.equal(src[k], new[k]) for k in new if not k.startswith("head."))
+    same, _, _ = build.build_model(config, num_classes=10)  # same classes: the head is kept too
+    assert torch.equal(same.state_dict()["head.weight"], src["head.weight"])
+
+    wrong = tiny_config(model={"name": "softmoe_vit_tiny_patch16_224", "kwargs": {}, "init": "checkpoint",
+                               "init_checkpoint": str(tmp_path / "recycled.safetensors")})
+    with pytest.raises(UserError, match="holds a 'vjetmoe_tiny_patch16_224' but model.name is"):
+        build.build_model(wrong, num_classes=4)
+
+
+def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tmp_path):
+    dense_kwargs = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    dense = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=1000, **dense_kwargs)
+    torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
+    config = tiny_config(model={"name": "vit_tiny_patch16_224", "kwargs": dense_kwargs, "init": "checkpoint",
+                                "init_checkpoint": str(tmp_path / "dense.pth")})
+    model, _, kwargs = build.build_model(config, num_classes=4)
+    assert kwargs["img_size"] == 32  # position embeddings resampled from 8x8 to 4x4 patches by timm's filter
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc1.weight"], dense.state_dict()["blocks.1.mlp.fc1.weight"])
+
+    missing = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(tmp_path / "nope.safetensors")})
+    with pytest.raises(UserError, match="nope.safetensors does not exist"):
+        build.build_model(missing, num_classes=4)
+    pretrained = tiny_config(model={"init": "pretrained"})
+    with pytest.raises(UserError, match="cannot load timm's pretrained weights for 'vjetmoe_tiny_patch16_224'"):
+        build.build_model(pretrained, num_classes=4)
+
+
+def test_optimizer_groups_follow_the_recipe():
+    config = tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05})
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    optimizer = build.build_optimizer(config, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
+    for name in ("pos_embed", "cls_token", "blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature",
+                 "blocks.3.mlp.core_experts.fc1_bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
+        assert decay[name]["weight_decay"] == 0.0, name
+    for name in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.core_experts.fc1_weight", "head.weight"):
+        assert decay[name]["weight_decay"] == 0.05, name
+    # layer-wise decay: 4 blocks + embeddings + head -> head 1, last block 0.5, patch embed 0.5 ** 5
+    assert decay["head.weight"]["lr_scale"] == 1.0
+    assert decay["blocks.3.mlp.queries"]["lr_scale"] == 0.5
+    assert decay["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 5
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def test_batch_plan_reaches_the_global_batch():
+    config = tiny_config(train={"batch_size": 512, "micro_batch_size": 64})
+    assert batch_plan(config, 1) == (64, 8) and batch_plan(config, 4) == (64, 2)
+    assert batch_plan(tiny_config(train={"batch_size": 512}), 4) == (128, 1)
+    with pytest.raises(UserError, match=r"batch_size = 512 is not divisible by train.micro_batch_size \(64\) x 3"):
+        batch_plan(config, 3)
+    assert config.lr == 2e-3 and tiny_config(optim={"lr": None}, train={"batch_size": 512}).lr == 4e-3 * 512 / 4096
+
+
+CONFIG_FILES = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_configs_exist_for_every_paper_table():
+    names = {p.stem for p in CONFIG_FILES}
+    assert len(names) >= 60
+    for prefix in ("table1_", "table2_", "table3_", "table4_", "fig4_"):
+        assert any(n.startswith(prefix) for n in names), prefix
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=[p.stem for p in CONFIG_FILES])
+def test_every_config_validates_and_builds(path, tmp_path):
+    config = load_config(path)
+    assert config.name == path.stem
+    name, kwargs = build.model_kwargs(build_config := _scratch(config), num_classes=10)
+    with torch.device("meta"):
+        model = build.create_model(name, kwargs, pretrained=False)
+    assert model.num_classes == 10
+    build.build_optimizer(config, model)
+    train_tf, val_tf = build.build_transforms(config, model)
+    assert train_tf is not None and val_tf is not None and build.build_loss(config) is not None
+    micro, accum = batch_plan(config, world_size=1)
+    assert micro * accum == config.train.batch_size
+    if config.model.init == "checkpoint":
+        assert config.model.init_checkpoint.endswith(".safetensors")
+    if config.data.dataset.startswith("synthetic"):
+        assert build.build_dataset(build_config, "val", val_tf).num_classes > 1
+    else:  # no data on disk: the documented error, naming where it looked
+        empty = _with_root(config, tmp_path)
+        with pytest.raises(UserError, match="not found"):
+            build.build_dataset(empty, "val", val_tf)
+
+
+def _scratch(config):
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, init="scratch", init_checkpoint=None))
+
+
+def _with_root(config, root):
+    from dataclasses import replace
+
+    return replace(config, data=replace(config.data, root=str(root)))
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lrr=1", "unknown config key optim.lrr: valid keys of optim are"),
+    ("trian.seed=1", "unknown config key trian: valid keys of the config are"),
+    ("train.batch_size=abc", "config key train.batch_size must be an integer, got 'abc'"),
+    ("augment.mixup=[1]", "config key augment.mixup must be a number, got [1]"),
+    ("train.deterministic=3", "config key train.deterministic must be true or false, got 3"),
+    ("schedule.warmup_epochs=5", "config key schedule.warmup_epochs = 5 is invalid: must be in [0, schedule.epochs=2)"),
+    ("train.amp=fp8", "config key train.amp = 'fp8' is invalid: use one of auto, none, bf16, fp16"),
+    ("model.init=checkpoint", "config key model.init_checkpoint = None is invalid: model.init is 'checkpoint'"),
+    ("train.micro_batch_size=3", "config key train.micro_batch_size = 3 is invalid: must divide train.batch_size=8"),
+    ("optim", "override 'optim' is not of the form section.key=value"),
+])
+def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, override, message):
+    cfg = write_config(tmp_path / "c.yaml", yaml.safe_load(_tiny_yaml()))
+    assert main(["train", "--config", str(cfg), "--set", override, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moejet train: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def _tiny_yaml():
+    from moejet.train.config import dump_config
+
+    return dump_config(tiny_config())
+
+
+def test_missing_data_and_bad_runs_are_documented_errors(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", yaml.safe_load(_tiny_yaml()))
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--set", "data.dataset=cifar100",
+            "--set", f"data.root={tmp_path / 'nowhere'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moejet train: error: cifar100 not found in {tmp_path / 'nowhere'}"), err
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "is not a resumable run directory" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+    assert main(["train", "--config", str(cfg), "--print-config", "--set", "optim.lr=null"]) == 0
+    assert "lr: 7.8125e-06" in capsys.readouterr().out  # 4e-3 * 8 / 4096, resolved into the config
