@@ -48,16 +48,17 @@ class BatchedExperts(nn.Module):
         nn.init.zeros_(self.fc2_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (E, m, dim) -> (E, m, dim)``: expert ``e`` maps its ``m`` rows ``x[e]``."""
+        """``x (E, m, dim) -> (E, m, dim)``: expert ``e`` maps its ``m`` rows ``x[e]`` (output is a transposed view)."""
         if x.shape[0] != self.num_experts or x.shape[-1] != self.dim:
             raise ValueError(
                 f"expected input of shape ({self.num_experts}, m, {self.dim}), got {tuple(x.shape)}"
             )
-        # baddbmm: bias broadcast + (E, m, d) @ (E, d, h) in one call; transposed views need no copy.
-        h = torch.baddbmm(self.fc1_bias.unsqueeze(1), x, self.fc1_weight.transpose(1, 2))
+        # Weights on the left, tokens on the right: (E, out, in) @ (E, in, m). Autograd then produces weight
+        # gradients directly in the parameters' (E, out, in) layout, with no transposed copies.
+        h = torch.baddbmm(self.fc1_bias.unsqueeze(2), self.fc1_weight, x.transpose(1, 2))  # (E, hidden, m)
         h = F.dropout(self.act(h), self.dropout, self.training)
-        y = torch.baddbmm(self.fc2_bias.unsqueeze(1), h, self.fc2_weight.transpose(1, 2))
-        return F.dropout(y, self.dropout, self.training)
+        y = torch.baddbmm(self.fc2_bias.unsqueeze(2), self.fc2_weight, h)  # (E, dim, m)
+        return F.dropout(y, self.dropout, self.training).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, dropout={self.dropout}"
