@@ -31,7 +31,8 @@ def main() -> None:
         for size in (32, 64, 224):
             n = 600 if size == 32 else (200 if size == 64 else 30)
             ds = build_dataset(f"synthetic-{task}:size={size}", "train")
-            rows.append({"task": task, "size": size, "transform": "none", "images_per_s": round(images_per_s(ds, n), 1)})
+            speed = round(images_per_s(ds, n), 1)
+            rows.append({"task": task, "size": size, "transform": "none", "images_per_s": speed})
     cfg = {"input_size": (3, 32, 32), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3,
            "crop_pct": 1.0}
     ds = build_dataset("synthetic-upstream", "train", transform=build_transform(cfg, train=True, scale=(0.5, 1.0)))
