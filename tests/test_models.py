@@ -153,3 +153,15 @@ def test_macs_split_routing_from_experts():
     dense_mlp = n * 2 * d * 4 * d
     experts = 2 * 2 * d * 4 * d + 4 * 2 * d * d  # one slot per expert
     assert macs - routing == dense_macs - dense_mlp + experts
+
+
+def test_recycled_file_loads_through_timm_pretrained_overlay(tmp_path):
+    from moejet.checkpoint import save_model
+
+    kwargs = dict(TINY_VIT, moe_layers=(3,), core_experts=2, univ_experts=4)
+    source = timm.create_model("vjetmoe_tiny_patch16_224", **kwargs)
+    save_model(source, tmp_path / "model.safetensors", "vjetmoe_tiny_patch16_224", kwargs)
+    loaded = timm.create_model("vjetmoe_tiny_patch16_224", pretrained=True, **kwargs,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=10))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
