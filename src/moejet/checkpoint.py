@@ -34,11 +34,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -53,13 +60,36 @@ def save_model(
     model_kwargs: dict[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Save weights as safetensors with the model's timm name and kwargs in the header."""
+    """Save weights as safetensors with the model's timm name and kwargs in the header (byte-reproducible)."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     header = {MODEL_KEY: model_name, KWARGS_KEY: json.dumps(model_kwargs or {}, default=_jsonable)}
     header.update(metadata or {})
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=header)
+        _sort_header(tmp)  # same weights, same bytes
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place.
+
+    safetensors keeps the metadata in a hash map, so its header order (and the file's bytes) vary from run to
+    run; sorted, the same weights always give the same bytes. Same content, so the same length: only the
+    header bytes change (a longer header, never expected, is handled by rewriting the file).
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        new = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) <= n:
+            f.seek(8)
+            f.write(new + b" " * (n - len(new)))
+            return
+        data = f.read()
+        new += b" " * (-len(new) % 8)
+        f.seek(0)
+        f.write(len(new).to_bytes(8, "little") + new + data)
+        f.truncate()
 
 
 def _jsonable(value: Any) -> Any:

@@ -11,6 +11,10 @@ from .errors import UserError
 # subcommand modules, each exposing `register(subparsers)` that adds a parser with `func=handler(args)`
 COMMAND_MODULES = (
     "moejet.commands.models",
+    "moejet.recycle.cli",
+    "moejet.train.cli",
+    "moejet.analysis.cli",
+    "moejet.demo.cli",
 )
 
 

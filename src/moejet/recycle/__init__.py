@@ -1,0 +1,19 @@
+"""Checkpoint recycling (MoE Jetpack §3.1, SPEC §3): dense timm ViT / ConvNeXt -> MoE initial weights.
+
+    from moejet.recycle import recycle, load_predecessor, calibration_loader, write_outputs
+    pred = load_predecessor("vit_small_patch16_224", "vit_s.safetensors")
+    loader, _ = calibration_loader("synthetic", pred, num_images=1024, batch_size=64)
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", {"num_classes": 100}, "importance", loader)
+    write_outputs("out/", state, report, "vjetmoe_tiny_patch16_224", {"num_classes": 100})
+"""
+
+from .api import check_pair, recycle
+from .load import calibration_loader, load_dense_state, load_predecessor
+from .output import summary, write_outputs
+from .select import STRATEGIES, UNIV_MODES
+from .stats import CalibStats, collect_stats
+
+__all__ = [
+    "STRATEGIES", "UNIV_MODES", "CalibStats", "calibration_loader", "check_pair", "collect_stats",
+    "load_dense_state", "load_predecessor", "recycle", "summary", "write_outputs",
+]

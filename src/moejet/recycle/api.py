@@ -1,0 +1,382 @@
+"""``recycle()``: a dense predecessor + a successor architecture -> the successor's initial weights and a report.
+
+Steps (SPEC §3): check the pair fits, gather calibration statistics in one pass, select channels (shared by every
+layer of a stage) and per-expert neurons, assemble the state dict, and load it strictly into the successor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from ..layers import BatchedExperts
+from .build import Selection, build_state, select_heads
+from .graph import part_size, part_weights, partition
+from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, stage_dims
+from .select import (
+    STRATEGIES,
+    UNIV_MODES,
+    coverage,
+    select_channels,
+    select_dense_neurons,
+    select_experts,
+    subselect,
+)
+from .stats import CalibStats, collect_stats
+
+NEEDS_STATS = ("importance", "graph")
+QUERY_NORMS = ("inherit", "fresh")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A checked predecessor -> successor pairing."""
+
+    family: str
+    pred_dims: list[int]
+    succ_dims: list[int]
+    pred_blocks: dict[str, Block]
+    succ_blocks: list[Block]
+
+    @property
+    def moe_blocks(self) -> list[Block]:
+        return [b for b in self.succ_blocks if b.hidden is None]
+
+
+@contextlib.contextmanager
+def experts_left_uninitialised() -> Iterator[None]:
+    """Recycling overwrites every expert weight: skip their random init (most of a MoE model's parameters)."""
+    original = BatchedExperts.reset_parameters
+    BatchedExperts.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        BatchedExperts.reset_parameters = original
+
+
+def build_successor(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with a seeded init (routers are fresh but reproducible).
+
+    Expert weights are left uninitialised (``torch.empty``): :func:`recycle` overwrites all of them.
+    """
+    import moejet.models  # noqa: F401  (registers our models)
+
+    if not timm.is_model(name):
+        raise UserError(f"unknown successor model {name!r}: see `moejet models` for the registered names")
+    with torch.random.fork_rng(devices=[]), experts_left_uninitialised():
+        torch.manual_seed(seed)
+        try:
+            return timm.create_model(name, **kwargs)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise UserError(f"cannot build successor {name} with {kwargs}: {err}; check --successor-arg") from None
+
+
+def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dense: bool) -> Pair:
+    """Everything that must hold before any work; each failure is a one-line UserError."""
+    fam = family(predecessor, "predecessor")
+    if family(successor, "successor") != fam:
+        raise UserError(f"predecessor is a {fam} but the successor is not: recycle within one family (ViT or ConvNeXt)")
+    pred_dims, succ_dims = stage_dims(predecessor), stage_dims(successor)
+    if len(pred_dims) != len(succ_dims):
+        raise UserError(f"predecessor has {len(pred_dims)} stages, successor {len(succ_dims)}: they must match")
+    for s, (d, d_out) in enumerate(zip(pred_dims, succ_dims)):
+        where = "" if fam == "vit" else f" in stage {s}"
+        if d_out > d:
+            raise UserError(
+                f"successor width {d_out} is larger than the predecessor's {d}{where}: recycling only narrows; "
+                "pick a wider predecessor or a narrower successor"
+            )
+        if strategy == "upcycle" and d_out != d:
+            raise UserError(
+                f"upcycle copies whole MLPs, so it needs the same width, but the successor has {d_out} channels and "
+                f"the predecessor {d}{where}: use another strategy or a successor of width {d}"
+            )
+    pred_blocks = {b.name: b for b in blocks(predecessor)}
+    if any(b.hidden is None for b in pred_blocks.values()):
+        raise UserError("the predecessor already has MoE blocks: recycle from a dense checkpoint")
+    succ_blocks = blocks(successor)
+    depth = len(pred_blocks)
+    for b in succ_blocks:
+        pb = pred_blocks.get(b.name)
+        if b.hidden is None:
+            if pb is None:
+                raise UserError(
+                    f"successor MoE block {b.index} ({b.name}) is beyond the predecessor's depth ({depth} blocks): "
+                    "set moe_layers (0-based) within the predecessor's blocks or use a deeper predecessor"
+                )
+            for path, _, _, hidden in expert_banks(b.module.mlp):
+                if strategy == "upcycle" and hidden != pb.hidden:
+                    raise UserError(
+                        f"upcycle makes every expert a full copy of the dense MLP ({pb.hidden} neurons) but block "
+                        f"{b.index}'s {path} experts have {hidden}: use another strategy, or univ_experts=0 / "
+                        "univ_factor=1 so every expert is full-size"
+                    )
+                if hidden > pb.hidden:
+                    raise UserError(
+                        f"block {b.index}'s {path} experts need {hidden} hidden neurons but the predecessor's MLP has "
+                        f"{pb.hidden}: lower mlp_ratio / univ_factor or use a wider predecessor"
+                    )
+        elif not dense:
+            if pb is None:
+                raise UserError(
+                    f"successor block {b.index} ({b.name}) is beyond the predecessor's depth ({depth} blocks): "
+                    "pass --dense-checkpoint for the dense part or use a shallower successor"
+                )
+            if b.hidden > pb.hidden:
+                raise UserError(
+                    f"successor block {b.index} has an MLP of {b.hidden} neurons, more than the predecessor's "
+                    f"{pb.hidden}: lower mlp_ratio or pass --dense-checkpoint"
+                )
+    if fam == "vit" and not dense:
+        (h, hd), (h_out, hd_out) = attention_shape(predecessor), attention_shape(successor)
+        if h_out > h or hd_out > hd:
+            raise UserError(
+                f"successor attention has {h_out} heads of {hd_out} channels but the predecessor only {h} of {hd}: "
+                "pick num_heads so both fit, or pass --dense-checkpoint"
+            )
+    return Pair(fam, pred_dims, succ_dims, pred_blocks, succ_blocks)
+
+
+def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
+               seed: int, dense: bool, univ_mode: str, graph_parts: int) -> tuple[Selection, dict[str, Any]]:
+    """Every index set, drawn from one generator in a fixed order (channels, dense neurons, experts)."""
+    gen = torch.Generator().manual_seed(seed)
+    channels = []
+    for s, (d, d_out) in enumerate(zip(pair.pred_dims, pair.succ_dims)):
+        importance = None
+        if stats is not None:
+            per_block = [stats.channel[b.name] for b in pair.pred_blocks.values() if b.stage == s]
+            importance = torch.stack(per_block).mean(0) if per_block else None  # Eq. 4: averaged over layers
+        channels.append(select_channels(strategy, d, d_out, importance, gen))
+    sel = Selection(channels=channels)
+    if pair.family == "vit" and not dense:
+        sel.pred_heads = attention_shape(predecessor)
+        sel.heads, sel.head_channels = select_heads(sel.pred_heads, attention_shape(successor))
+    if not dense:
+        for b in pair.succ_blocks:
+            if b.hidden is not None:
+                h = pair.pred_blocks[b.name].hidden
+                importance = stats.neuron[b.name] if stats is not None else None
+                sel.dense_neurons[b.name] = select_dense_neurons(strategy, h, b.hidden, importance, gen)
+    graph_info = {}
+    for b in pair.moe_blocks:
+        h = pair.pred_blocks[b.name].hidden
+        importance = stats.neuron[b.name] if stats is not None else None
+        banks = expert_banks(b.module.mlp)
+        core_hidden = next((hidden for path, _, _, hidden in banks if path == "core"), None)
+        subselecting = univ_mode == "subselect" and core_hidden is not None  # no core path: universal draw
+        parts = weights = None
+        if strategy == "graph":
+            sizes = [core_hidden] if subselecting else [hidden for _, _, _, hidden in banks]
+            g = part_size(h, sizes, graph_parts)
+            parts = partition(stats.coact[b.name], importance, g, seed)
+            weights = part_weights(stats.coact[b.name], parts)
+            graph_info[str(b.index)] = {"part_size": g, "parts": parts.tolist(),
+                                        "threshold": stats.thresholds[b.name]}
+        sel.experts[b.name] = {}
+        for path, _, num, hidden in banks:
+            if path == "univ" and subselecting:
+                draw = select_experts(strategy, num, h, core_hidden, gen, importance, parts, weights)
+                sel.experts[b.name][path] = subselect(draw, hidden)
+            else:
+                sel.experts[b.name][path] = select_experts(strategy, num, h, hidden, gen, importance, parts, weights)
+    return sel, graph_info
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA, else MPS, else CPU; an unavailable device is a UserError."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as err:
+        raise UserError(
+            f"device {device!r} is not available ({str(err).splitlines()[0]}): use --device cpu or auto"
+        ) from None
+    return dev
+
+
+def recycle(
+    predecessor: nn.Module,
+    successor: str,
+    successor_kwargs: dict[str, Any] | None = None,
+    strategy: str = "importance",
+    calib_loader: Iterable | None = None,
+    dense_state: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    univ_mode: str = "draw",
+    graph_parts: int = 32,
+    coact_percentile: float = 90.0,
+    query_norm: str = "inherit",
+    progress: bool = False,
+    calib_batches: int | None = None,
+    predecessor_name: str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Recycle dense ``predecessor`` (a timm ViT/DeiT/ConvNeXt with its weights loaded) into ``successor``.
+
+    Args:
+        successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor.
+        strategy: ``importance`` (default), ``graph``, ``uniform``, ``random`` or ``upcycle``.
+        calib_loader: batches of images (or ``(images, labels)``) preprocessed for the predecessor; required by
+            ``importance`` and ``graph``; with other strategies it only adds importance figures to the report.
+        dense_state: weights of a same-width dense model for everything outside the MoE MLPs (keys as the
+            successor's; see :func:`moejet.recycle.load.load_dense_state`).
+        seed: drives the calibration-free choices, neuron sampling, METIS and the successor's router init.
+        univ_mode: ``draw`` (universal experts sampled like core experts, at their own size) or ``subselect``
+            (released code: evenly spaced neurons of a core-sized draw).
+        graph_parts: target number of METIS parts per layer (``graph``).
+        coact_percentile: activation percentile above which a neuron counts as active (``graph``).
+        query_norm: ``inherit`` (copy the block's norm into the router's query norm) or ``fresh``.
+
+    Returns:
+        ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
+        JSON-able report of SPEC §3.6.
+    """
+    t_start = time.perf_counter()
+    successor_kwargs = dict(successor_kwargs or {})
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if univ_mode not in UNIV_MODES:
+        raise UserError(f"unknown universal-expert mode {univ_mode!r}: choose one of {', '.join(UNIV_MODES)}")
+    if query_norm not in QUERY_NORMS:
+        raise UserError(f"unknown query norm mode {query_norm!r}: choose one of {', '.join(QUERY_NORMS)}")
+    if not 0.0 < coact_percentile < 100.0:
+        raise UserError(f"co-activation percentile must be in (0, 100), got {coact_percentile}")
+    if strategy in NEEDS_STATS and calib_loader is None:
+        raise UserError(f"strategy {strategy!r} needs calibration images: pass calibration data (--calib-images > 0)")
+    model = build_successor(successor, successor_kwargs, seed)
+    pair = check_pair(predecessor, model, strategy, dense_state is not None)
+    if dense_state is not None:
+        moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
+        is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
+        wrong = [k for k, v in model.state_dict().items() if not k.startswith(moe_prefixes)
+                 and (dense_state[k].shape != v.shape if k in dense_state else not is_head(k))]
+        if wrong:
+            raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
+                            "pass a checkpoint of the successor's dense counterpart")
+
+    timings = {}
+    pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
+    stats = None
+    if calib_loader is not None:
+        dev = resolve_device(device)
+        home = next(predecessor.parameters()).device
+        t = time.perf_counter()
+        predecessor.to(dev)
+        try:
+            coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
+            stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
+                                  coact_percentile, progress, calib_batches)
+        finally:
+            predecessor.to(home)
+        if stats.images == 0:
+            raise UserError("the calibration data gave no images: point --calib-data at a non-empty dataset")
+        timings["calibration_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
+                                 univ_mode, graph_parts)
+    timings["selection_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, sel, dense_state, query_norm)
+    check_loadable(model, state)
+    timings["build_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+
+    report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dict(
+        predecessor=predecessor_name or _model_name(predecessor), successor=successor,
+        successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, univ_mode=univ_mode,
+        query_norm=query_norm, coact_percentile=coact_percentile, graph_parts=graph_parts,
+        dense=dense_state is not None))
+    return state, report
+
+
+def check_loadable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """What ``load_state_dict(strict=True)`` checks (same keys, same shapes), without copying a billion floats."""
+    own = model.state_dict()
+    bad = [k for k in own.keys() | state.keys() if k not in own or k not in state or own[k].shape != state[k].shape]
+    if bad:
+        raise RuntimeError(f"recycled state does not fit {type(model).__name__}: {sorted(bad)[:3]}")
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def _mean_share(importance: torch.Tensor, indices: list[torch.Tensor]) -> float:
+    """Mean importance of the selected neurons (with multiplicity) over the layer's mean importance."""
+    picked = torch.cat([i.reshape(-1) for i in indices])
+    mean = importance.mean()
+    return float(importance[picked].mean() / mean) if mean > 0 else math.nan
+
+
+def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: list[str], graph_info: dict,
+                timings: dict[str, float], predecessor: nn.Module, successor: nn.Module,
+                run: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able recycle report (SPEC §3.6); neuron and channel indices point into the predecessor."""
+    neuron_indices, blocks_info = {}, {}
+    for b in pair.moe_blocks:
+        h = pair.pred_blocks[b.name].hidden
+        experts = sel.experts[b.name]
+        key = str(b.index)
+        neuron_indices[key] = {path: experts[path].tolist() for path in ("core", "univ") if path in experts}
+        info = {
+            "name": b.name,
+            "predecessor_block": pair.pred_blocks[b.name].index,
+            "hidden_size": h,
+            "experts": {path: list(experts[path].shape) for path in experts},
+            "coverage": coverage(list(experts.values()), h),
+            **{f"{path}_coverage": coverage([experts[path]], h) for path in experts},
+        }
+        if stats is not None:
+            info["importance_share"] = _mean_share(stats.neuron[b.name], list(experts.values()))
+        if key in graph_info:
+            info["graph"] = graph_info[key]
+        blocks_info[key] = info
+    coverages = [i["coverage"] for i in blocks_info.values()]
+    n_params = sum(v.numel() for v in successor.state_dict().values())
+    return {
+        "predecessor": {
+            "name": run["predecessor"],
+            "family": pair.family,
+            "dims": pair.pred_dims,
+            "depth": len(pair.pred_blocks),
+            "hidden_sizes": {str(b.index): pair.pred_blocks[b.name].hidden for b in pair.moe_blocks},
+        },
+        "successor": {"name": run["successor"], "kwargs": run["successor_kwargs"], "dims": pair.succ_dims,
+                      "depth": len(pair.succ_blocks), "moe_blocks": [b.index for b in pair.moe_blocks],
+                      "params": n_params},
+        "strategy": run["strategy"],
+        "seed": run["seed"],
+        "options": {k: run[k] for k in ("univ_mode", "query_norm", "coact_percentile", "graph_parts")},
+        "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
+        "calibration": None if stats is None else {"images": stats.images,
+                                                    "tokens_per_block": max(stats.tokens.values(), default=0)},
+        "channel_indices": [c.tolist() for c in sel.channels],
+        "head_indices": None if sel.heads is None else {"heads": sel.heads.tolist(),
+                                                        "head_channels": sel.head_channels.tolist()},
+        "dense_neuron_indices": {str(next(b.index for b in pair.succ_blocks if b.name == name)): idx.tolist()
+                                 for name, idx in sel.dense_neurons.items()},
+        "neuron_indices": neuron_indices,
+        "moe_blocks": blocks_info,
+        "coverage": sum(coverages) / len(coverages) if coverages else None,
+        "fresh_keys": fresh,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+    }

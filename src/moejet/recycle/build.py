@@ -1,0 +1,163 @@
+"""Assemble the successor's state dict from the predecessor's weights and the selected indices (SPEC §3.3, §3.5).
+
+Dense part: from a same-width dense checkpoint when given, else weight selection from the predecessor with the
+shared channel indices (attention: whole heads and channels inside each head, keeping the fused qkv layout).
+MoE blocks: expert ``e`` gets ``W1[idx_e][:, c]``, ``b1[idx_e]``, ``W2[c][:, idx_e]``, ``b2[c]``; router queries
+and temperatures keep the successor's fresh init; the query norm optionally inherits the block's norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+from ..errors import UserError
+from .layout import Block, axis_roles, expert_banks, key_block, key_stage, num_prefix_pos_tokens
+from .select import evenly_spaced
+
+
+@dataclass
+class Selection:
+    """Every index set the successor is cut with (all into the predecessor)."""
+
+    channels: list[torch.Tensor]  # per stage: (d'_s,)
+    heads: torch.Tensor | None = None  # ViT: (H',) predecessor heads kept
+    head_channels: torch.Tensor | None = None  # ViT: (hd',) channels kept inside each head
+    pred_heads: tuple[int, int] | None = None  # ViT: predecessor (H, hd)
+    dense_neurons: dict[str, torch.Tensor] = field(default_factory=dict)  # dense block name -> (h',)
+    experts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # MoE block -> path -> (E, h_e)
+
+    def attention_sets(self) -> dict[str, torch.Tensor]:
+        """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
+        if self.heads is None:
+            return {}
+        num_heads, head_dim = self.pred_heads
+        attn = (self.heads[:, None] * head_dim + self.head_channels[None, :]).reshape(-1)
+        qkv = torch.cat([part * num_heads * head_dim + attn for part in range(3)])
+        return {"hd": self.head_channels, "attn": attn, "qkv": qkv}
+
+
+def select_heads(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evenly spaced heads, and evenly spaced channels inside each head (the same for every strategy)."""
+    (num_heads, head_dim), (num_heads_out, head_dim_out) = pred, succ
+    return evenly_spaced(num_heads, num_heads_out), evenly_spaced(head_dim, head_dim_out)
+
+
+def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selection, successor: nn.Module,
+         attn_sets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """Predecessor tensor ``weight`` cut to the successor's ``ref``; ``(tensor, fresh)`` where ``fresh`` means
+    the successor's own init was kept (a classifier for another number of classes)."""
+    roles = axis_roles(key, fam)
+    if roles is None:
+        if weight.shape != ref.shape:
+            raise UserError(
+                f"cannot recycle {key}: predecessor shape {tuple(weight.shape)} vs successor {tuple(ref.shape)} and "
+                "no selection rule for it; pass a --dense-checkpoint for the successor's dense part"
+            )
+        return weight.clone(), False
+    stage = key_stage(key) if fam == "convnext" else 0
+    out = weight
+    for axis, role in zip(range(weight.ndim), roles):
+        if role == "cls" and out.shape[axis] != ref.shape[axis]:
+            return ref.clone(), True
+        index = None
+        if role == "c":
+            index = sel.channels[stage]
+        elif role == "c_prev":
+            index = sel.channels[stage - 1]
+        elif role == "c_last":
+            index = sel.channels[-1]
+        elif role == "n":
+            index = sel.dense_neurons[key_block(key)]
+        elif role in attn_sets:
+            index = attn_sets[role]
+        if index is not None:
+            out = out.index_select(axis, index)
+    if "pos" in roles and out.shape[1] != ref.shape[1]:
+        out = resample_abs_pos_embed(out, new_size=list(successor.patch_embed.grid_size),
+                                     num_prefix_tokens=num_prefix_pos_tokens(successor))
+    if "k" in roles and out.shape[-2:] != ref.shape[-2:]:
+        out = resample_patch_embed(out, new_size=list(ref.shape[-2:]))
+    if out.shape != ref.shape:
+        if out.numel() == ref.numel() and [s for s in out.shape if s != 1] == [s for s in ref.shape if s != 1]:
+            return out.reshape(ref.shape).clone(), False  # 1x1 conv MLP <-> Linear MLP
+        raise UserError(
+            f"cannot recycle {key}: selection gives {tuple(out.shape)} but the successor has {tuple(ref.shape)}; "
+            "check the successor's arguments against the predecessor"
+        )
+    return out.clone(), False
+
+
+def expert_weights(pred_state: dict[str, torch.Tensor], pred_block: str, channels: torch.Tensor,
+                   idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``BatchedExperts`` tensors for experts ``idx (E, h_e)`` of predecessor MLP ``pred_block`` at ``channels``."""
+    w1 = pred_state[f"{pred_block}.mlp.fc1.weight"]
+    w2 = pred_state[f"{pred_block}.mlp.fc2.weight"]
+    w1, w2 = w1.reshape(w1.shape[0], w1.shape[1]), w2.reshape(w2.shape[0], w2.shape[1])  # 1x1 conv MLPs
+    b1 = pred_state.get(f"{pred_block}.mlp.fc1.bias", torch.zeros(w1.shape[0], dtype=w1.dtype))
+    b2 = pred_state.get(f"{pred_block}.mlp.fc2.bias", torch.zeros(w2.shape[0], dtype=w2.dtype))
+    num_experts, size = idx.shape
+    flat = idx.reshape(-1)  # index_select on flat rows: much faster than advanced indexing on the CPU
+    w2_rows = w2.index_select(0, channels).t().contiguous()  # (h, d'): one row per hidden neuron
+    return {
+        "fc1_weight": w1.index_select(1, channels).index_select(0, flat).view(num_experts, size, -1),  # (E, h_e, d')
+        "fc1_bias": b1.index_select(0, flat).view(num_experts, size),  # (E, h_e)
+        "fc2_weight": w2_rows.index_select(0, flat).view(num_experts, size, -1).transpose(1, 2),  # (E, d', h_e)
+        "fc2_bias": b2.index_select(0, channels).expand(num_experts, -1),  # (E, d')
+    }
+
+
+def build_state(
+    pred_state: dict[str, torch.Tensor],
+    successor: nn.Module,
+    fam: str,
+    succ_blocks: list[Block],
+    sel: Selection,
+    dense_state: dict[str, torch.Tensor] | None = None,
+    query_norm: str = "inherit",
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The successor's full state dict and the keys left at the successor's fresh init."""
+    ref_state = successor.state_dict()
+    moe_blocks = [b for b in succ_blocks if b.hidden is None]
+    moe_prefixes = tuple(f"{b.name}.mlp." for b in moe_blocks)
+    attn_sets = sel.attention_sets()
+    state, fresh = {}, []
+    for key, ref in ref_state.items():
+        if key.startswith(moe_prefixes):
+            continue
+        if dense_state is not None:
+            state[key] = (dense_state[key] if key in dense_state else ref).clone()
+            if key not in dense_state:
+                fresh.append(key)
+            continue
+        if key not in pred_state:
+            raise UserError(
+                f"the predecessor has no {key}, which the successor needs: their architectures differ beyond width "
+                "and depth (e.g. qkv_bias, class token, layer scale); match the successor's arguments to the "
+                "predecessor or pass --dense-checkpoint"
+            )
+        state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, successor, attn_sets)
+        if is_fresh:
+            fresh.append(key)
+    norm = "norm2" if fam == "vit" else "norm"
+    for block in moe_blocks:
+        prefix = f"{block.name}.mlp."
+        for path, attr, _, _ in expert_banks(block.module.mlp):
+            tensors = expert_weights(pred_state, block.name, sel.channels[block.stage], sel.experts[block.name][path])
+            for name, value in tensors.items():
+                state[f"{prefix}{attr}.{name}"] = value.contiguous()
+        for key in ref_state:
+            if key.startswith(prefix) and key not in state:
+                inherit = query_norm == "inherit" and key.startswith(f"{prefix}query_norm.")
+                source = f"{block.name}.{norm}.{key.rsplit('.', 1)[1]}"
+                if inherit and source in state and state[source].shape == ref_state[key].shape:
+                    state[key] = state[source].clone()
+                else:
+                    state[key] = ref_state[key].clone()
+                    fresh.append(key)
+    for key, value in state.items():
+        state[key] = value.to(ref_state[key].dtype)
+    return {k: state[k] for k in ref_state}, fresh

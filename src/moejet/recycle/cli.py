@@ -1,0 +1,92 @@
+"""``moejet recycle``: turn a dense timm ViT / ConvNeXt checkpoint into a MoE model's initial weights."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..errors import UserError
+from .select import STRATEGIES, UNIV_MODES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recycle", help="recycle a dense timm ViT/ConvNeXt checkpoint into MoE initial weights",
+        description="Checkpoint recycling (MoE Jetpack §3.1): select channels and per-expert hidden neurons of a "
+                    "dense predecessor's MLPs to initialise a (usually narrower) MoE successor.",
+    )
+    p.add_argument("--predecessor", required=True, help="timm model name of the dense predecessor, e.g. "
+                   "vit_small_patch16_224.augreg_in21k")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--predecessor-checkpoint", metavar="FILE",
+                         help=".safetensors, .pth/.bin (loaded weights_only) or big_vision .npz")
+    weights.add_argument("--pretrained", action="store_true", help="timm's hosted weights (needs the network)")
+    p.add_argument("--predecessor-arg", action="append", metavar="KEY=VALUE", help="extra timm kwarg (repeatable)")
+    p.add_argument("--dense-checkpoint", metavar="FILE",
+                   help="same-width dense model for everything outside the MoE MLPs (ViT-T for V-JetMoE-T)")
+    p.add_argument("--successor", required=True, help="timm model name of the successor, e.g. vjetmoe_tiny_patch16_224")
+    p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
+                   help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
+    p.add_argument("--strategy", default="importance", metavar="|".join(STRATEGIES),
+                   help="neuron / channel selection (default: importance)")
+    p.add_argument("--calib-data", default="synthetic", metavar="DATASET_SPEC",
+                   help="calibration dataset (train split): cifar100, imagenet, folder:PATH, synthetic, ... "
+                        "(default: synthetic, needs no data on disk)")
+    p.add_argument("--calib-images", type=int, default=1024, help="calibration images (0: none, for "
+                   "uniform/random/upcycle)")
+    p.add_argument("--calib-img-size", type=int, default=None,
+                   help="calibration image side (default: the predecessor's data config)")
+    p.add_argument("--data-root", default=None, help="where datasets live (default: the data module's default)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--univ-mode", default="draw", metavar="|".join(UNIV_MODES),
+                   help="universal experts: draw at their own size (default) or subselect a core-sized draw")
+    p.add_argument("--graph-parts", type=int, default=32, help="target METIS parts per layer (graph)")
+    p.add_argument("--coact-percentile", type=float, default=90.0,
+                   help="a neuron is active above this percentile of its layer's activations (graph)")
+    p.add_argument("--query-norm", default="inherit", metavar="inherit|fresh",
+                   help="router query LayerNorm: copy the block's norm (default) or keep it fresh")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .api import recycle, resolve_device
+    from .load import calibration_loader, load_dense_state, load_predecessor, parse_kwargs
+    from .output import summary, write_outputs
+
+    t0 = time.perf_counter()
+    if args.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
+    succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
+    device = resolve_device(args.device)
+    predecessor = load_predecessor(args.predecessor, args.predecessor_checkpoint, args.pretrained, pred_kwargs)
+    dense = load_dense_state(args.dense_checkpoint, args.successor, succ_kwargs, args.seed) \
+        if args.dense_checkpoint else None
+    loader, calib = None, None
+    if args.calib_images > 0:
+        loader, calib = calibration_loader(args.calib_data, predecessor, args.calib_images, args.batch_size,
+                                           args.seed, args.workers, args.calib_img_size, args.data_root,
+                                           pin_memory=device.type == "cuda")
+    load_s = time.perf_counter() - t0
+    state, report = recycle(
+        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, args.seed, device,
+        args.univ_mode, args.graph_parts, args.coact_percentile, args.query_norm, progress=not args.quiet,
+        calib_batches=len(loader) if loader is not None else None, predecessor_name=args.predecessor,
+    )
+    report["predecessor"].update(checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
+                                 kwargs=pred_kwargs)
+    report["dense_checkpoint"] = args.dense_checkpoint
+    if calib is not None:
+        report["calibration"] = {**calib, **(report["calibration"] or {})}
+    report["timings"] = {"load_s": round(load_s, 4), **report["timings"],
+                         "total_s": round(time.perf_counter() - t0, 4)}
+    report["device"] = str(device)
+    paths = write_outputs(args.out, state, report, args.successor, succ_kwargs)
+    if not args.quiet:
+        print(summary(report, paths))
+    return 0

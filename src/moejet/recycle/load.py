@@ -1,0 +1,204 @@
+"""Inputs of ``moejet recycle``: the predecessor (a file or timm's pretrained weights), a dense checkpoint for
+the successor's dense part, and the calibration images (preprocessed as the predecessor's timm data config)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from ..checkpoint import load_into, load_state_dict
+from ..errors import UserError
+from .api import build_successor
+from .layout import axis_roles, family
+
+NUMPY_SUFFIXES = (".npz", ".npy")
+
+
+def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``["depth=6", "moe_layers=(4, 5)", "global_pool=avg"]`` -> kwargs (Python literals, else strings)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {item!r} is not key=value: e.g. {flag} embed_dim=192")
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = {"true": True, "false": False, "none": None}.get(value.strip().lower(), value.strip())
+        out[key.strip()] = list(parsed) if isinstance(parsed, tuple) else parsed
+    return out
+
+
+def _create(name: str, role: str, **kwargs: Any) -> nn.Module:
+    import moejet.models  # noqa: F401  (registers our models)
+
+    if not timm.is_model(name):
+        raise UserError(f"unknown {role} model {name!r}: pass a timm model name (e.g. vit_small_patch16_224)")
+    try:
+        return timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UserError(f"cannot build {role} {name} with {kwargs}: {err}") from None
+
+
+def _classifier_keys(model: nn.Module) -> list[str]:
+    fam = family(model, "model")
+    return [k for k in model.state_dict() if (axis_roles(k, fam) or (None,))[0] == "cls"]
+
+
+def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict keys as timm names them (official DeiT / ConvNeXt releases use other names)."""
+    if set(state) == set(model.state_dict()):
+        return state
+    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        filter_fn = getattr(sys.modules[type(model).__mro__[1].__module__], "checkpoint_filter_fn", None)
+    try:
+        return filter_fn(state, model) if filter_fn else state
+    except Exception:  # noqa: BLE001  (an unrecognised layout: load_into reports the mismatch)
+        return state
+
+
+def _npz_num_classes(path: Path) -> int | None:
+    """Classes of a big_vision / JAX ``.npz`` ViT checkpoint (its ``head/kernel``), if it has a head."""
+    try:
+        with np.load(path) as w:
+            heads = [k for k in w.files if k.endswith("head/kernel")]
+            return int(w[heads[0]].shape[-1]) if heads else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {err}); it may be truncated: "
+                        "re-create or re-download it") from None
+
+
+def _load_numpy(model: nn.Module, path: Path, source: str) -> None:
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"{source}: .npz checkpoints load only into timm ViTs; convert it to .safetensors or .pth")
+    try:
+        timm.models.load_checkpoint(model, str(path))
+    except (KeyError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f"{source} does not match the model architecture or is damaged "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); check the model name and its "
+                        "arguments") from None
+
+
+def load_predecessor(name: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
+                     kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The dense predecessor with its weights, in eval mode on the CPU.
+
+    ``checkpoint``: ``.safetensors``, ``.pth``/``.pt``/``.bin`` (``weights_only``) or a big_vision ``.npz``;
+    the number of classes is read from the checkpoint's classifier unless ``kwargs`` sets ``num_classes``.
+    ``pretrained``: timm's hosted weights (needs the network).
+    """
+    kwargs = dict(kwargs or {})
+    if checkpoint and pretrained:
+        raise UserError("pass either --predecessor-checkpoint or --pretrained, not both")
+    if not checkpoint and not pretrained:
+        raise UserError("the predecessor needs weights: pass --predecessor-checkpoint FILE or --pretrained")
+    if pretrained:
+        _create(name, "predecessor", **kwargs)  # a bad name or argument is reported as such, not as a download error
+        try:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as err:  # noqa: BLE001  (hub / URL errors come in many types)
+            raise UserError(
+                f"cannot fetch timm's pretrained weights for {name} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:160] if str(err) else ''}): connect to the internet, or download the "
+                "weights and pass --predecessor-checkpoint FILE"
+            ) from None
+        return model.eval()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: check the path")
+    if path.suffix.lower() in NUMPY_SUFFIXES:
+        if "num_classes" not in kwargs:
+            num_classes = _npz_num_classes(path)
+            kwargs["num_classes"] = 0 if num_classes is None else num_classes
+        model = _create(name, "predecessor", **kwargs)
+        _load_numpy(model, path, f"checkpoint {path}")
+        return model.eval()
+    state = load_state_dict(path)
+    model = _create(name, "predecessor", **kwargs)
+    family(model, "predecessor")
+    state = _timm_filter(state, model)
+    if "num_classes" not in kwargs:
+        heads = _classifier_keys(model)
+        weight = next((k for k in heads if k.endswith("weight")), None)
+        classes = int(state[weight].shape[0]) if weight in state else (0 if weight else None)
+        if classes is not None and classes != model.num_classes:
+            model = _create(name, "predecessor", **dict(kwargs, num_classes=classes))
+    load_into(model, state, f"checkpoint {path}")
+    return model.eval()
+
+
+def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: dict[str, Any],
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """Weights for the successor's dense part from a same-width dense checkpoint (e.g. ViT-T for V-JetMoE-T).
+
+    The file is loaded strictly into the successor's dense twin (the same model with no MoE blocks), so a
+    checkpoint of another architecture is a UserError. A classifier for a different number of classes is left
+    out (the successor keeps its fresh head).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dense checkpoint {path} does not exist: check the path")
+    with torch.device("meta"):
+        probe = build_successor(successor, successor_kwargs, seed)
+    twin_kwargs = dict(successor_kwargs, moe_layers=()) if getattr(probe, "moe_layers", None) is not None \
+        else dict(successor_kwargs)
+    twin = build_successor(successor, twin_kwargs, seed)
+    source = f"dense checkpoint {path}"
+    heads = _classifier_keys(twin)
+    if path.suffix.lower() in NUMPY_SUFFIXES:
+        _load_numpy(twin, path, source)
+        state = twin.state_dict()
+        if _npz_num_classes(path) != twin.num_classes:
+            state = {k: v for k, v in state.items() if k not in heads}
+        return {k: v.detach().clone() for k, v in state.items()}
+    state = _timm_filter(load_state_dict(path), twin)
+    own = twin.state_dict()
+    dropped = [k for k in heads if k in state and state[k].shape != own[k].shape]
+    load_into(twin, {**state, **{k: own[k] for k in dropped}}, source)
+    return {k: v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
+
+
+def calibration_input_size(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
+    """The predecessor's input size: ``img_size`` if given, a ViT's own fixed size, else its data config."""
+    if img_size:
+        return (3, int(img_size), int(img_size))
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and getattr(patch_embed, "img_size", None) is not None:
+        return (3, *map(int, patch_embed.img_size))
+    return tuple(timm.data.resolve_data_config({}, model=model)["input_size"])
+
+
+def calibration_loader(spec: str, model: nn.Module, num_images: int, batch_size: int, seed: int = 0,
+                       workers: int = 0, img_size: int | None = None, root: str | None = None,
+                       pin_memory: bool = False
+                       ) -> tuple[DataLoader, dict[str, Any]]:
+    """A loader over ``num_images`` images of dataset ``spec`` (train split; a seeded random subset),
+    preprocessed with the predecessor's timm eval transform; and a description for the report."""
+    from ..data import build_dataset
+
+    if num_images < 1 or batch_size < 1:
+        raise UserError(f"--calib-images and --batch-size must be >= 1, got {num_images} and {batch_size}")
+    config = timm.data.resolve_data_config({"input_size": calibration_input_size(model, img_size)}, model=model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    dataset = build_dataset(spec, "train", transform=transform, root=root)
+    if len(dataset) == 0:
+        raise UserError(f"calibration data {spec!r} is empty: point --calib-data at a dataset with images")
+    n = min(num_images, len(dataset))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=pin_memory, drop_last=False)
+    info = {"data": spec, "requested_images": num_images, "images": n, "batch_size": batch_size,
+            "input_size": list(config["input_size"]), "mean": list(config["mean"]), "std": list(config["std"]),
+            "interpolation": config["interpolation"], "crop_pct": config["crop_pct"]}
+    return loader, info

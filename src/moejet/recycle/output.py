@@ -1,0 +1,94 @@
+"""Writing the recycling output directory and the one-screen summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_output, save_model
+from ..errors import UserError
+
+MODEL_FILE, REPORT_FILE = "model.safetensors", "recycle.json"
+
+
+def compact_json(obj: Any, level: int = 0) -> str:
+    """Indented JSON with every list of numbers on one line (one line per expert's neuron indices)."""
+    pad, end = "  " * (level + 1), "  " * level
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}{json.dumps(str(k))}: {compact_json(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + end + "}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(pad + compact_json(v, level + 1) for v in obj) + "\n" + end + "]"
+    return json.dumps(obj, separators=(",", ":")) if isinstance(obj, list) else json.dumps(obj)
+
+
+def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report: dict[str, Any],
+                  successor: str, successor_kwargs: dict[str, Any]) -> tuple[Path, Path]:
+    """``OUT/model.safetensors`` (rebuildable with ``build_from_checkpoint``) and ``OUT/recycle.json``.
+
+    Each file is written to a temporary name and renamed; if the second write fails the first is removed, and
+    a directory this call created is removed again, so a failed run leaves nothing in ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a directory")
+    created = not out.exists()
+    model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
+    metadata = {"moejet.recycle.strategy": report["strategy"], "moejet.recycle.seed": str(report["seed"]),
+                "moejet.recycle.predecessor": str(report["predecessor"]["name"])}
+    try:
+        save_model(state, model_path, successor, successor_kwargs, metadata)
+        with atomic_output(report_path) as tmp:
+            tmp.write_text(compact_json(report) + "\n")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            model_path.unlink(missing_ok=True)
+            if created:
+                out.rmdir()
+        raise
+    return model_path, report_path
+
+
+def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> str:
+    """A one-screen human summary of a recycle report."""
+    pred, succ = report["predecessor"], report["successor"]
+    lines = [f"recycled {pred['name']} -> {succ['name']}  (strategy {report['strategy']}, seed {report['seed']})"]
+    dims = lambda ds: "/".join(map(str, ds))
+    lines.append(f"  channels      {dims(pred['dims'])} -> {dims(succ['dims'])}  (one index set per stage, shared by "
+                 "all its blocks)")
+    if report.get("head_indices"):
+        heads = report["head_indices"]
+        lines.append(f"  attention     heads {heads['heads']} kept, {len(heads['head_channels'])} channels per head")
+    lines.append(f"  dense part    {report['dense_part']}")
+    cal = report.get("calibration")
+    timings = report["timings"]
+    if cal:
+        rate = cal["images"] / timings["calibration_s"] if timings.get("calibration_s") else 0.0
+        lines.append(f"  calibration   {cal['images']} images of {cal.get('data', 'the given loader')} in "
+                     f"{timings.get('calibration_s', 0):.1f} s ({rate:.0f} img/s)")
+    else:
+        lines.append("  calibration   none (the strategy needs no statistics)")
+    lines.append("  MoE block  pred   experts core/univ   hidden core/univ   coverage   importance share")
+    for key, info in report["moe_blocks"].items():
+        experts = info["experts"]
+        num = "/".join(str(experts[p][0]) for p in ("core", "univ") if p in experts)
+        hid = "/".join(str(experts[p][1]) for p in ("core", "univ") if p in experts)
+        share = info.get("importance_share")
+        lines.append(f"  {key:>9}  {info['predecessor_block']:>4}   {num:>17}   {hid:>16}   {info['coverage']:8.3f}"
+                     f"   {'-' if share is None else f'{share:.3f}'}")
+    if not report["moe_blocks"]:
+        lines.append("  (no MoE blocks: the successor is dense)")
+    fresh = report["fresh_keys"]
+    if fresh:
+        routers = sum(1 for k in fresh if ".mlp." in k)
+        others = [k for k in fresh if ".mlp." not in k]
+        lines.append(f"  fresh init    {routers} router tensors" + (f", {', '.join(others)}" if others else ""))
+    lines.append(f"  time          {timings['total_s']:.1f} s total, {succ['params'] / 1e6:.1f} M params")
+    if paths:
+        lines.append(f"  wrote         {paths[0]}  {paths[1]}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""Which channels and which hidden neurons each recycled layer takes: pure functions of statistics + a generator.
+
+Every index set is returned sorted ascending, so selecting all of ``d`` channels (or ``h`` neurons) is the
+identity and a narrower selection keeps the predecessor's order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .graph import sample_part_unions
+
+STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
+UNIV_MODES = ("draw", "subselect")
+
+
+def evenly_spaced(n: int, k: int) -> torch.Tensor:
+    """``floor(i * n / k)`` for ``i < k`` (paper Eq. 7): ``k`` of ``n`` positions, spread evenly."""
+    return torch.arange(k, dtype=torch.int64) * n // k
+
+
+def select_channels(strategy: str, d: int, d_out: int, importance: torch.Tensor | None,
+                    gen: torch.Generator) -> torch.Tensor:
+    """``d_out`` of ``d`` residual channels, shared by every layer of a stage (paper Eq. 4, 7-9).
+
+    ``importance`` (``graph`` too): the top-``d_out`` channels of the importance averaged over layers;
+    ``uniform``: evenly spaced; ``random``: a random subset; ``upcycle``: all (``d_out == d``).
+    """
+    if d_out == d:
+        return torch.arange(d)
+    if strategy in ("importance", "graph"):
+        return torch.topk(importance, d_out).indices.sort().values
+    if strategy == "random":
+        return torch.randperm(d, generator=gen)[:d_out].sort().values
+    return evenly_spaced(d, d_out)
+
+
+def select_dense_neurons(strategy: str, h: int, h_out: int, importance: torch.Tensor | None,
+                         gen: torch.Generator) -> torch.Tensor:
+    """``h_out`` of ``h`` hidden neurons for a *dense* block of a narrower successor: one deterministic MLP.
+
+    ``importance`` / ``graph``: the top-``h_out`` by importance (no sampling: a dense block has a single MLP);
+    ``uniform``: evenly spaced; ``random``: a random subset.
+    """
+    return select_channels(strategy, h, h_out, importance, gen)
+
+
+def sampling_weights(importance: torch.Tensor) -> torch.Tensor:
+    """``P(h) ∝ A_h`` (paper Eq. 5), with a floor so dead neurons can still fill an expert that needs them."""
+    p = importance.double().clamp_min(0)
+    total = p.sum()
+    if not torch.isfinite(total) or total <= 0:
+        return torch.full_like(p, 1.0 / p.numel())
+    p = p / total
+    return p.clamp_min(1e-12)
+
+
+def select_experts(
+    strategy: str,
+    num_experts: int,
+    h: int,
+    size: int,
+    gen: torch.Generator,
+    importance: torch.Tensor | None = None,
+    parts: torch.Tensor | None = None,
+    part_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(num_experts, size)`` neuron indices into a dense layer of ``h`` neurons, one sorted row per expert.
+
+    - ``importance``: each expert samples ``size`` neurons without replacement from ``P(h) ∝ A_h``;
+    - ``graph``: each expert is a union of ``size / part_size`` METIS parts (``parts (k, part_size)``), sampled
+      without replacement with probability ∝ ``part_weights`` (their internal co-activation);
+    - ``uniform``: evenly spaced neurons (Eq. 7); expert ``e`` is shifted by ``e mod floor(h / size)`` so the
+      experts together cover the layer instead of all being the same copy;
+    - ``random``: a uniformly random subset per expert;
+    - ``upcycle``: every expert is the whole layer (``size == h``).
+    """
+    if strategy == "importance":
+        p = sampling_weights(importance).expand(num_experts, h)
+        idx = torch.multinomial(p, size, replacement=False, generator=gen)
+    elif strategy == "graph":
+        idx = sample_part_unions(parts, part_weights, num_experts, size, gen)
+    elif strategy == "uniform":
+        shift = torch.arange(num_experts, dtype=torch.int64) % max(1, h // size)
+        idx = evenly_spaced(h, size).unsqueeze(0) + shift.unsqueeze(1)
+    elif strategy == "random":
+        idx = torch.rand(num_experts, h, generator=gen).argsort(dim=1)[:, :size]
+    elif strategy == "upcycle":
+        idx = torch.arange(h).expand(num_experts, h)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    return idx.sort(dim=1).values.contiguous()
+
+
+def subselect(core_draw: torch.Tensor, size: int) -> torch.Tensor:
+    """Released-code universal experts: ``size`` evenly spaced neurons of each core-sized draw ``(E, h_core)``."""
+    return core_draw[:, evenly_spaced(core_draw.shape[1], size)]
+
+
+def coverage(indices: list[torch.Tensor], h: int) -> float:
+    """Fraction of the ``h`` predecessor neurons taken by at least one expert."""
+    used = torch.zeros(h, dtype=torch.bool)
+    for idx in indices:
+        used[idx.reshape(-1)] = True
+    return used.float().mean().item()
