@@ -132,7 +132,10 @@ def main() -> None:
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
-            rows.append({"case": case, "skipped": f"failed: {out.stderr.strip().splitlines()[-1]}"})
+            lines = out.stderr.strip().splitlines()
+            killed = "killed (out of memory?)" if out.returncode < 0 else f"exit {out.returncode}"
+            why = lines[-1] if lines else killed
+            rows.append({"case": case, "skipped": f"failed: {why}"})
         else:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {case}: {rows[-1].get('median_ms', rows[-1].get('skipped'))}", file=sys.stderr)

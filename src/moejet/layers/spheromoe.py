@@ -111,10 +111,11 @@ class SpheroMoE(nn.Module):
         queries = F.normalize(self.query_norm(self.queries), dim=-1)  # on the unit hypersphere
         logits = keys @ queries.t()  # (b, n, S)
         if self.training and self.noise_std > 0:
-            logits = logits + torch.randn_like(logits) * self.noise_std
+            logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output
 
-        dispatch_weights = torch.softmax(logits / self.dispatch_temperature, dim=1)  # over tokens
-        combine_weights = COMBINE_FNS[self.combine](logits / self.combine_temperature)  # over slots
+        # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
+        dispatch_weights = torch.softmax(logits * self.dispatch_temperature.reciprocal(), dim=1)  # over tokens
+        combine_weights = COMBINE_FNS[self.combine](logits * self.combine_temperature.reciprocal())  # over slots
 
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): each slot a convex mix of tokens
         slot_outputs = self._experts(slots)

@@ -1,0 +1,158 @@
+"""``moejet demo``: the MoE Jetpack story in miniature, measured end to end on whatever machine runs it.
+
+1. load the shipped predecessors (pre-trained on ``synthetic-upstream``; ``--pretrain`` regenerates them);
+2. recycle them into a mini V-JetMoE (importance sampling, dual path) and, for the Sparse Upcycling arm,
+   copy the same-width dense MLP into every expert;
+3. fine-tune every arm on ``synthetic-downstream`` with the same recipe, epochs, batch and seed;
+4. write ``results.md`` / ``results.json`` (top-1 at the last epoch, params, MACs, wall time), a convergence
+   plot, the analysis pictures of the MoE Jetpack model, and ``report.md``.
+
+The downstream val split is only ever *reported*: every arm runs its fixed number of epochs and the last
+epoch's accuracy is the result (no best-epoch picking, no tuning on it).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..analysis.cost import count_macs, count_params
+from ..checkpoint import build_from_checkpoint, write_json
+from ..errors import UserError
+from ..train.config import config_from_dict
+from ..train.engine import LAST, train
+from .pretrain import ASSETS, RECORD
+from .report import write_report
+from .setup import (
+    ARMS,
+    ASSET_S,
+    ASSET_T,
+    HEADLINE,
+    PREDECESSOR_S,
+    PREDECESSOR_T,
+    UPSTREAM_CLASSES,
+    Arm,
+    Budget,
+    recipe,
+)
+
+
+def check_assets(assets: Path) -> dict[str, Path]:
+    paths = {"S": assets / ASSET_S, "T": assets / ASSET_T}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"demo predecessor {missing[0]} is missing: regenerate it with `moejet demo --pretrain`")
+    return paths
+
+
+def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: Budget, device: str,
+                seed: int) -> tuple[Path, float]:
+    """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds).
+
+    Calibration images come from the predecessors' own (upstream) training data, as the released code
+    calibrates on an ImageNet subset.
+    """
+    from ..recycle import calibration_loader, load_dense_state, load_predecessor, recycle, write_outputs
+
+    strategy = arm.init.split(":", 1)[1]
+    start = time.perf_counter()
+    if strategy == "upcycle":  # Sparse Upcycling: copies of the same-width dense MLP
+        (name, kwargs), path, dense = PREDECESSOR_T, predecessors["T"], None
+    else:  # MoE Jetpack: experts from the wider S, dense part from the same-width T
+        (name, kwargs), path, dense = PREDECESSOR_S, predecessors["S"], predecessors["T"]
+    successor, successor_kwargs = arm.model[0], dict(arm.model[1], num_classes=UPSTREAM_CLASSES)
+    predecessor = load_predecessor(name, path, kwargs=kwargs)
+    loader, _ = calibration_loader(budget.pretrain_upstream, predecessor, budget.calib_images, 64, seed=seed)
+    dense_state = load_dense_state(dense, successor, successor_kwargs, seed) if dense else None
+    state, report = recycle(predecessor, successor, successor_kwargs, strategy, loader, dense_state=dense_state,
+                            seed=seed, device=device, predecessor_name=name)
+    model_path, _ = write_outputs(out_dir, state, report, successor, successor_kwargs)
+    return model_path, time.perf_counter() - start
+
+
+def arm_config(arm: Arm, init_checkpoint: Path | None, budget: Budget, seed: int, device: str) -> dict[str, Any]:
+    name, kwargs = arm.model
+    config = recipe(budget.epochs, budget.warmup, budget.batch, budget.lr, seed, device, budget.eval_every)
+    config.update(
+        name=f"demo-{arm.key}", description=f"moejet demo arm: {arm.label}",
+        model={"name": name, "kwargs": dict(kwargs), "drop_path_rate": 0.1,
+               "init": "checkpoint" if init_checkpoint else "scratch",
+               "init_checkpoint": str(init_checkpoint) if init_checkpoint else None},
+    )
+    config["data"] = {**config["data"], "dataset": budget.downstream}
+    return config
+
+
+def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, include_optional: bool = True,
+             assets: Path = ASSETS, analyze: bool = True) -> dict[str, Any]:
+    """Run every arm into ``out``; returns the results written to ``out/results.json``."""
+    if (out / "results.json").exists() or (out / "runs").exists():
+        raise UserError(f"{out} already holds a demo run: pass another --out or delete it")
+    predecessors = check_assets(assets)
+    arms = [a for a in ARMS if include_optional or not a.optional]
+    start = time.perf_counter()
+    total_epochs = budget.epochs * len(arms)
+    overall = tqdm(total=total_epochs, desc="demo", unit="epoch", position=0, dynamic_ncols=True)
+    rows = []
+    for arm in arms:
+        init, recycle_s = None, 0.0
+        if arm.init == "dense-T":
+            init = predecessors["T"]
+        elif arm.init.startswith("recycle:"):
+            overall.set_postfix_str(f"{arm.label}: recycling")
+            init, recycle_s = recycle_arm(arm, predecessors, out / "recycled" / arm.key, budget, device, seed)
+        config = config_from_dict(arm_config(arm, init, budget, seed, device))
+
+        def on_epoch(row: dict[str, Any], label: str = arm.label) -> None:
+            overall.update(1)
+            top1 = f" top-1 {row['val_top1']:.1f}" if "val_top1" in row else ""
+            overall.set_postfix_str(f"{label}: epoch {row['epoch']}/{budget.epochs}{top1}")
+
+        metrics = train(config, out / "runs" / arm.key, progress=False, on_epoch=on_epoch, verbose=False)
+        model, _, _ = build_from_checkpoint(out / "runs" / arm.key / LAST)
+        macs, routing = count_macs(model, (3, 32, 32))
+        rows.append({
+            "arm": arm.key, "label": arm.label, "model": arm.model[0], "init": arm.init,
+            "params": count_params(model), "macs": macs, "routing_macs": routing,
+            "top1": metrics[-1]["val_top1"], "top5": metrics[-1]["val_top5"],
+            "curve": [[m["epoch"], m["val_top1"]] for m in metrics if "val_top1" in m],
+            "train_time_s": metrics[-1]["wall_time_s"],
+            "recycle_time_s": recycle_s,
+        })
+        tqdm.write(f"{arm.label:32s} top-1 {rows[-1]['top1']:5.1f}%  ({rows[-1]['train_time_s']:.0f} s)")
+    overall.close()
+
+    results = {
+        "budget": budget.__dict__, "seed": seed, "device": device, "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
+        "predecessors": json.loads((assets / RECORD).read_text()) if (assets / RECORD).is_file() else None,
+    }
+    write_json(out / "results.json", results)
+    pictures: list[Path] = []
+    if analyze:
+        pictures = analysis_pictures(out, rows, budget)
+    write_report(out, results, pictures)
+    return results
+
+
+
+
+def analysis_pictures(out: Path, rows: list[dict[str, Any]], budget: Budget) -> list[Path]:
+    """Convergence curves of every arm, and attention / contributions / recycling of the MoE Jetpack model."""
+    from ..analysis.report import analyze_run, write_curves
+
+    reference = next(r["top1"] for r in rows if r["arm"] == "dense_pretrained")
+    files = write_curves([out / "runs" / r["arm"] for r in rows], out / "analysis", target=reference)[0]
+    files += analyze_run(
+        out / "runs" / HEADLINE, checkpoint=out / "runs" / HEADLINE / LAST, dataset_spec=budget.downstream,
+        out_dir=out / "analysis" / HEADLINE, target=reference,
+        recycle_report=out / "recycled" / HEADLINE / "recycle.json",
+    )
+    return files

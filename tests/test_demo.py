@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from moejet.checkpoint import build_from_checkpoint
+from moejet.cli import main
+from moejet.demo.pretrain import ASSETS, RECORD, sha256
+from moejet.demo.report import ordering, seed_summary
+from moejet.demo.run import check_assets
+from moejet.demo.setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, QUICK
+from moejet.errors import UserError
+
+
+@pytest.mark.parametrize(("asset", "expected"), [(ASSET_S, PREDECESSOR_S), (ASSET_T, PREDECESSOR_T)])
+def test_shipped_predecessors_load_and_match_the_demo_architecture(asset, expected):
+    path = ASSETS / asset
+    assert path.stat().st_size < 4 * 2**20  # "a few MB at most"
+    model, name, kwargs = build_from_checkpoint(path)  # strict load
+    assert name == expected[0]
+    assert {k: v for k, v in kwargs.items() if k in expected[1]} == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in expected[1].items()
+    }
+    assert model.embed_dim == expected[1]["embed_dim"] and len(model.blocks) == expected[1]["depth"]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
+    record = json.loads((ASSETS / RECORD).read_text())
+    entry = next(e for e in record["predecessors"].values() if e["file"] == asset)
+    assert entry["sha256"] == sha256(path)  # the record describes the files that ship
+
+
+def test_missing_predecessors_say_how_to_regenerate_them(tmp_path):
+    with pytest.raises(UserError, match="moejet demo --pretrain"):
+        check_assets(tmp_path)
+
+
+def test_quick_demo_writes_every_artefact(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--core-only", "--device", "cpu", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    arms = {r["arm"]: r for r in results["arms"]}
+    assert list(arms) == ["dense_scratch", "dense_pretrained", "softmoe_scratch", "moe_jetpack"]
+    for arm in arms.values():
+        assert 0.0 <= arm["top1"] <= 100.0 and arm["params"] > 0 and arm["macs"] > 0
+        assert len(arm["curve"]) == QUICK.epochs
+        assert (out / "runs" / arm["arm"] / "metrics.jsonl").is_file()
+    assert arms["moe_jetpack"]["routing_macs"] > 0 and arms["dense_scratch"]["routing_macs"] == 0
+    assert arms["moe_jetpack"]["recycle_time_s"] > 0
+    report = json.loads((out / "recycled" / "moe_jetpack" / "recycle.json").read_text())
+    assert report["strategy"] == "importance"
+    table = (out / "results.md").read_text()
+    assert "MoE Jetpack" in table and "Dense (pre-trained)" in table
+    text = (out / "report.md").read_text()
+    assert "Paper ordering" in text and "![" in text
+    pngs = sorted((out / "analysis").rglob("*.png"))
+    assert {p.name for p in pngs} >= {"curves.png", "attention.png", "contributions.png"}
+    for png in pngs:
+        with Image.open(png) as img:
+            assert img.size[0] > 100 and img.size[1] > 100
+    assert "report:" in capsys.readouterr().out
+    # a second run into the same directory is refused rather than mixing results
+    assert main(["demo", "--quick", "--core-only", "--device", "cpu", "--out", str(out)]) == 2
+
+
+def test_ordering_and_seed_summary():
+    rows = [{"arm": "moe_jetpack", "label": "MoE Jetpack", "top1": 60.0},
+            {"arm": "dense_pretrained", "label": "Dense (pre-trained)", "top1": 50.0},
+            {"arm": "softmoe_scratch", "label": "Soft MoE (scratch)", "top1": 30.0},
+            {"arm": "dense_scratch", "label": "Dense (scratch)", "top1": 20.0}]
+    assert ordering(rows)[0]
+    rows[2]["top1"] = 10.0
+    holds, observed = ordering(rows)
+    assert not holds and observed.startswith("moe_jetpack (60.0) > dense_pretrained (50.0) > dense_scratch")
+    summary = seed_summary([{"seed": 0, "arms": rows[:1]}, {"seed": 1, "arms": [dict(rows[0], top1=62.0)]}])
+    assert "| MoE Jetpack | 61.0 ± 1.0 | 60.0, 62.0 |" in summary
