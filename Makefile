@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/moejet demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks configs
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -7,7 +7,7 @@ from PIL import Image
 from moejet.checkpoint import build_from_checkpoint
 from moejet.cli import main
 from moejet.demo.pretrain import ASSETS, RECORD, sha256
-from moejet.demo.report import ordering, seed_summary
+from moejet.demo.report import findings, ordering, seed_summary
 from moejet.demo.run import check_assets
 from moejet.demo.setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, QUICK
 from moejet.errors import UserError
@@ -73,3 +73,14 @@ def test_ordering_and_seed_summary():
     assert not holds and observed.startswith("moe_jetpack (60.0) > dense_pretrained (50.0) > dense_scratch")
     summary = seed_summary([{"seed": 0, "arms": rows[:1]}, {"seed": 1, "arms": [dict(rows[0], top1=62.0)]}])
     assert "| MoE Jetpack | 61.0 ± 1.0 | 60.0, 62.0 |" in summary
+
+
+def test_findings_flag_inverted_pairs_against_sampling_noise():
+    rows = [{"arm": "moe_jetpack", "top1": 60.0}, {"arm": "dense_pretrained", "top1": 50.0},
+            {"arm": "softmoe_scratch", "top1": 9.0}, {"arm": "dense_scratch", "top1": 10.0}]
+    lines = findings({"arms": rows, "val_images": 800})
+    assert len(lines) == 1 and "softmoe_scratch 9.0% vs dense_scratch 10.0%" in lines[0] and "within" in lines[0]
+    rows[2]["top1"] = 2.0
+    assert "beyond" in findings({"arms": rows, "val_images": 800})[0]
+    rows[2]["top1"] = 20.0
+    assert findings({"arms": rows, "val_images": 800}) == []

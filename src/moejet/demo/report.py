@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from pathlib import Path
@@ -45,6 +46,30 @@ def ordering(rows: list[dict[str, Any]]) -> tuple[bool, str]:
     return holds, observed
 
 
+def findings(results: dict[str, Any]) -> list[str]:
+    """Measured context for reading the table: predecessor quality, and which gaps are within sampling noise."""
+    lines = []
+    record = results.get("predecessors") or {}
+    preds = record.get("predecessors", {})
+    if preds:
+        lines.append("Predecessors (pre-trained on synthetic-upstream, 100 classes): " + ", ".join(
+            f"{role} {p['upstream_val_top1']:.1f}% upstream val top-1 ({p['epochs']} epochs)"
+            for role, p in sorted(preds.items())) + ".")
+    n = results.get("val_images")
+    top1 = {r["arm"]: r["top1"] for r in results["arms"]}
+    present = [k for k in EXPECTED_ORDER if k in top1]
+    for a, b in zip(present, present[1:]):
+        if top1[a] > top1[b] or not n:
+            continue
+        p = (top1[a] + top1[b]) / 200
+        se = 100 * math.sqrt(2 * p * (1 - p) / n)  # standard error of the difference of two accuracies
+        verdict = "within" if abs(top1[a] - top1[b]) < 2 * se else "beyond"
+        lines.append(f"Inverted pair: {a} {top1[a]:.1f}% vs {b} {top1[b]:.1f}% — a gap of "
+                     f"{abs(top1[a] - top1[b]):.1f} points, {verdict} two standard errors ({2 * se:.1f} points) "
+                     f"of a difference of accuracies on {n} val images.")
+    return lines
+
+
 def write_report(out: Path, results: dict[str, Any], pictures: list[Path]) -> Path:
     rows = results["arms"]
     table = results_table(rows)
@@ -66,6 +91,8 @@ def write_report(out: Path, results: dict[str, Any], pictures: list[Path]) -> Pa
         "",
         f"Paper ordering (MoE Jetpack > Dense pre-trained > Soft MoE scratch > Dense scratch): "
         f"**{'reproduced' if holds else 'not reproduced'}**. Observed: {observed}.",
+        "",
+        *[f"- {line}" for line in findings(results)],
         "",
     ]
     for picture in pictures:

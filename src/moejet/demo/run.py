@@ -128,7 +128,10 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
         tqdm.write(f"{arm.label:32s} top-1 {rows[-1]['top1']:5.1f}%  ({rows[-1]['train_time_s']:.0f} s)")
     overall.close()
 
+    from ..data import build_dataset
+
     results = {
+        "val_images": len(build_dataset(budget.downstream, "val")),
         "budget": budget.__dict__, "seed": seed, "device": device, "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
