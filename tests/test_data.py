@@ -177,7 +177,8 @@ def test_missing_torchvision_data_names_the_directory(name, tmp_path):
     with pytest.raises(UserError) as err:
         build_dataset(name, "val", root=tmp_path)
     assert str(err.value) == (f"{name} not found in {tmp_path} (looked for {tmp_path / folder}): pass --data-root "
-                              f"DIR holding {folder}/, or enable downloading with data.download=true")
+                              f"DIR (moejet train: --set data.root=DIR) holding {folder}/, or enable downloading "
+                              "with data.download=true")
 
 
 def test_default_root_comes_from_moejet_data(tmp_path, monkeypatch):
@@ -189,7 +190,9 @@ def test_default_root_comes_from_moejet_data(tmp_path, monkeypatch):
 
 
 def test_imagenet_cannot_be_downloaded(tmp_path):
-    with pytest.raises(UserError, match="^ImageNet cannot be downloaded automatically: .* pass --data-root ROOT$"):
+    expected = (r"^ImageNet cannot be downloaded automatically: .* pass --data-root ROOT "
+                r"\(moejet train: --set data.root=ROOT\)$")
+    with pytest.raises(UserError, match=expected):
         build_dataset("imagenet", "train", root=tmp_path, download=True)
 
 
