@@ -131,6 +131,7 @@ def test_timm_kwargs_pass_through():
         ("vjetmoe_tiny_patch16_224", dict(core_experts=0, univ_experts=0), "at least one expert"),
         ("vjetmoe_tiny_patch16_224", dict(univ_factor=0.001), "univ_factor"),
         ("vjetmoe_tiny_patch16_224", dict(moe_type="switch"), "moe_type must be"),
+        ("vjetmoe_tiny_patch16_224", dict(num_experts=8), "num_experts is for moe_type='soft'"),
         ("cjetmoe_femto", dict(moe_layers=(4,), core_experts=(1, 2)), "one value per stage"),
         ("cjetmoe_femto", dict(moe_layers=(4,), conv_mlp=True), "conv_mlp=False"),
     ],
@@ -165,3 +166,10 @@ def test_recycled_file_loads_through_timm_pretrained_overlay(tmp_path):
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"), num_classes=10))
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_models_command_rejects_unknown_names(capsys):
+    from moejet.cli import main
+
+    assert main(["models", "--no-macs", "vjetmoe_nonexistent"]) == 2
+    assert "unknown model 'vjetmoe_nonexistent': see `moejet models`" in capsys.readouterr().err

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..analysis.cost import cost_table, model_cost
+import timm
+
+from ..analysis.cost import cost_table, count_params, model_cost
+from ..errors import UserError
 from ..models import MODEL_NAMES
 
 
@@ -18,17 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import timm
-
     names = args.names or list(MODEL_NAMES)
     unknown = [n for n in names if not timm.is_model(n)]
     if unknown:
-        from ..errors import UserError
-
         raise UserError(f"unknown model {unknown[0]!r}: see `moejet models` for the registered names")
     if args.no_macs:
-        from ..analysis.cost import count_params
-
         for name in names:
             print(f"{name:36s} {count_params(timm.create_model(name)) / 1e6:9.1f} M params")
         return 0

@@ -13,7 +13,6 @@ epoch's accuracy is the result (no best-epoch picking, no tuning on it).
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -24,10 +23,11 @@ from tqdm import tqdm
 
 from ..analysis.cost import count_macs, count_params
 from ..checkpoint import build_from_checkpoint, write_json
+from ..data import build_dataset
 from ..errors import UserError
 from ..train.config import config_from_dict
 from ..train.engine import LAST, train
-from .pretrain import ASSETS, RECORD
+from .pretrain import ASSETS, RECORD, load_record
 from .report import write_report
 from .setup import (
     ARMS,
@@ -128,14 +128,12 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
         tqdm.write(f"{arm.label:32s} top-1 {rows[-1]['top1']:5.1f}%  ({rows[-1]['train_time_s']:.0f} s)")
     overall.close()
 
-    from ..data import build_dataset
-
     results = {
         "val_images": len(build_dataset(budget.downstream, "val")),
         "budget": budget.__dict__, "seed": seed, "device": device, "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
-        "predecessors": json.loads((assets / RECORD).read_text()) if (assets / RECORD).is_file() else None,
+        "predecessors": load_record(assets) if (assets / RECORD).is_file() else None,
     }
     write_json(out / "results.json", results)
     pictures: list[Path] = []

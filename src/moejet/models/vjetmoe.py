@@ -37,6 +37,8 @@ class MoEVisionTransformer(VisionTransformer):
         **kwargs: Any,
     ) -> None:
         moe_args = pop_moe_args(kwargs, moe_type)
+        if moe_type != "soft" and num_experts is not None:
+            raise ValueError("num_experts is for moe_type='soft'; SpheroMoE takes core_experts and univ_experts")
         super().__init__(**kwargs)
         depth = len(self.blocks)
         self.moe_layers = check_moe_layers(range(depth // 2, depth) if moe_layers is None else moe_layers, depth)
