@@ -22,9 +22,11 @@ from typing import Any, Union
 import yaml
 
 from ..errors import UserError
+from ..variants import VARIANTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 INIT_MODES = ("scratch", "checkpoint", "pretrained")
+MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -77,6 +79,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     layer_decay: float | None = 0.6  # layer-wise lr decay; null = off
+    # under layer decay: "top" puts every MoE parameter (experts, router queries, temperatures, the MoE
+    # block's norm) in the top group, lr scale 1.0 (released optimiser); "depth" scales them by their block
+    moe_lr_scale: str = "top"
     clip_grad: float | None = 5.0  # max global grad norm; null = off
 
 
@@ -117,6 +122,7 @@ class DebugConfig:
 class Config:
     name: str = "run"
     description: str = ""
+    variant: str = "paper"  # paper | release: every paper-vs-release switch at once (moejet.variants)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -286,6 +292,8 @@ def validate(config: Config) -> None:
             value = _get(config, key)
             raise UserError(f"config key {key} = {value!r} is invalid: {what}")
 
+    need(config.variant in VARIANTS, "variant", f"use one of {', '.join(VARIANTS)}")
+    need(o.moe_lr_scale in MOE_LR_SCALES, "optim.moe_lr_scale", f"use one of {', '.join(MOE_LR_SCALES)}")
     need(m.init in INIT_MODES, "model.init", f"use one of {', '.join(INIT_MODES)}")
     need(m.init != "checkpoint" or bool(m.init_checkpoint), "model.init_checkpoint",
          "model.init is 'checkpoint': give the checkpoint file")
