@@ -84,6 +84,14 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def display_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` when inside it, else its last two components: never a machine's absolute path."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return Path(*path.parts[-2:]).as_posix()
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -30,7 +30,16 @@ from .contributions import (
     summary_rows,
 )
 from .curves import TARGET_HEADER, plot_curves, read_run, target_rows, unique_names
-from .io import eval_transforms, input_size_of, load_image, load_moe_model, markdown_table, save_figure, write_csv
+from .io import (
+    display_path,
+    eval_transforms,
+    input_size_of,
+    load_image,
+    load_moe_model,
+    markdown_table,
+    save_figure,
+    write_csv,
+)
 from .recycling import STATS_HEADER, coverage_counts, layer_stats, plot_recycling, read_recycle_report
 
 Written = tuple[list[Path], str]
@@ -103,17 +112,21 @@ def write_curves(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     return files, markdown_table(TARGET_HEADER, rows)
 
 
-def write_recycling(report: str | os.PathLike, out_dir: str | os.PathLike) -> Written:
+def write_recycling(
+    report: str | os.PathLike, out_dir: str | os.PathLike, root: str | os.PathLike | None = None
+) -> Written:
     """``recycling.png`` (coverage heat map + overlap), ``recycling.csv`` (stats per block) and
-    ``recycling.json`` (stats and per-neuron expert counts per block)."""
+    ``recycling.json`` (stats and per-neuron expert counts per block). The report is named relative to
+    ``root`` (default: the working directory)."""
     path, layers = read_recycle_report(report)
+    path = display_path(path, Path.cwd() if root is None else root)
     stats = [layer_stats(layer) for layer in layers]
     rows = [tuple(f"{s[k]:.4f}" if isinstance(s[k], float) else s[k] for k in STATS_HEADER) for s in stats]
     out = Path(out_dir)
     files = [save_figure(plot_recycling(layers, f"recycled expert neurons ({path})"), out / "recycling.png"),
              write_csv(out / "recycling.csv", STATS_HEADER, rows)]
     write_json(out / "recycling.json", {
-        "source": str(path),
+        "source": path,
         "layers": [{**s, "experts_per_neuron": coverage_counts(layer).tolist()} for s, layer in zip(stats, layers)],
     })
     files.append(out / "recycling.json")
@@ -172,11 +185,13 @@ def analyze_run(
     num_images: int = 64,
     target: float = 76.0,
     recycle_report: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
 ) -> list[Path]:
     """All pictures for a training run: curves (from ``metrics.jsonl``), and for its checkpoint (default
     ``best.safetensors``, else ``last.safetensors``) the attention grid on ``image`` (default: the first
     validation image of ``dataset_spec``) and the contributions over ``num_images`` images of ``dataset_spec``;
-    plus the recycling picture when ``recycle_report`` is given. Written to ``out_dir`` (default RUN/analysis)."""
+    plus the recycling picture when ``recycle_report`` is given, naming it relative to ``root`` (default RUN).
+    Written to ``out_dir`` (default RUN/analysis)."""
     run = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run / "analysis"
     files = write_curves([run], out, target)[0]
@@ -192,7 +207,7 @@ def analyze_run(
         if dataset_spec is not None:
             files += write_contributions(model, dataset_spec, out, num_images, title=title)[0]
     if recycle_report is not None:
-        files += write_recycling(recycle_report, out)[0]
+        files += write_recycling(recycle_report, out, run if root is None else root)[0]
     return files
 
 

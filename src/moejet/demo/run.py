@@ -154,6 +154,6 @@ def analysis_pictures(out: Path, rows: list[dict[str, Any]], budget: Budget) -> 
     files += analyze_run(
         out / "runs" / HEADLINE, checkpoint=out / "runs" / HEADLINE / LAST, dataset_spec=budget.downstream,
         out_dir=out / "analysis" / HEADLINE, target=reference,
-        recycle_report=out / "recycled" / HEADLINE / "recycle.json",
+        recycle_report=out / "recycled" / HEADLINE / "recycle.json", root=out,
     )
     return files
