@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "moejet.train.cli",
     "moejet.analysis.cli",
     "moejet.demo.cli",
+    "moejet.hub",
 )
 
 

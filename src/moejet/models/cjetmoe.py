@@ -14,10 +14,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
-from .common import check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
+from .common import PlainModelArgs, check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
 
 
-class MoEConvNeXt(ConvNeXt):
+class MoEConvNeXt(PlainModelArgs, ConvNeXt):
     """ConvNeXt whose blocks ``moe_layers`` (0-based, counted across stages) use a MoE layer as MLP.
 
     ``core_experts`` / ``univ_experts``: an int, or one value per stage (C-JetMoE-F: stage 3 98/196,

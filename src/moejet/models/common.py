@@ -16,6 +16,28 @@ SPHERO_ARGS = (
 SOFT_ARGS = ("slots_per_expert", "expert_dropout")
 
 
+def plain_json(value: Any) -> Any:
+    """``value`` with ranges, tuples and sets turned into lists (recursively), as JSON writes them."""
+    if isinstance(value, (range, tuple, set, list)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    return value
+
+
+class PlainModelArgs:
+    """Keeps the factory arguments timm records on a model (``model._model_args``, exported by ``save_for_hf`` /
+    ``push_to_hf_hub`` into config.json) as plain JSON values, so ``moe_layers=range(8, 12)`` exports."""
+
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        return self.__dict__.get("_plain_model_args", {})
+
+    @_model_args.setter
+    def _model_args(self, args: dict[str, Any]) -> None:
+        self.__dict__["_plain_model_args"] = {k: plain_json(v) for k, v in args.items()}
+
+
 def pop_moe_args(kwargs: dict[str, Any], moe_type: str) -> dict[str, Any]:
     """Take the router / regularisation options of ``moe_type`` out of a model's kwargs."""
     names = {"sphero": SPHERO_ARGS, "soft": SOFT_ARGS}.get(moe_type)

@@ -13,10 +13,10 @@ from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .common import check_moe_layers, make_moe_layer, pop_moe_args, router_no_weight_decay
+from .common import PlainModelArgs, check_moe_layers, make_moe_layer, pop_moe_args, router_no_weight_decay
 
 
-class MoEVisionTransformer(VisionTransformer):
+class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
     """VisionTransformer whose blocks ``moe_layers`` (0-based) use a SpheroMoE or Soft MoE layer as MLP.
 
     Args (beyond timm's VisionTransformer):

@@ -1,0 +1,220 @@
+"""Publish moejet models the way timm models are published: a Hugging Face Hub folder that
+``timm.create_model("hf-hub:ID", pretrained=True)`` (or ``"local-dir:DIR"``) loads.
+
+The folder is timm's own :func:`timm.models.save_for_hf` output (``config.json`` with the architecture
+and its kwargs, ``model.safetensors``) plus a model card (``README.md``) written from what moejet knows
+about the model: recycling source and strategy, training recipe, metrics, params and MACs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+import yaml
+
+from .checkpoint import build_from_checkpoint, read_metadata
+from .errors import UserError
+from .models.common import plain_json
+
+WEIGHTS_FILES = ("last.safetensors", "best.safetensors")  # a run directory's weights, in order of preference
+RECYCLE_KEYS = ("moejet.recycle.predecessor", "moejet.recycle.strategy", "moejet.recycle.seed")
+
+
+def jsonable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Model kwargs as plain JSON values, as timm's config.json needs them."""
+    kwargs = plain_json(kwargs)
+    try:
+        json.dumps(kwargs)
+    except TypeError as err:
+        raise UserError(f"model arguments are not JSON-serialisable ({err}): rebuild with plain values") from None
+    return kwargs
+
+
+def resolve_source(source: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(weights file, run directory or None)`` for a moejet safetensors file or a ``moejet train`` run."""
+    source = Path(source)
+    if source.is_dir():
+        weights = next((source / f for f in WEIGHTS_FILES if (source / f).is_file()), None)
+        if weights is None:
+            raise UserError(f"{source} has no {' or '.join(WEIGHTS_FILES)}: pass a run directory or a weights file")
+        return weights, source
+    if not source.is_file():
+        raise UserError(f"{source} does not exist: pass a moejet run directory or a .safetensors file")
+    return source, None
+
+
+def describe(weights: Path, run_dir: Path | None) -> dict[str, Any]:
+    """What the model card says: model, kwargs, recycling, recipe and metrics (missing parts are omitted)."""
+    meta = read_metadata(weights)
+    info: dict[str, Any] = {"recycle": {k.rsplit(".", 1)[1]: meta[k] for k in RECYCLE_KEYS if k in meta}}
+    if "moejet.epoch" in meta:
+        info["epoch"] = int(meta["moejet.epoch"])
+    if run_dir is not None:
+        config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+        if config_path.is_file():
+            info["config"] = yaml.safe_load(config_path.read_text()) or {}
+        if metrics_path.is_file():
+            rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+            epoch = info.get("epoch")
+            info["metrics"] = next((r for r in rows if r.get("epoch") == epoch), rows[-1] if rows else None)
+            best = max(rows, key=lambda r: r.get("val_top1", float("-inf")), default=None)
+            if best is not None and best is not info["metrics"]:
+                info["best_metrics"] = best
+        recycle_report = run_dir / "recycle" / "recycle.json"
+        if recycle_report.is_file():
+            report = json.loads(recycle_report.read_text())
+            info["recycle"] = {"predecessor": report["predecessor"]["name"], "strategy": report["strategy"],
+                               "seed": str(report["seed"]), **info["recycle"]}
+    return info
+
+
+def model_card(name: str, kwargs: dict[str, Any], info: dict[str, Any], params: int, macs: int | None,
+               repo_id: str | None) -> str:
+    """A Hugging Face model card (``README.md``) in timm's style."""
+    repo = repo_id or name
+    load = f'timm.create_model("hf-hub:{repo}", pretrained=True)' if repo_id else \
+        'timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True)'
+    lines = [
+        "---", "tags:", "- image-classification", "- timm", "- moejet", "- mixture-of-experts",
+        "library_name: timm", "license: apache-2.0", "---", "",
+        f"# {repo}", "",
+        f"A `{name}` Mixture-of-Experts model built with moejet "
+        "(MoE Jetpack, NeurIPS 2024: dense checkpoint recycling + SpheroMoE fine-tuning).", "",
+        "## Model details", "",
+        f"- architecture: `{name}`, arguments `{json.dumps(kwargs, sort_keys=True)}`",
+        f"- params: {params / 1e6:.1f} M",
+    ]
+    if macs is not None:
+        lines.append(f"- MACs per image: {macs / 1e9:.2f} G (torch FlopCounterMode, routing included)")
+    recycle = info.get("recycle") or {}
+    if recycle:
+        lines.append(f"- initial weights: recycled from `{recycle.get('predecessor', '?')}` with strategy "
+                     f"`{recycle.get('strategy', '?')}` (seed {recycle.get('seed', '?')})")
+    config = info.get("config") or {}
+    if config:
+        data, schedule, optim, train = (config.get(k) or {} for k in ("data", "schedule", "optim", "train"))
+        lines += [
+            f"- fine-tuned on: `{data.get('dataset', '?')}` at {data.get('img_size', '?')} px, "
+            f"{schedule.get('epochs', '?')} epochs, global batch {train.get('batch_size', '?')}, "
+            f"lr {optim.get('lr', '?')}, layer decay {optim.get('layer_decay')}, "
+            f"recipe variant `{config.get('variant', 'paper')}`",
+        ]
+    metrics, best = info.get("metrics"), info.get("best_metrics")
+    if metrics:
+        lines += ["", "## Results", "", "| weights | epoch | top-1 | top-5 |", "| --- | --- | --- | --- |",
+                  f"| published (last epoch) | {metrics.get('epoch')} | {metrics.get('val_top1', float('nan')):.2f} "
+                  f"| {metrics.get('val_top5', float('nan')):.2f} |"]
+        if best:
+            lines.append(f"| best epoch (selected on the val split; not published) | {best.get('epoch')} | "
+                         f"{best.get('val_top1', float('nan')):.2f} | {best.get('val_top5', float('nan')):.2f} |")
+    lines += ["", "## Usage", "", "```python", "import timm", "import moejet  # registers the MoE architectures",
+              "", f"model = {load}.eval()",
+              "cfg = timm.data.resolve_data_config({}, model=model)",
+              "transform = timm.data.create_transform(**cfg)", "```", "",
+              "## Citation", "", "```bibtex",
+              "@inproceedings{zhu2024moejetpack,",
+              "  title={MoE Jetpack: From Dense Checkpoints to Adaptive Mixture of Experts for Vision Tasks},",
+              "  author={Zhu, Xingkui and Guan, Yiran and Liang, Dingkang and Chen, Yuchao and Liu, Yuliang and "
+              "Bai, Xiang},",
+              "  booktitle={Advances in Neural Information Processing Systems},", "  year={2024}", "}", "```", ""]
+    return "\n".join(lines)
+
+
+def write_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None,
+                 macs: bool = True) -> Path:
+    """Write ``out`` (config.json, model.safetensors, README.md) for ``source``; atomic: all files or none."""
+    from timm.models import save_for_hf
+
+    from .analysis.cost import count_macs, count_params
+    from .analysis.io import input_size_of
+
+    weights, run_dir = resolve_source(source)
+    model, name, kwargs = build_from_checkpoint(weights)
+    kwargs = jsonable_kwargs(kwargs)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty directory: pass a new directory")
+    model.eval()
+    mac_count = count_macs(model, input_size_of(model))[0] if macs else None
+    card = model_card(name, kwargs, describe(weights, run_dir), count_params(model), mac_count, repo_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_for_hf(model, tmp, model_args=kwargs, safe_serialization=True)
+        (tmp / "README.md").write_text(card)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def push(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
+         revision: str | None = None, commit_message: str = "Upload moejet model") -> str:
+    """Create ``repo_id`` on the Hub (if needed) and upload ``folder``; returns the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                                 commit_message=commit_message, repo_type="model")
+    except (HfHubHTTPError, OSError) as err:
+        raise UserError(f"upload to {repo_id} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                        "check your token (huggingface-cli login) and network, or use --out DIR") from None
+    return str(getattr(info, "commit_url", info))
+
+
+def publish(source: str | os.PathLike, repo_id: str | None = None, out: str | os.PathLike | None = None,
+            private: bool = False, token: str | None = None, macs: bool = True) -> Path | str:
+    """Write the Hub folder for ``source`` to ``out`` and/or upload it to ``repo_id``."""
+    if repo_id is None and out is None:
+        raise UserError("say where to publish: --repo-id ID (upload to the Hugging Face Hub) and/or --out DIR")
+    if out is not None:
+        folder = write_folder(source, out, repo_id, macs)
+        return push(folder, repo_id, private, token) if repo_id else folder
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_folder(source, Path(tmp) / "model", repo_id, macs)
+        return push(folder, repo_id, private, token)
+
+
+def load_published(path_or_id: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` of a published folder (``local-dir:``) or Hub id (``hf-hub:``), with its weights."""
+    import timm
+
+    import moejet.models  # noqa: F401  (registers the architectures)
+
+    prefix = "local-dir:" if Path(path_or_id).is_dir() else "hf-hub:"
+    return timm.create_model(prefix + str(path_or_id), pretrained=True, **kwargs)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "publish", help="write a Hugging Face Hub folder (config.json, model.safetensors, model card); upload it",
+        description="Publish a moejet model (a run directory or a .safetensors file written by moejet) so that "
+                    "timm.create_model('hf-hub:ID', pretrained=True) or 'local-dir:DIR' loads it.",
+    )
+    p.add_argument("source", help="a `moejet train` run directory (its last.safetensors) or a moejet .safetensors file")
+    p.add_argument("--repo-id", help="Hugging Face Hub repository to create/update, e.g. user/vjetmoe-tiny-cifar100")
+    p.add_argument("--out", help="also (or only, without --repo-id) write the folder here; must be new or empty")
+    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    p.add_argument("--token", help="Hub token (default: huggingface-cli login / HF_TOKEN)")
+    p.add_argument("--no-macs", action="store_true", help="skip counting MACs for the model card (faster)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: Any) -> int:
+    result = publish(args.source, args.repo_id, args.out, args.private, args.token, macs=not args.no_macs)
+    print(f"published {args.source} -> {result}")
+    if args.out:
+        print(f'load it with: timm.create_model("local-dir:{args.out}", pretrained=True)  (after `import moejet`)')
+    return 0
