@@ -173,3 +173,35 @@ def test_models_command_rejects_unknown_names(capsys):
 
     assert main(["models", "--no-macs", "vjetmoe_nonexistent"]) == 2
     assert "unknown model 'vjetmoe_nonexistent': see `moejet models`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])
+def test_features_only_and_forward_intermediates_run_the_moe_blocks(name, tmp_path):
+    from moejet.checkpoint import save_model
+
+    if name == "cjetmoe_femto":
+        kwargs = dict(TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
+    else:
+        kwargs = dict(TINY_VIT, moe_layers=(2, 3), core_experts=2, univ_experts=4)
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        if name == "cjetmoe_femto":  # reference: stem, then each stage (MoE blocks in stages 3 and 4)
+            expected, h = [], model.stem(x)
+            for stage in model.stages:
+                h = stage(h)
+                expected.append(h)
+        else:  # reference: blocks one by one (MoE in blocks 2, 3), patch tokens as (b, d, h, w)
+            expected, h = [], model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+            for block in model.blocks:
+                h = block(h)
+                expected.append(h[:, 1:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2))
+        intermediates = model.forward_intermediates(x, indices=(1, 3), intermediates_only=True)
+        save_model(model, tmp_path / "model.safetensors", name, kwargs)  # a backbone from moejet weights
+        features = timm.create_model(name, features_only=True, out_indices=(1, 3), pretrained=True, **kwargs,
+                                     pretrained_cfg_overlay=dict(file=str(tmp_path / "model.safetensors"))).eval()
+        for got in (intermediates, features(x)):
+            assert len(got) == 2
+            for g, e in zip(got, (expected[1], expected[3])):
+                torch.testing.assert_close(g, e)
