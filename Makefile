@@ -9,7 +9,7 @@ STAMP := $(VENV)/.moejet-installed
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev,export]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "moejet.analysis.cli",
     "moejet.demo.cli",
     "moejet.hub",
+    "moejet.export",
 )
 
 
