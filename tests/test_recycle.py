@@ -209,16 +209,104 @@ def test_importance_picks_more_important_neurons_than_random(files):
     assert means["importance"] > 1.2 * means["random"]
 
 
-def test_universal_experts_draw_or_subselect_a_core_sized_draw(files):
-    """uniform: expert e takes every (h/size)-th neuron from offset e; subselect thins a core-sized draw."""
+def test_uniform_rules_and_universal_modes(files):
+    """shared (Eq. 7): one floor(i*h/k) set for every expert; shifted: expert e starts at e mod (h/k); linspace
+    (release): round(linspace(0, h-1, k)); subselect: the same linspace positions of each core-sized draw."""
     i = torch.arange(32)
-    for mode, shifts in (("draw", 8), ("subselect", 2)):
-        expected = [8 * i + e % shifts for e in range(6)]
-        _, report = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None, univ_mode=mode)
+    floor, lin = lambda n, k: (torch.arange(k) * n // k), lambda n, k: torch.linspace(0, n - 1, k).round().long()
+    cases = {
+        ("shared", "draw"): ([floor(256, 128)] * 3, [floor(256, 32)] * 6),
+        ("shifted", "draw"): ([2 * torch.arange(128) + e % 2 for e in range(3)], [8 * i + e % 8 for e in range(6)]),
+        ("linspace", "draw"): ([lin(256, 128)] * 3, [lin(256, 32)] * 6),
+        ("shared", "subselect"): ([floor(256, 128)] * 3, [floor(256, 128)[lin(128, 32)]] * 6),
+        ("shifted", "subselect"): ([2 * torch.arange(128) + e % 2 for e in range(3)],
+                                   [(2 * torch.arange(128) + e % 2)[lin(128, 32)] for e in range(6)]),
+    }
+    for (rule, mode), (core, univ) in cases.items():
+        _, report = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None, univ_mode=mode,
+                            uniform_rule=rule)
+        assert report["switches"]["uniform_rule"] == rule and report["switches"]["univ_mode"] == mode
         for paths in report["neuron_indices"].values():
-            assert paths["univ"] == torch.stack(expected).tolist()
-            assert paths["core"] == [(2 * torch.arange(128) + e % 2).tolist() for e in range(3)]
-        assert report["calibration"] is None and report["coverage"] == 1.0
+            assert paths["core"] == torch.stack(core).tolist(), (rule, mode)
+            assert paths["univ"] == torch.stack(univ).tolist(), (rule, mode)
+        assert report["calibration"] is None
+    assert lin(256, 32)[:4].tolist() == [0, 8, 16, 25] and lin(256, 32)[-1] == 255
+
+
+def test_variant_sets_every_switch_and_explicit_values_win(files):
+    from moejet.variants import RECYCLE_SWITCHES
+
+    _, paper = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None)
+    assert paper["variant"] == "paper" and paper["switches"] == {
+        "importance_metric": "mean_abs", "expert_channels": "shared", "uniform_rule": "shared",
+        "query_norm": "inherit", "univ_mode": "draw"}
+    _, release = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None, variant="release",
+                         query_norm="inherit")
+    assert release["switches"] == {s.name: s.release for s in RECYCLE_SWITCHES} | {"query_norm": "inherit"}
+    assert release["switches"]["univ_mode"] == "subselect" and release["switches"]["importance_metric"] == "l2"
+
+
+def test_cli_variant_flag_and_explicit_switch(files, tmp_path):
+    extra = ["--variant", "release", "--univ-mode", "draw", "--quiet"]
+    assert run_cli(files, tmp_path / "out", extra=extra) == 0
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert report["variant"] == "release" and report["switches"] == {
+        "importance_metric": "l2", "expert_channels": "per_expert", "uniform_rule": "linspace",
+        "query_norm": "fresh", "univ_mode": "draw"}
+    model, _, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
+    fresh = model.state_dict()["blocks.2.mlp.query_norm.weight"]
+    assert "blocks.2.mlp.query_norm.weight" in report["fresh_keys"] and torch.equal(fresh, torch.ones_like(fresh))
+
+
+def test_l2_metric_matches_the_release_computation(files):
+    """Per batch ||a||_2 over (images, tokens), not squared, averaged over batches (release feature_analysis)."""
+    model, loader = files["vit"], calib_batches()
+    stats = collect_stats(model, blocks(model), loader, torch.device("cpu"), metric="l2")
+    seen = {"in": [], "act": []}
+    hooks = [model.blocks[1].norm2.register_forward_hook(lambda m, a, o: seen["in"].append(o)),
+             model.blocks[1].mlp.act.register_forward_hook(lambda m, a, o: seen["act"].append(o))]
+    with torch.no_grad():
+        for x in loader:
+            model(x)
+    for h in hooks:
+        h.remove()
+    ref = lambda outs: torch.stack([o.double().pow(2).sum(dim=(0, 1)).sqrt() for o in outs]).mean(0).float()
+    torch.testing.assert_close(stats.channel["blocks.1"], ref(seen["in"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.neuron["blocks.1"], ref(seen["act"]), rtol=1e-5, atol=1e-6)
+    assert stats.metric == "l2"
+
+
+@pytest.mark.parametrize("strategy", ["importance", "random", "uniform"])
+def test_per_expert_channels_reproduce_the_expert_weights(files, strategy):
+    """Release: expert e reads/writes its own channels c_e: W1[idx][:, c_e], W2[c_e][:, idx], b2[c_e]; the
+    residual stream (norms, attention) keeps the shared channel set."""
+    pred = files["vit"]
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", SUCC_VIT, strategy, calib_batches(),
+                            expert_channels="per_expert")
+    p = pred.state_dict()
+    c = torch.tensor(report["channel_indices"][0])
+    assert torch.equal(state["blocks.2.norm2.weight"], p["blocks.2.norm2.weight"][c])
+    distinct = set()
+    for key, paths in report["neuron_indices"].items():
+        name = report["moe_blocks"][key]["name"]
+        w1, b1 = p[f"{name}.mlp.fc1.weight"], p[f"{name}.mlp.fc1.bias"]
+        w2, b2 = p[f"{name}.mlp.fc2.weight"], p[f"{name}.mlp.fc2.bias"]
+        for path, attr in (("core", "core_experts"), ("univ", "univ_experts")):
+            channels = report["expert_channel_indices"][key][path]
+            assert len(channels) == len(paths[path])
+            for e, (idx, ch) in enumerate(zip(paths[path], channels)):
+                idx, ch = torch.tensor(idx), torch.tensor(ch)
+                assert len(ch) == 32 and len(set(ch.tolist())) == 32 and ch.tolist() == sorted(ch.tolist())
+                distinct.add(tuple(ch.tolist()))
+                q = f"{name}.mlp.{attr}."
+                assert torch.equal(state[q + "fc1_weight"][e], w1[idx][:, ch])
+                assert torch.equal(state[q + "fc1_bias"][e], b1[idx])
+                assert torch.equal(state[q + "fc2_weight"][e], w2[ch][:, idx])
+                assert torch.equal(state[q + "fc2_bias"][e], b2[ch])
+    assert (len(distinct) == 1) == (strategy == "uniform")
+    if strategy == "importance":  # sampled ∝ importance: the hot channels dominate
+        hot = sum(len(set(ch) & set(HOT_CHANNELS)) for ch in distinct) / len(distinct)
+        assert hot > 20
 
 
 def test_graph_experts_are_unions_of_metis_parts(files):
@@ -275,12 +363,15 @@ def bad_files(root):
         (dict(ckpt="trunc.pth"), "it may be truncated or not a weights file"),
         (dict(ckpt="cnx.pth"), "does not match the model architecture"),
         (dict(dense="cnx.pth"), "does not match the model architecture"),
+        (dict(extra=["--expert-channels", "mixed"]), "unknown --expert-channels 'mixed': choose one of shared, "
+                                                     "per_expert"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, tmp_path, capsys, change, message):
     root = bad_files(files["root"])
     out = tmp_path / "out"
     extra = ["--dense-checkpoint", str(root / change["dense"])] if "dense" in change else []
+    extra += change.get("extra", [])
     if "ckpt" in change:
         saved, files = files["vit_file"], dict(files, vit_file=root / change["ckpt"])
     rc = run_cli(files, out, strategy=change.get("strategy", "importance"), succ=change.get("succ"), extra=extra)

@@ -6,7 +6,16 @@ import argparse
 import time
 
 from ..errors import UserError
-from .select import STRATEGIES, UNIV_MODES
+from ..variants import RECYCLE_SWITCHES, VARIANTS
+from .select import STRATEGIES
+
+SWITCH_HELP = {
+    "importance_metric": "channel/neuron importance",
+    "expert_channels": "channels of each expert",
+    "uniform_rule": "uniform strategy's index sets (also: shifted)",
+    "query_norm": "router query LayerNorm: copy the block's norm2 (inherit) or a new one (fresh)",
+    "univ_mode": "universal experts: draw at their own size, or subselect a core-sized draw",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--univ-mode", default="draw", metavar="|".join(UNIV_MODES),
-                   help="universal experts: draw at their own size (default) or subselect a core-sized draw")
+    p.add_argument("--variant", default="paper", choices=VARIANTS,
+                   help="set every switch below to the paper's (default) or the released code's value")
+    for switch in RECYCLE_SWITCHES:
+        p.add_argument("--" + switch.name.replace("_", "-"), default=None, metavar="VALUE",
+                       help=f"{SWITCH_HELP[switch.name]}: {switch.paper} (paper) | {switch.release} (release); "
+                            "default: the --variant's")
     p.add_argument("--graph-parts", type=int, default=32, help="target METIS parts per layer (graph)")
     p.add_argument("--coact-percentile", type=float, default=90.0,
                    help="a neuron is active above this percentile of its layer's activations (graph)")
-    p.add_argument("--query-norm", default="inherit", metavar="inherit|fresh",
-                   help="router query LayerNorm: copy the block's norm (default) or keep it fresh")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -74,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
                                            pin_memory=device.type == "cuda")
     load_s = time.perf_counter() - t0
     state, report = recycle(
-        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, args.seed, device,
-        args.univ_mode, args.graph_parts, args.coact_percentile, args.query_norm, progress=not args.quiet,
+        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, seed=args.seed, device=device,
+        graph_parts=args.graph_parts, coact_percentile=args.coact_percentile, progress=not args.quiet,
         calib_batches=len(loader) if loader is not None else None, predecessor_name=args.predecessor,
+        variant=args.variant, **{s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES},
     )
     report["predecessor"].update(checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
                                  kwargs=pred_kwargs)
