@@ -246,6 +246,31 @@ def test_variant_sets_every_switch_and_explicit_values_win(files):
     assert release["switches"]["univ_mode"] == "subselect" and release["switches"]["importance_metric"] == "l2"
 
 
+def test_upcycle_fills_the_default_dual_path_architecture(files):
+    """Sparse Upcycling onto the same architecture as importance recycling: core experts are the whole dense MLP;
+    universal expert e is every 4th neuron from offset e mod 4, so 4 consecutive experts partition the MLP."""
+    torch.manual_seed(1)
+    same_width = timm.create_model("vit_small_patch16_224", **dict(PRED_VIT, embed_dim=32)).eval()
+    up, up_report = recycle(same_width, "vjetmoe_tiny_patch16_224", SUCC_VIT, "upcycle", None)
+    rec, _ = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "importance", calib_batches())
+    assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in rec.items()}
+    assert up_report["successor"]["kwargs"] == SUCC_VIT
+    p = same_width.state_dict()
+    for block in ("blocks.2", "blocks.3"):
+        w1, b1 = p[f"{block}.mlp.fc1.weight"], p[f"{block}.mlp.fc1.bias"]
+        w2, b2 = p[f"{block}.mlp.fc2.weight"], p[f"{block}.mlp.fc2.bias"]
+        core, univ = f"{block}.mlp.core_experts.", f"{block}.mlp.univ_experts."
+        assert up[core + "fc1_weight"].shape == (3, 128, 32) and up[univ + "fc1_weight"].shape == (6, 32, 32)
+        for e in range(3):
+            assert torch.equal(up[core + "fc1_weight"][e], w1) and torch.equal(up[core + "fc2_weight"][e], w2)
+            assert torch.equal(up[core + "fc1_bias"][e], b1) and torch.equal(up[core + "fc2_bias"][e], b2)
+        for e in range(6):
+            n = 4 * torch.arange(32) + e % 4
+            assert torch.equal(up[univ + "fc1_weight"][e], w1[n]) and torch.equal(up[univ + "fc2_weight"][e], w2[:, n])
+            assert torch.equal(up[univ + "fc1_bias"][e], b1[n]) and torch.equal(up[univ + "fc2_bias"][e], b2)
+    assert up_report["moe_blocks"]["2"]["univ_coverage"] == 1.0
+
+
 def test_cli_variant_flag_and_explicit_switch(files, tmp_path):
     extra = ["--variant", "release", "--univ-mode", "draw", "--quiet"]
     assert run_cli(files, tmp_path / "out", extra=extra) == 0
@@ -357,6 +382,9 @@ def bad_files(root):
         (dict(succ=dict(SUCC_VIT, univ_factor=3.0)), "block 2's univ experts need 384 hidden neurons but the "
                                                      "predecessor's MLP has 256"),
         (dict(strategy="upcycle"), "upcycle copies whole MLPs, so it needs the same width"),
+        (dict(strategy="upcycle", succ=dict(SUCC_VIT, embed_dim=64, mlp_ratio=2.0)),
+         "upcycle makes every core expert a full copy of the dense MLP (256 neurons) but block 2's core experts "
+         "have 128"),
         (dict(strategy="magic"), "unknown strategy 'magic': choose one of importance, graph, uniform, random, upcycle"),
         (dict(ckpt="missing.safetensors"), "does not exist: check the path"),
         (dict(ckpt="trunc.safetensors"), "it may be truncated or not a weights file"),
