@@ -271,6 +271,52 @@ def test_upcycle_fills_the_default_dual_path_architecture(files):
     assert up_report["moe_blocks"]["2"]["univ_coverage"] == 1.0
 
 
+def test_vjetmoe_s_experts_from_the_larger_predecessor(files, tmp_path):
+    """V-JetMoE-S ratios at tiny scale: experts from a B-like predecessor (64 ch, 4 heads, hidden 256), dense part
+    from an S-like checkpoint (32 ch, 2 heads): channels 64 -> 32, hidden 256 -> core 128 / universal 32."""
+    b_like = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
+    s_like = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
+    succ = dict(s_like, moe_layers=(2, 3), core_experts=3, univ_experts=6)
+    torch.manual_seed(2)
+    save_file(make_predecessor("vit_base_patch16_224", dict(b_like, num_classes=10)).state_dict(),
+              str(tmp_path / "b.safetensors"))
+    save_file(timm.create_model("vit_small_patch16_224", **s_like).state_dict(), str(tmp_path / "s.safetensors"))
+    argv = ["recycle", "--predecessor", "vit_base_patch16_224",
+            "--predecessor-checkpoint", str(tmp_path / "b.safetensors"), *args_of(b_like, "--predecessor-arg"),
+            "--dense-checkpoint", str(tmp_path / "s.safetensors"),
+            "--successor", "vjetmoe_small_patch16_224", *args_of(succ), "--calib-data", "synthetic:size=32",
+            "--calib-images", "12", "--batch-size", "6", "--workers", "0", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    model, name, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert name == "vjetmoe_small_patch16_224" and report["predecessor"]["dims"] == [64]
+    assert report["moe_blocks"]["2"]["experts"] == {"core": [3, 128], "univ": [6, 32]}
+    assert report["channel_indices"][0] == HOT_CHANNELS
+    dense = load_file(str(tmp_path / "s.safetensors"))
+    for key, value in model.state_dict().items():
+        if not key.startswith(("blocks.2.mlp.", "blocks.3.mlp.")):
+            assert torch.equal(value, dense[key]), key
+    pred = timm.create_model("vit_base_patch16_224", **dict(b_like, num_classes=10))
+    pred.load_state_dict(load_file(str(tmp_path / "b.safetensors")))
+    check_experts(model, pred, report, "importance")
+
+
+def test_full_size_vjetmoe_s_pairs_with_vit_b():
+    """The real V-JetMoE-S / ViT-B pair passes every check (built on the meta device: no memory)."""
+    from moejet.recycle import check_pair
+    from moejet.recycle.layout import expert_banks
+
+    with torch.device("meta"):
+        pred = timm.create_model("vit_base_patch16_224", num_classes=21843)
+        succ = timm.create_model("vjetmoe_small_patch16_224", num_classes=1000)
+    pair = check_pair(pred, succ, "importance", dense=True)
+    assert pair.pred_dims == [768] and pair.succ_dims == [384]
+    assert [b.index for b in pair.moe_blocks] == [6, 7, 8, 9, 10, 11]
+    banks = expert_banks(pair.moe_blocks[0].module.mlp)
+    assert [(path, n, h) for path, _, n, h in banks] == [("core", 98, 1536), ("univ", 196, 384)]
+
+
 def test_cli_variant_flag_and_explicit_switch(files, tmp_path):
     extra = ["--variant", "release", "--univ-mode", "draw", "--quiet"]
     assert run_cli(files, tmp_path / "out", extra=extra) == 0
