@@ -239,7 +239,7 @@ def test_variant_sets_every_switch_and_explicit_values_win(files):
     _, paper = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None)
     assert paper["variant"] == "paper" and paper["switches"] == {
         "importance_metric": "mean_abs", "expert_channels": "shared", "uniform_rule": "shared",
-        "query_norm": "inherit", "univ_mode": "draw"}
+        "query_norm": "inherit", "univ_mode": "draw", "final_norm": "copy"}
     _, release = recycle(files["vit"], "vjetmoe_tiny_patch16_224", SUCC_VIT, "uniform", None, variant="release",
                          query_norm="inherit")
     assert release["switches"] == {s.name: s.release for s in RECYCLE_SWITCHES} | {"query_norm": "inherit"}
@@ -317,13 +317,39 @@ def test_full_size_vjetmoe_s_pairs_with_vit_b():
     assert [(path, n, h) for path, _, n, h in banks] == [("core", 98, 1536), ("univ", 196, 384)]
 
 
+@pytest.mark.parametrize("final_norm", ["copy", "fresh"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_avg_pooled_successor_takes_the_final_norm_into_fc_norm(files, tmp_path, final_norm, dense):
+    """A token-pooled source (final ``norm``) into a global_pool='avg' successor (``fc_norm``, norm = Identity)."""
+    succ = dict(SUCC_VIT, global_pool="avg")
+    extra = ["--final-norm", final_norm, "--quiet"]
+    extra += ["--dense-checkpoint", str(files["dense_file"])] if dense else []
+    assert run_cli(files, tmp_path / "out", succ=succ, extra=extra) == 0
+    model, _, kwargs = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert kwargs["global_pool"] == "avg" and "norm.weight" not in model.state_dict()
+    if dense:
+        source = load_file(str(files["dense_file"]))
+        expected = {k: source[f"norm.{k}"] for k in ("weight", "bias")}
+    else:
+        c, p = torch.tensor(report["channel_indices"][0]), files["vit"].state_dict()
+        expected = {k: p[f"norm.{k}"][c] for k in ("weight", "bias")}
+    got = {k: model.state_dict()[f"fc_norm.{k}"] for k in ("weight", "bias")}
+    if final_norm == "copy":
+        assert all(torch.equal(got[k], expected[k]) for k in got)
+        assert "fc_norm.weight" not in report["fresh_keys"]
+    else:
+        assert torch.equal(got["weight"], torch.ones(32)) and torch.equal(got["bias"], torch.zeros(32))
+        assert {"fc_norm.weight", "fc_norm.bias"} <= set(report["fresh_keys"])
+
+
 def test_cli_variant_flag_and_explicit_switch(files, tmp_path):
     extra = ["--variant", "release", "--univ-mode", "draw", "--quiet"]
     assert run_cli(files, tmp_path / "out", extra=extra) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert report["variant"] == "release" and report["switches"] == {
         "importance_metric": "l2", "expert_channels": "per_expert", "uniform_rule": "linspace",
-        "query_norm": "fresh", "univ_mode": "draw"}
+        "query_norm": "fresh", "univ_mode": "draw", "final_norm": "fresh"}
     model, _, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
     fresh = model.state_dict()["blocks.2.mlp.query_norm.weight"]
     assert "blocks.2.mlp.query_norm.weight" in report["fresh_keys"] and torch.equal(fresh, torch.ones_like(fresh))

@@ -66,6 +66,11 @@ RECYCLE_SWITCHES: tuple[Switch, ...] = (
            f"{_GEN}, convert_vit_to_dualpath: one core-sized draw per universal expert, thinned with "
            "generate_uniform_indices(h_core, h_core*univ_factor)",
            "how universal experts' neurons are drawn"),
+    Switch("final_norm", "copy", "fresh",
+           "paper: silent (§3.1 recycles every dense weight); ours: the source's final norm into fc_norm",
+           f"{_GEN}, MoE_stitching copies keys by name: the avg-pooled MoE's fc_norm is not in the token-pooled "
+           "ViT-T, so it keeps its init",
+           "final norm of a successor that pools differently from its source (global_pool='avg': fc_norm)"),
 )
 
 

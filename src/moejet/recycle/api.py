@@ -22,7 +22,7 @@ from ..layers import BatchedExperts
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
 from .build import Selection, build_state, select_heads
 from .graph import part_size, part_weights, partition
-from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, stage_dims
+from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, final_norm_alias, stage_dims
 from .select import (
     EXPERT_CHANNELS,
     STRATEGIES,
@@ -39,8 +39,9 @@ from .stats import METRICS, CalibStats, collect_stats
 
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
+FINAL_NORMS = ("copy", "fresh")
 CHOICES = {"importance_metric": METRICS, "expert_channels": EXPERT_CHANNELS, "uniform_rule": UNIFORM_RULES,
-           "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES}
+           "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES, "final_norm": FINAL_NORMS}
 
 
 def resolve_switches(variant: str, **explicit: str | None) -> dict[str, str]:
@@ -255,6 +256,7 @@ def recycle(
     importance_metric: str | None = None,
     expert_channels: str | None = None,
     uniform_rule: str | None = None,
+    final_norm: str | None = None,
     variant: str = "paper",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT/DeiT/ConvNeXt with its weights loaded) into ``successor``.
@@ -277,6 +279,8 @@ def recycle(
         importance_metric: ``mean_abs`` (paper Eq. 4) or ``l2`` (release), see :mod:`moejet.recycle.stats`.
         expert_channels: ``shared`` (paper: the successor's channel set) or ``per_expert`` (release).
         uniform_rule: ``shared`` (paper Eq. 7), ``linspace`` (release) or ``shifted`` (per-expert shifts).
+        final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
+            source's final norm (default) or keep the successor's ``fresh`` one (release).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -288,7 +292,7 @@ def recycle(
         raise UserError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     switches = resolve_switches(variant, univ_mode=univ_mode, query_norm=query_norm,
                                 importance_metric=importance_metric, expert_channels=expert_channels,
-                                uniform_rule=uniform_rule)
+                                uniform_rule=uniform_rule, final_norm=final_norm)
     if not 0.0 < coact_percentile < 100.0:
         raise UserError(f"co-activation percentile must be in (0, 100), got {coact_percentile}")
     if strategy in NEEDS_STATS and calib_loader is None:
@@ -299,7 +303,8 @@ def recycle(
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
         wrong = [k for k, v in model.state_dict().items() if not k.startswith(moe_prefixes)
-                 and (dense_state[k].shape != v.shape if k in dense_state else not is_head(k))]
+                 and (dense_state[k].shape != v.shape if k in dense_state
+                      else not is_head(k) and final_norm_alias(k, dense_state) is None)]
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
@@ -328,7 +333,7 @@ def recycle(
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, sel, dense_state,
-                               switches["query_norm"])
+                               switches["query_norm"], switches["final_norm"])
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start

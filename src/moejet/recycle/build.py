@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from ..errors import UserError
-from .layout import Block, axis_roles, expert_banks, key_block, key_stage, num_prefix_pos_tokens
+from .layout import Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage, num_prefix_pos_tokens
 from .select import evenly_spaced
 
 
@@ -130,8 +130,14 @@ def build_state(
     sel: Selection,
     dense_state: dict[str, torch.Tensor] | None = None,
     query_norm: str = "inherit",
+    final_norm: str = "copy",
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The successor's full state dict and the keys left at the successor's fresh init."""
+    """The successor's full state dict and the keys left at the successor's fresh init.
+
+    A successor that pools differently from its source (``fc_norm`` vs ``norm``, see
+    :func:`~moejet.recycle.layout.final_norm_alias`) takes the source's final norm (``final_norm="copy"``) or
+    keeps its own fresh one (``"fresh"``, what the release's key-matching stitch does).
+    """
     ref_state = successor.state_dict()
     moe_blocks = [b for b in succ_blocks if b.hidden is None]
     moe_prefixes = tuple(f"{b.name}.mlp." for b in moe_blocks)
@@ -139,6 +145,16 @@ def build_state(
     state, fresh = {}, []
     for key, ref in ref_state.items():
         if key.startswith(moe_prefixes):
+            continue
+        source = dense_state if dense_state is not None else pred_state
+        alias = final_norm_alias(key, source)
+        if alias is not None:
+            if final_norm == "copy":
+                state[key] = take(key, source[alias], ref, fam, sel, successor, attn_sets)[0] \
+                    if dense_state is None else source[alias].clone()
+            else:
+                state[key] = ref.clone()
+                fresh.append(key)
             continue
         if dense_state is not None:
             state[key] = (dense_state[key] if key in dense_state else ref).clone()

@@ -15,6 +15,7 @@ SWITCH_HELP = {
     "uniform_rule": "uniform strategy's index sets (also: shifted)",
     "query_norm": "router query LayerNorm: copy the block's norm2 (inherit) or a new one (fresh)",
     "univ_mode": "universal experts: draw at their own size, or subselect a core-sized draw",
+    "final_norm": "successor pooling differently (global_pool=avg: fc_norm): the source's final norm, or fresh",
 }
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from ..checkpoint import load_into, load_state_dict
 from ..errors import UserError
 from .api import build_successor
-from .layout import axis_roles, family
+from .layout import axis_roles, family, final_norm_alias
 
 NUMPY_SUFFIXES = (".npz", ".npy")
 
@@ -165,8 +165,13 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
     state = _timm_filter(load_state_dict(path), twin)
     own = twin.state_dict()
     dropped = [k for k in heads if k in state and state[k].shape != own[k].shape]
-    load_into(twin, {**state, **{k: own[k] for k in dropped}}, source)
-    return {k: v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
+    # a checkpoint that pools differently (norm vs fc_norm) loads with its final norm renamed, and is returned
+    # under its own name so recycle() applies its final_norm switch
+    renamed = {k: alias for k in own if (alias := final_norm_alias(k, state)) is not None}
+    moved = {k: state[a] for k, a in renamed.items()}
+    state = {k: v for k, v in state.items() if k not in renamed.values()}
+    load_into(twin, {**state, **{k: own[k] for k in dropped}, **moved}, source)
+    return {renamed.get(k, k): v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
 
 
 def calibration_input_size(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
