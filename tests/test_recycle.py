@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import build_from_checkpoint
+from moejet.checkpoint import build_from_checkpoint, save_model
 from moejet.cli import main
 from moejet.recycle import collect_stats, recycle
 from moejet.recycle.graph import balance, part_size
@@ -341,6 +341,51 @@ def test_avg_pooled_successor_takes_the_final_norm_into_fc_norm(files, tmp_path,
     else:
         assert torch.equal(got["weight"], torch.ones(32)) and torch.equal(got["bias"], torch.zeros(32))
         assert {"fc_norm.weight", "fc_norm.bias"} <= set(report["fresh_keys"])
+
+
+def header_cli(out, pred_args, extra=()):
+    return main(["recycle", *pred_args, "--successor", "vjetmoe_tiny_patch16_224", *args_of(SUCC_VIT),
+                 "--calib-data", "synthetic:size=32", "--calib-images", "12", "--batch-size", "6", "--workers", "0",
+                 "--device", "cpu", "--quiet", "--out", str(out), *extra])
+
+
+def test_moejet_files_name_their_model(files, tmp_path, capsys):
+    """A moejet safetensors predecessor needs no --predecessor / --predecessor-arg; explicit args win; a moejet
+    dense checkpoint is rebuilt from its header."""
+    pred_kwargs = dict(PRED_VIT, drop_path_rate=0.0)
+    save_model(files["vit"], tmp_path / "pred.safetensors", "vit_small_patch16_224", pred_kwargs)
+    torch.manual_seed(1)
+    dense = timm.create_model("vit_small_patch16_224", **dict(PRED_VIT, embed_dim=32, num_classes=7))
+    save_model(dense, tmp_path / "dense.safetensors", "vit_small_patch16_224",
+               dict(PRED_VIT, embed_dim=32, num_classes=7))
+    assert run_cli(files, tmp_path / "plain", extra=["--quiet"]) == 0
+    pred = ["--predecessor-checkpoint", str(tmp_path / "pred.safetensors")]
+    assert header_cli(tmp_path / "header", pred + ["--predecessor-arg", "drop_path_rate=0.1"]) == 0
+    report = json.loads((tmp_path / "header" / "recycle.json").read_text())
+    assert report["predecessor"]["name"] == "vit_small_patch16_224"
+    assert report["predecessor"]["kwargs"] == dict(pred_kwargs, drop_path_rate=0.1)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("plain", "header"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert header_cli(tmp_path / "dense", pred + ["--dense-checkpoint", str(tmp_path / "dense.safetensors")]) == 0
+    model, _, _ = build_from_checkpoint(tmp_path / "dense" / "model.safetensors")
+    ref = dense.state_dict()
+    for key, value in model.state_dict().items():
+        if not key.startswith(("blocks.2.mlp.", "blocks.3.mlp.", "head.")):
+            assert torch.equal(value, ref[key]), key
+    report = json.loads((tmp_path / "dense" / "recycle.json").read_text())
+    assert {"head.weight", "head.bias"} <= set(report["fresh_keys"])  # 7 classes there, 10 here
+    capsys.readouterr()
+    cases = [
+        (["--predecessor", "convnext_tiny", *pred], "--predecessor convnext_tiny contradicts checkpoint"),
+        (["--predecessor-checkpoint", str(files["vit_file"])], "name the predecessor: pass --predecessor MODEL"),
+        ([*pred, "--dense-checkpoint", str(tmp_path / "pred.safetensors")],
+         "the dense checkpoint lacks or mis-shapes"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        assert header_cli(tmp_path / f"bad{i}", args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("moejet recycle: error: ") and err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / f"bad{i}").exists()
 
 
 def test_cli_variant_flag_and_explicit_switch(files, tmp_path):
