@@ -446,6 +446,14 @@ def test_per_expert_channels_reproduce_the_expert_weights(files, strategy):
                 assert torch.equal(state[q + "fc2_weight"][e], w2[ch][:, idx])
                 assert torch.equal(state[q + "fc2_bias"][e], b2[ch])
     assert (len(distinct) == 1) == (strategy == "uniform")
+    if strategy == "importance":  # ConvNeXt (1x1-conv MLPs, per-stage channels) under the release variant
+        cnx = files["cnx"]
+        state, report = recycle(cnx, "cjetmoe_femto", SUCC_CNX, strategy, [x[:, :, :32, :32] for x in calib_batches()],
+                                variant="release")
+        p = cnx.state_dict()
+        w1 = p["stages.2.blocks.1.mlp.fc1.weight"].flatten(1)
+        idx, ch = (torch.tensor(report[k]["3"]["univ"][1]) for k in ("neuron_indices", "expert_channel_indices"))
+        assert len(ch) == 32 and torch.equal(state["stages.2.blocks.1.mlp.univ_experts.fc1_weight"][1], w1[idx][:, ch])
     if strategy == "importance":  # sampled ∝ importance: the hot channels dominate
         hot = sum(len(set(ch) & set(HOT_CHANNELS)) for ch in distinct) / len(distinct)
         assert hot > 20
