@@ -95,7 +95,10 @@ def header_model(path: str | os.PathLike | None) -> tuple[str, dict[str, Any]] |
     """``(model name, kwargs)`` from a moejet safetensors header (see moejet.checkpoint.save_model), else None."""
     if not path or Path(path).suffix.lower() != ".safetensors" or not Path(path).is_file():
         return None
-    meta = read_metadata(path)
+    try:
+        meta = read_metadata(path)
+    except UserError:  # unreadable: the weights loader reports it
+        return None
     if MODEL_KEY not in meta:
         return None
     try:
