@@ -6,7 +6,8 @@ Per block (SPEC §3.1, paper Eq. 4-5):
 - neuron importance: of the MLP activation output (``fc1 -> act``);
 - the importance metric is ``mean_abs`` (paper Eq. 4: mean ``|a|`` over every token seen) or ``l2`` (released
   code, ``feature_analysis`` with ``select_type='L2'``: per batch the L2 norm ``sqrt(sum a^2)`` over the batch's
-  images and tokens, not squared, then averaged over batches; so it depends on the batch size);
+  images and tokens, not squared, then averaged over batches; so it depends on the batch size: the release's
+  hooks saw halves of its 256-image batches under two-GPU ``nn.DataParallel``, i.e. 128 images);
 - co-activation counts (only the blocks asked for, for ``graph``): ``C[i, j]`` = number of tokens on which
   neurons ``i`` and ``j`` are both above the block's threshold, accumulated as one matmul of boolean masks
   per batch. The threshold is a percentile (default 90th) of the block's activation values; since a
