@@ -59,7 +59,7 @@ def _abs_sum(x: torch.Tensor) -> torch.Tensor:
 
 def _l2(x: torch.Tensor) -> torch.Tensor:
     """``(..., C) -> (C,)``: L2 norm over every axis but the last."""
-    return torch.linalg.vector_norm(x.double() if x.device.type != "mps" else x, dim=tuple(range(x.ndim - 1)))
+    return torch.linalg.vector_norm(x, dim=tuple(range(x.ndim - 1)))
 
 
 def percentile_threshold(x: torch.Tensor, percentile: float) -> torch.Tensor:
