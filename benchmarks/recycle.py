@@ -8,8 +8,8 @@ same input cost. Each strategy runs in a fresh subprocess that first times a pla
 over the same images (the baseline, measured next to the run it is compared with on a shared machine), then
 recycles; peak memory is the process's peak RSS after each.
 
-``upcycle`` needs a same-width pair: it recycles ViT-T -> V-JetMoE-T with 98 full-size core experts and no
-universal experts (Sparse Upcycling), and is compared with a plain ViT-T forward. Weights are random
+``upcycle`` needs a same-width pair: it recycles ViT-T -> the default V-JetMoE-T (98 full-size core experts,
+196 universal experts cut from the same MLP), and is compared with a plain ViT-T forward. Weights are random
 (no network): timing does not depend on them. Prints a Markdown table; writes benchmarks/results/recycle.json.
 """
 
@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results" / "recycle.json"
 STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 PAIRS = {  # case -> (predecessor, successor, successor kwargs)
     "vit_s": ("vit_small_patch16_224", "vjetmoe_tiny_patch16_224", {}),
-    "vit_t_upcycle": ("vit_tiny_patch16_224", "vjetmoe_tiny_patch16_224", {"core_experts": 98, "univ_experts": 0}),
+    "vit_t_upcycle": ("vit_tiny_patch16_224", "vjetmoe_tiny_patch16_224", {}),
 }
 TARGETS = {"importance": 1.5, "uniform": 1.5, "random": 1.5, "upcycle": 1.5, "graph": 2.5}
 

@@ -37,8 +37,41 @@ class Switch:
 # SpheroMoE layer / MoE model keyword arguments (moejet.layers, moejet.models).
 MODEL_SWITCHES: tuple[Switch, ...] = ()
 
-# moejet.recycle.recycle() keyword arguments (``moejet recycle`` flags).
-RECYCLE_SWITCHES: tuple[Switch, ...] = ()
+# moejet.recycle.recycle() keyword arguments (``moejet recycle`` flags). Release sources: Adlith/MoE-Jetpack at
+# commit 2a50c78, moejet/tools/gen_ViT_MoE_weight.py (main() runs select_type='L2', select_unit='mlp') and
+# moejet/configs/timm/vit_tiny_dual_moe_timm_21k_ft.py (the checkpoint it writes is that config's load_from).
+_GEN = "release moejet/tools/gen_ViT_MoE_weight.py"
+RECYCLE_SWITCHES: tuple[Switch, ...] = (
+    Switch("importance_metric", "mean_abs", "l2",
+           "paper §3.1, Eq. 4: mean |a| over tokens",
+           f"{_GEN}, feature_analysis + main (select_type='L2'): per batch ||a||_2 over (images, tokens), "
+           "averaged over batches",
+           "channel (norm2 output) and neuron (MLP activation) importance"),
+    Switch("expert_channels", "shared", "per_expert",
+           "paper §3.1, Eq. 4: one top-d' channel set for every layer and expert",
+           f"{_GEN}, selected_indices_Pruning + get_selected_weight (select_unit='mlp'): each expert samples its "
+           "own d' channels from P(c) ∝ its layer's channel importance; the residual stream keeps the top-d' set",
+           "channels each expert's fc1 reads and fc2 writes"),
+    Switch("uniform_rule", "shared", "linspace",
+           "paper §3.1, Eq. 7: floor(i*d/d'), one set shared by every expert",
+           f"{_GEN}, generate_uniform_indices / uniform_indices: round(linspace(0, n-1, k)), shared by every expert",
+           "the uniform strategy's index sets ('shifted': per-expert shifts, an option of ours)"),
+    Switch("query_norm", "inherit", "fresh",
+           "paper §3.2: tokens normalised by the LayerNorm inherited from the dense checkpoint, queries 'similarly "
+           "normalized'",
+           "release vit_tiny_dual_moe_timm_21k_ft.py slot_layernorm=True: a new LayerNorm, not in the checkpoint",
+           "the router's query LayerNorm: the block's norm2 copied, or fresh"),
+    Switch("univ_mode", "draw", "subselect",
+           "paper §3.1/§3.2: universal experts are recycled like core experts, at their own size",
+           f"{_GEN}, convert_vit_to_dualpath: one core-sized draw per universal expert, thinned with "
+           "generate_uniform_indices(h_core, h_core*univ_factor)",
+           "how universal experts' neurons are drawn"),
+    Switch("final_norm", "copy", "fresh",
+           "paper: silent (§3.1 recycles every dense weight); ours: the source's final norm into fc_norm",
+           f"{_GEN}, MoE_stitching copies keys by name: the avg-pooled MoE's fc_norm is not in the token-pooled "
+           "ViT-T, so it keeps its init",
+           "final norm of a successor that pools differently from its source (global_pool='avg': fc_norm)"),
+)
 
 
 def check_variant(variant: str) -> str:

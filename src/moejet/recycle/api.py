@@ -19,22 +19,41 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..layers import BatchedExperts
+from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
 from .build import Selection, build_state, select_heads
 from .graph import part_size, part_weights, partition
-from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, stage_dims
+from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, final_norm_alias, stage_dims
 from .select import (
+    EXPERT_CHANNELS,
     STRATEGIES,
+    UNIFORM_RULES,
     UNIV_MODES,
     coverage,
     select_channels,
     select_dense_neurons,
+    select_expert_channels,
     select_experts,
     subselect,
 )
-from .stats import CalibStats, collect_stats
+from .stats import METRICS, CalibStats, collect_stats
 
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
+FINAL_NORMS = ("copy", "fresh")
+CHOICES = {"importance_metric": METRICS, "expert_channels": EXPERT_CHANNELS, "uniform_rule": UNIFORM_RULES,
+           "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES, "final_norm": FINAL_NORMS}
+
+
+def resolve_switches(variant: str, **explicit: str | None) -> dict[str, str]:
+    """Every recycle switch under ``variant`` (moejet.variants.RECYCLE_SWITCHES), explicit non-None values winning."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    switches = apply_variant(variant, RECYCLE_SWITCHES, {k: v for k, v in explicit.items() if v is not None})
+    for name, value in switches.items():
+        if value not in CHOICES[name]:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"unknown {flag} {value!r}: choose one of {', '.join(CHOICES[name])}")
+    return switches
 
 
 @dataclass(frozen=True)
@@ -114,11 +133,11 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                     "set moe_layers (0-based) within the predecessor's blocks or use a deeper predecessor"
                 )
             for path, _, _, hidden in expert_banks(b.module.mlp):
-                if strategy == "upcycle" and hidden != pb.hidden:
+                if strategy == "upcycle" and path == "core" and hidden != pb.hidden:
                     raise UserError(
-                        f"upcycle makes every expert a full copy of the dense MLP ({pb.hidden} neurons) but block "
-                        f"{b.index}'s {path} experts have {hidden}: use another strategy, or univ_experts=0 / "
-                        "univ_factor=1 so every expert is full-size"
+                        f"upcycle makes every core expert a full copy of the dense MLP ({pb.hidden} neurons) but "
+                        f"block {b.index}'s core experts have {hidden}: use another strategy, or set mlp_ratio so "
+                        "core experts are as wide as the predecessor's MLP"
                     )
                 if hidden > pb.hidden:
                     raise UserError(
@@ -147,8 +166,9 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
 
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
-               seed: int, dense: bool, univ_mode: str, graph_parts: int) -> tuple[Selection, dict[str, Any]]:
+               seed: int, dense: bool, graph_parts: int, switches: dict[str, str]) -> tuple[Selection, dict[str, Any]]:
     """Every index set, drawn from one generator in a fixed order (channels, dense neurons, experts)."""
+    univ_mode, rule = switches["univ_mode"], switches["uniform_rule"]
     gen = torch.Generator().manual_seed(seed)
     channels = []
     for s, (d, d_out) in enumerate(zip(pair.pred_dims, pair.succ_dims)):
@@ -156,7 +176,7 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
         if stats is not None:
             per_block = [stats.channel[b.name] for b in pair.pred_blocks.values() if b.stage == s]
             importance = torch.stack(per_block).mean(0) if per_block else None  # Eq. 4: averaged over layers
-        channels.append(select_channels(strategy, d, d_out, importance, gen))
+        channels.append(select_channels(strategy, d, d_out, importance, gen, rule))
     sel = Selection(channels=channels)
     if pair.family == "vit" and not dense:
         sel.pred_heads = attention_shape(predecessor)
@@ -166,7 +186,7 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
             if b.hidden is not None:
                 h = pair.pred_blocks[b.name].hidden
                 importance = stats.neuron[b.name] if stats is not None else None
-                sel.dense_neurons[b.name] = select_dense_neurons(strategy, h, b.hidden, importance, gen)
+                sel.dense_neurons[b.name] = select_dense_neurons(strategy, h, b.hidden, importance, gen, rule)
     graph_info = {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden
@@ -185,10 +205,17 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
         sel.experts[b.name] = {}
         for path, _, num, hidden in banks:
             if path == "univ" and subselecting:
-                draw = select_experts(strategy, num, h, core_hidden, gen, importance, parts, weights)
+                draw = select_experts(strategy, num, h, core_hidden, gen, importance, parts, weights, rule)
                 sel.experts[b.name][path] = subselect(draw, hidden)
             else:
-                sel.experts[b.name][path] = select_experts(strategy, num, h, hidden, gen, importance, parts, weights)
+                sel.experts[b.name][path] = select_experts(strategy, num, h, hidden, gen, importance, parts, weights,
+                                                           rule)
+        if switches["expert_channels"] == "per_expert":
+            d, d_out = pair.pred_dims[b.stage], pair.succ_dims[b.stage]
+            channel_importance = stats.channel[b.name] if stats is not None else None
+            sel.expert_channels[b.name] = {
+                path: select_expert_channels(strategy, num, d, d_out, channel_importance, gen, rule)
+                for path, _, num, _ in banks}
     return sel, graph_info
 
 
@@ -219,13 +246,18 @@ def recycle(
     dense_state: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    univ_mode: str = "draw",
+    univ_mode: str | None = None,
     graph_parts: int = 32,
     coact_percentile: float = 90.0,
-    query_norm: str = "inherit",
+    query_norm: str | None = None,
     progress: bool = False,
     calib_batches: int | None = None,
     predecessor_name: str | None = None,
+    importance_metric: str | None = None,
+    expert_channels: str | None = None,
+    uniform_rule: str | None = None,
+    final_norm: str | None = None,
+    variant: str = "paper",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT/DeiT/ConvNeXt with its weights loaded) into ``successor``.
 
@@ -237,11 +269,18 @@ def recycle(
         dense_state: weights of a same-width dense model for everything outside the MoE MLPs (keys as the
             successor's; see :func:`moejet.recycle.load.load_dense_state`).
         seed: drives the calibration-free choices, neuron sampling, METIS and the successor's router init.
-        univ_mode: ``draw`` (universal experts sampled like core experts, at their own size) or ``subselect``
-            (released code: evenly spaced neurons of a core-sized draw).
         graph_parts: target number of METIS parts per layer (``graph``).
         coact_percentile: activation percentile above which a neuron counts as active (``graph``).
-        query_norm: ``inherit`` (copy the block's norm into the router's query norm) or ``fresh``.
+        variant: ``paper`` (default) or ``release`` sets every switch below (moejet.variants.RECYCLE_SWITCHES);
+            a switch given explicitly (not None) wins.
+        univ_mode: ``draw`` (universal experts sampled like core experts, at their own size; paper) or
+            ``subselect`` (release: linspace-spaced neurons of a core-sized draw).
+        query_norm: ``inherit`` (copy the block's norm into the router's query norm; paper) or ``fresh`` (release).
+        importance_metric: ``mean_abs`` (paper Eq. 4) or ``l2`` (release), see :mod:`moejet.recycle.stats`.
+        expert_channels: ``shared`` (paper: the successor's channel set) or ``per_expert`` (release).
+        uniform_rule: ``shared`` (paper Eq. 7), ``linspace`` (release) or ``shifted`` (per-expert shifts).
+        final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
+            source's final norm (default) or keep the successor's ``fresh`` one (release).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -251,10 +290,9 @@ def recycle(
     successor_kwargs = dict(successor_kwargs or {})
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if univ_mode not in UNIV_MODES:
-        raise UserError(f"unknown universal-expert mode {univ_mode!r}: choose one of {', '.join(UNIV_MODES)}")
-    if query_norm not in QUERY_NORMS:
-        raise UserError(f"unknown query norm mode {query_norm!r}: choose one of {', '.join(QUERY_NORMS)}")
+    switches = resolve_switches(variant, univ_mode=univ_mode, query_norm=query_norm,
+                                importance_metric=importance_metric, expert_channels=expert_channels,
+                                uniform_rule=uniform_rule, final_norm=final_norm)
     if not 0.0 < coact_percentile < 100.0:
         raise UserError(f"co-activation percentile must be in (0, 100), got {coact_percentile}")
     if strategy in NEEDS_STATS and calib_loader is None:
@@ -265,7 +303,8 @@ def recycle(
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
         wrong = [k for k, v in model.state_dict().items() if not k.startswith(moe_prefixes)
-                 and (dense_state[k].shape != v.shape if k in dense_state else not is_head(k))]
+                 and (dense_state[k].shape != v.shape if k in dense_state
+                      else not is_head(k) and final_norm_alias(k, dense_state) is None)]
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
@@ -281,7 +320,7 @@ def recycle(
         try:
             coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
             stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
-                                  coact_percentile, progress, calib_batches)
+                                  coact_percentile, progress, calib_batches, switches["importance_metric"])
         finally:
             predecessor.to(home)
         if stats.images == 0:
@@ -290,19 +329,19 @@ def recycle(
 
     t = time.perf_counter()
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 univ_mode, graph_parts)
+                                 graph_parts, switches)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, sel, dense_state, query_norm)
+    state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, sel, dense_state,
+                               switches["query_norm"], switches["final_norm"])
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dict(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
-        successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, univ_mode=univ_mode,
-        query_norm=query_norm, coact_percentile=coact_percentile, graph_parts=graph_parts,
-        dense=dense_state is not None))
+        successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
+        coact_percentile=coact_percentile, graph_parts=graph_parts, dense=dense_state is not None))
     return state, report
 
 
@@ -364,7 +403,9 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
                       "params": n_params},
         "strategy": run["strategy"],
         "seed": run["seed"],
-        "options": {k: run[k] for k in ("univ_mode", "query_norm", "coact_percentile", "graph_parts")},
+        "variant": run["variant"],
+        "switches": run["switches"],
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts")},
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
         "calibration": None if stats is None else {"images": stats.images,
                                                     "tokens_per_block": max(stats.tokens.values(), default=0)},
@@ -374,6 +415,9 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "dense_neuron_indices": {str(next(b.index for b in pair.succ_blocks if b.name == name)): idx.tolist()
                                  for name, idx in sel.dense_neurons.items()},
         "neuron_indices": neuron_indices,
+        "expert_channel_indices": {str(next(b.index for b in pair.succ_blocks if b.name == name)):
+                                   {path: idx.tolist() for path, idx in paths.items()}
+                                   for name, paths in sel.expert_channels.items()} or None,
         "moe_blocks": blocks_info,
         "coverage": sum(coverages) / len(coverages) if coverages else None,
         "fresh_keys": fresh,

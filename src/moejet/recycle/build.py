@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
 from ..errors import UserError
-from .layout import Block, axis_roles, expert_banks, key_block, key_stage, num_prefix_pos_tokens
+from .layout import Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage, num_prefix_pos_tokens
 from .select import evenly_spaced
 
 
@@ -29,6 +29,7 @@ class Selection:
     pred_heads: tuple[int, int] | None = None  # ViT: predecessor (H, hd)
     dense_neurons: dict[str, torch.Tensor] = field(default_factory=dict)  # dense block name -> (h',)
     experts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # MoE block -> path -> (E, h_e)
+    expert_channels: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # per_expert: -> (E, d')
 
     def attention_sets(self) -> dict[str, torch.Tensor]:
         """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
@@ -93,7 +94,8 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
 
 def expert_weights(pred_state: dict[str, torch.Tensor], pred_block: str, channels: torch.Tensor,
                    idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``BatchedExperts`` tensors for experts ``idx (E, h_e)`` of predecessor MLP ``pred_block`` at ``channels``."""
+    """``BatchedExperts`` tensors for experts ``idx (E, h_e)`` of predecessor MLP ``pred_block`` at ``channels``:
+    ``(d',)`` shared by every expert, or ``(E, d')`` one set per expert."""
     w1 = pred_state[f"{pred_block}.mlp.fc1.weight"]
     w2 = pred_state[f"{pred_block}.mlp.fc2.weight"]
     w1, w2 = w1.reshape(w1.shape[0], w1.shape[1]), w2.reshape(w2.shape[0], w2.shape[1])  # 1x1 conv MLPs
@@ -101,6 +103,16 @@ def expert_weights(pred_state: dict[str, torch.Tensor], pred_block: str, channel
     b2 = pred_state.get(f"{pred_block}.mlp.fc2.bias", torch.zeros(w2.shape[0], dtype=w2.dtype))
     num_experts, size = idx.shape
     flat = idx.reshape(-1)  # index_select on flat rows: much faster than advanced indexing on the CPU
+    if channels.ndim == 2:
+        cols = channels.unsqueeze(1).expand(num_experts, size, channels.shape[1])  # (E, h_e, d')
+        rows1 = w1.index_select(0, flat).view(num_experts, size, -1)  # (E, h_e, d)
+        rows2 = w2.t().index_select(0, flat).view(num_experts, size, -1)  # (E, h_e, d)
+        return {
+            "fc1_weight": rows1.gather(2, cols),  # (E, h_e, d')
+            "fc1_bias": b1.index_select(0, flat).view(num_experts, size),
+            "fc2_weight": rows2.gather(2, cols).transpose(1, 2),  # (E, d', h_e)
+            "fc2_bias": b2[channels],  # (E, d')
+        }
     w2_rows = w2.index_select(0, channels).t().contiguous()  # (h, d'): one row per hidden neuron
     return {
         "fc1_weight": w1.index_select(1, channels).index_select(0, flat).view(num_experts, size, -1),  # (E, h_e, d')
@@ -118,8 +130,14 @@ def build_state(
     sel: Selection,
     dense_state: dict[str, torch.Tensor] | None = None,
     query_norm: str = "inherit",
+    final_norm: str = "copy",
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The successor's full state dict and the keys left at the successor's fresh init."""
+    """The successor's full state dict and the keys left at the successor's fresh init.
+
+    A successor that pools differently from its source (``fc_norm`` vs ``norm``, see
+    :func:`~moejet.recycle.layout.final_norm_alias`) takes the source's final norm (``final_norm="copy"``) or
+    keeps its own fresh one (``"fresh"``, what the release's key-matching stitch does).
+    """
     ref_state = successor.state_dict()
     moe_blocks = [b for b in succ_blocks if b.hidden is None]
     moe_prefixes = tuple(f"{b.name}.mlp." for b in moe_blocks)
@@ -127,6 +145,16 @@ def build_state(
     state, fresh = {}, []
     for key, ref in ref_state.items():
         if key.startswith(moe_prefixes):
+            continue
+        source = dense_state if dense_state is not None else pred_state
+        alias = final_norm_alias(key, source)
+        if alias is not None:
+            if final_norm == "copy":
+                state[key] = take(key, source[alias], ref, fam, sel, successor, attn_sets)[0] \
+                    if dense_state is None else source[alias].clone()
+            else:
+                state[key] = ref.clone()
+                fresh.append(key)
             continue
         if dense_state is not None:
             state[key] = (dense_state[key] if key in dense_state else ref).clone()
@@ -146,7 +174,8 @@ def build_state(
     for block in moe_blocks:
         prefix = f"{block.name}.mlp."
         for path, attr, _, _ in expert_banks(block.module.mlp):
-            tensors = expert_weights(pred_state, block.name, sel.channels[block.stage], sel.experts[block.name][path])
+            channels = sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
+            tensors = expert_weights(pred_state, block.name, channels, sel.experts[block.name][path])
             for name, value in tensors.items():
                 state[f"{prefix}{attr}.{name}"] = value.contiguous()
         for key in ref_state:

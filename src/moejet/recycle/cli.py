@@ -6,7 +6,17 @@ import argparse
 import time
 
 from ..errors import UserError
-from .select import STRATEGIES, UNIV_MODES
+from ..variants import RECYCLE_SWITCHES, VARIANTS
+from .select import STRATEGIES
+
+SWITCH_HELP = {
+    "importance_metric": "channel/neuron importance",
+    "expert_channels": "channels of each expert",
+    "uniform_rule": "uniform strategy's index sets (also: shifted)",
+    "query_norm": "router query LayerNorm: copy the block's norm2 (inherit) or a new one (fresh)",
+    "univ_mode": "universal experts: draw at their own size, or subselect a core-sized draw",
+    "final_norm": "successor pooling differently (global_pool=avg: fc_norm): the source's final norm, or fresh",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,15 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Checkpoint recycling (MoE Jetpack §3.1): select channels and per-expert hidden neurons of a "
                     "dense predecessor's MLPs to initialise a (usually narrower) MoE successor.",
     )
-    p.add_argument("--predecessor", required=True, help="timm model name of the dense predecessor, e.g. "
-                   "vit_small_patch16_224.augreg_in21k")
+    p.add_argument("--predecessor", default=None, help="timm model name of the dense predecessor, e.g. "
+                   "vit_small_patch16_224.augreg_in21k (optional with a moejet .safetensors checkpoint: its header "
+                   "names the model and kwargs; --predecessor-arg overrides them)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--predecessor-checkpoint", metavar="FILE",
                          help=".safetensors, .pth/.bin (loaded weights_only) or big_vision .npz")
     weights.add_argument("--pretrained", action="store_true", help="timm's hosted weights (needs the network)")
     p.add_argument("--predecessor-arg", action="append", metavar="KEY=VALUE", help="extra timm kwarg (repeatable)")
     p.add_argument("--dense-checkpoint", metavar="FILE",
-                   help="same-width dense model for everything outside the MoE MLPs (ViT-T for V-JetMoE-T)")
+                   help="same-width dense model for everything outside the MoE MLPs (ViT-T for V-JetMoE-T); a moejet "
+                        ".safetensors file is rebuilt from its header")
     p.add_argument("--successor", required=True, help="timm model name of the successor, e.g. vjetmoe_tiny_patch16_224")
     p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
                    help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
@@ -41,13 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--univ-mode", default="draw", metavar="|".join(UNIV_MODES),
-                   help="universal experts: draw at their own size (default) or subselect a core-sized draw")
+    p.add_argument("--variant", default="paper", choices=VARIANTS,
+                   help="set every switch below to the paper's (default) or the released code's value")
+    for switch in RECYCLE_SWITCHES:
+        p.add_argument("--" + switch.name.replace("_", "-"), default=None, metavar="VALUE",
+                       help=f"{SWITCH_HELP[switch.name]}: {switch.paper} (paper) | {switch.release} (release); "
+                            "default: the --variant's")
     p.add_argument("--graph-parts", type=int, default=32, help="target METIS parts per layer (graph)")
     p.add_argument("--coact-percentile", type=float, default=90.0,
                    help="a neuron is active above this percentile of its layer's activations (graph)")
-    p.add_argument("--query-norm", default="inherit", metavar="inherit|fresh",
-                   help="router query LayerNorm: copy the block's norm (default) or keep it fresh")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -55,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .api import recycle, resolve_device
-    from .load import calibration_loader, load_dense_state, load_predecessor, parse_kwargs
+    from .load import calibration_loader, load_dense_state, load_predecessor, parse_kwargs, resolve_predecessor
     from .output import summary, write_outputs
 
     t0 = time.perf_counter()
@@ -64,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
     device = resolve_device(args.device)
-    predecessor = load_predecessor(args.predecessor, args.predecessor_checkpoint, args.pretrained, pred_kwargs)
+    pred_name = args.predecessor
+    if args.predecessor_checkpoint:
+        pred_name, pred_kwargs = resolve_predecessor(pred_name, args.predecessor_checkpoint, pred_kwargs)
+    predecessor = load_predecessor(pred_name, args.predecessor_checkpoint, args.pretrained, pred_kwargs)
     dense = load_dense_state(args.dense_checkpoint, args.successor, succ_kwargs, args.seed) \
         if args.dense_checkpoint else None
     loader, calib = None, None
@@ -74,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
                                            pin_memory=device.type == "cuda")
     load_s = time.perf_counter() - t0
     state, report = recycle(
-        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, args.seed, device,
-        args.univ_mode, args.graph_parts, args.coact_percentile, args.query_norm, progress=not args.quiet,
-        calib_batches=len(loader) if loader is not None else None, predecessor_name=args.predecessor,
+        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, seed=args.seed, device=device,
+        graph_parts=args.graph_parts, coact_percentile=args.coact_percentile, progress=not args.quiet,
+        calib_batches=len(loader) if loader is not None else None, predecessor_name=pred_name,
+        variant=args.variant, **{s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES},
     )
     report["predecessor"].update(checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
                                  kwargs=pred_kwargs)

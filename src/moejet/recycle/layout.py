@@ -111,6 +111,19 @@ def expert_banks(moe: nn.Module) -> list[tuple[str, str, int, int]]:
             if (bank := getattr(moe, attr)) is not None]
 
 
+def final_norm_alias(key: str, state: dict) -> str | None:
+    """The key of ``state`` that holds ViT final norm ``key`` when the two models pool differently, else None.
+
+    timm's ViT normalises every token with ``norm`` under ``global_pool='token'`` but the pooled features with
+    ``fc_norm`` under ``'avg'`` (its ``norm`` is then an Identity): ``norm.weight`` <-> ``fc_norm.weight``.
+    """
+    head, sep, leaf = key.partition(".")
+    if head not in ("norm", "fc_norm") or key in state:
+        return None
+    other = ("fc_norm" if head == "norm" else "norm") + sep + leaf
+    return other if other in state else None
+
+
 def num_prefix_pos_tokens(model: nn.Module) -> int:
     """Prefix tokens (class / register) that carry a position embedding in a ViT."""
     return 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)

@@ -4,6 +4,7 @@ the successor's dense part, and the calibration images (preprocessed as the pred
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sys
 import zipfile
@@ -16,10 +17,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import load_into, load_state_dict
+from ..checkpoint import KWARGS_KEY, MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from ..errors import UserError
 from .api import build_successor
-from .layout import axis_roles, family
+from .layout import axis_roles, family, final_norm_alias
 
 NUMPY_SUFFIXES = (".npz", ".npy")
 
@@ -90,15 +91,56 @@ def _load_numpy(model: nn.Module, path: Path, source: str) -> None:
                         "arguments") from None
 
 
-def load_predecessor(name: str, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
+def header_model(path: str | os.PathLike | None) -> tuple[str, dict[str, Any]] | None:
+    """``(model name, kwargs)`` from a moejet safetensors header (see moejet.checkpoint.save_model), else None."""
+    if not path or Path(path).suffix.lower() != ".safetensors" or not Path(path).is_file():
+        return None
+    try:
+        meta = read_metadata(path)
+    except UserError:  # unreadable: the weights loader reports it
+        return None
+    if MODEL_KEY not in meta:
+        return None
+    try:
+        return meta[MODEL_KEY], json.loads(meta.get(KWARGS_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise UserError(f"checkpoint {path} has a damaged moejet header (model kwargs are not JSON): re-create "
+                        "it") from None
+
+
+def resolve_predecessor(name: str | None, checkpoint: str | os.PathLike | None,
+                        kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The predecessor's timm name and kwargs: explicit ones, completed by the checkpoint's moejet header.
+
+    The header's kwargs are defaults that explicit ``kwargs`` override; an explicit ``name`` must name the
+    header's architecture (pretrained tags aside).
+    """
+    kwargs = dict(kwargs or {})
+    header = header_model(checkpoint)
+    if header is None:
+        if not name:
+            raise UserError("name the predecessor: pass --predecessor MODEL (only a moejet .safetensors file, whose "
+                            "header names its model, can go without)")
+        return name, kwargs
+    saved, saved_kwargs = header
+    if name and timm.models.split_model_name_tag(name)[0] != timm.models.split_model_name_tag(saved)[0]:
+        raise UserError(f"--predecessor {name} contradicts checkpoint {checkpoint}, whose header names {saved}: "
+                        "drop --predecessor or pass the checkpoint of that model")
+    return name or saved, {**saved_kwargs, **kwargs}
+
+
+def load_predecessor(name: str | None, checkpoint: str | os.PathLike | None = None, pretrained: bool = False,
                      kwargs: dict[str, Any] | None = None) -> nn.Module:
     """The dense predecessor with its weights, in eval mode on the CPU.
 
     ``checkpoint``: ``.safetensors``, ``.pth``/``.pt``/``.bin`` (``weights_only``) or a big_vision ``.npz``;
     the number of classes is read from the checkpoint's classifier unless ``kwargs`` sets ``num_classes``.
-    ``pretrained``: timm's hosted weights (needs the network).
+    A moejet ``.safetensors`` file names its model and kwargs: ``name`` may then be None (see
+    :func:`resolve_predecessor`). ``pretrained``: timm's hosted weights (needs the network).
     """
-    kwargs = dict(kwargs or {})
+    name, kwargs = resolve_predecessor(name, checkpoint, kwargs) if checkpoint else (name, dict(kwargs or {}))
+    if not name:
+        raise UserError("name the predecessor: pass --predecessor MODEL")
     if checkpoint and pretrained:
         raise UserError("pass either --predecessor-checkpoint or --pretrained, not both")
     if not checkpoint and not pretrained:
@@ -156,6 +198,13 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
     twin = build_successor(successor, twin_kwargs, seed)
     source = f"dense checkpoint {path}"
     heads = _classifier_keys(twin)
+    if header_model(path) is not None:
+        # a moejet file: rebuild the model it was saved from (strict load); recycle() then checks that every
+        # non-MoE key of the successor is there with its shape, and keeps a fresh head for another class count
+        own = twin.state_dict()
+        model, _, _ = build_from_checkpoint(path)
+        state = model.state_dict()
+        return {k: v.detach().clone() for k, v in state.items() if not (k in heads and v.shape != own[k].shape)}
     if path.suffix.lower() in NUMPY_SUFFIXES:
         _load_numpy(twin, path, source)
         state = twin.state_dict()
@@ -165,8 +214,13 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
     state = _timm_filter(load_state_dict(path), twin)
     own = twin.state_dict()
     dropped = [k for k in heads if k in state and state[k].shape != own[k].shape]
-    load_into(twin, {**state, **{k: own[k] for k in dropped}}, source)
-    return {k: v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
+    # a checkpoint that pools differently (norm vs fc_norm) loads with its final norm renamed, and is returned
+    # under its own name so recycle() applies its final_norm switch
+    renamed = {k: alias for k in own if (alias := final_norm_alias(k, state)) is not None}
+    moved = {k: state[a] for k, a in renamed.items()}
+    state = {k: v for k, v in state.items() if k not in renamed.values()}
+    load_into(twin, {**state, **{k: own[k] for k in dropped}, **moved}, source)
+    return {renamed.get(k, k): v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
 
 
 def calibration_input_size(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:

@@ -12,6 +12,8 @@ from .graph import sample_part_unions
 
 STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 UNIV_MODES = ("draw", "subselect")
+UNIFORM_RULES = ("shared", "shifted", "linspace")
+EXPERT_CHANNELS = ("shared", "per_expert")
 
 
 def evenly_spaced(n: int, k: int) -> torch.Tensor:
@@ -19,8 +21,18 @@ def evenly_spaced(n: int, k: int) -> torch.Tensor:
     return torch.arange(k, dtype=torch.int64) * n // k
 
 
+def linspace_positions(n: int, k: int) -> torch.Tensor:
+    """``round(linspace(0, n - 1, k))`` (released code, ``generate_uniform_indices``): first and last included."""
+    return torch.round(torch.linspace(0, n - 1, k, dtype=torch.float64)).long()
+
+
+def uniform_positions(n: int, k: int, rule: str = "shared") -> torch.Tensor:
+    """``k`` evenly spread positions of ``n``: Eq. 7's floor (``shared`` / ``shifted``) or the release's linspace."""
+    return linspace_positions(n, k) if rule == "linspace" else evenly_spaced(n, k)
+
+
 def select_channels(strategy: str, d: int, d_out: int, importance: torch.Tensor | None,
-                    gen: torch.Generator) -> torch.Tensor:
+                    gen: torch.Generator, uniform_rule: str = "shared") -> torch.Tensor:
     """``d_out`` of ``d`` residual channels, shared by every layer of a stage (paper Eq. 4, 7-9).
 
     ``importance`` (``graph`` too): the top-``d_out`` channels of the importance averaged over layers;
@@ -32,17 +44,38 @@ def select_channels(strategy: str, d: int, d_out: int, importance: torch.Tensor 
         return torch.topk(importance, d_out).indices.sort().values
     if strategy == "random":
         return torch.randperm(d, generator=gen)[:d_out].sort().values
-    return evenly_spaced(d, d_out)
+    return uniform_positions(d, d_out, uniform_rule)
+
+
+def select_expert_channels(strategy: str, num_experts: int, d: int, d_out: int, importance: torch.Tensor | None,
+                           gen: torch.Generator, uniform_rule: str = "shared") -> torch.Tensor:
+    """``(num_experts, d_out)`` channels per expert of one MoE layer (released code, ``expert_channels=per_expert``).
+
+    The release draws each expert's input/output channels like its neurons: ``importance`` / ``graph`` sample
+    ``d_out`` channels without replacement from ``P(c) ∝`` the layer's channel importance (the release's graph
+    strategy partitions a channel co-activation graph instead, which moejet does not collect); ``random``: a random
+    subset per expert; ``uniform``: the one evenly spaced set; ``upcycle`` (``d_out == d``): every channel.
+    """
+    if d_out == d:
+        return torch.arange(d).expand(num_experts, d).contiguous()
+    if strategy in ("importance", "graph"):
+        p = sampling_weights(importance).expand(num_experts, d)
+        idx = torch.multinomial(p, d_out, replacement=False, generator=gen)
+    elif strategy == "random":
+        idx = torch.rand(num_experts, d, generator=gen).argsort(dim=1)[:, :d_out]
+    else:
+        idx = uniform_positions(d, d_out, uniform_rule).expand(num_experts, d_out)
+    return idx.sort(dim=1).values.contiguous()
 
 
 def select_dense_neurons(strategy: str, h: int, h_out: int, importance: torch.Tensor | None,
-                         gen: torch.Generator) -> torch.Tensor:
+                         gen: torch.Generator, uniform_rule: str = "shared") -> torch.Tensor:
     """``h_out`` of ``h`` hidden neurons for a *dense* block of a narrower successor: one deterministic MLP.
 
     ``importance`` / ``graph``: the top-``h_out`` by importance (no sampling: a dense block has a single MLP);
     ``uniform``: evenly spaced; ``random``: a random subset.
     """
-    return select_channels(strategy, h, h_out, importance, gen)
+    return select_channels(strategy, h, h_out, importance, gen, uniform_rule)
 
 
 def sampling_weights(importance: torch.Tensor) -> torch.Tensor:
@@ -64,16 +97,20 @@ def select_experts(
     importance: torch.Tensor | None = None,
     parts: torch.Tensor | None = None,
     part_weights: torch.Tensor | None = None,
+    uniform_rule: str = "shared",
 ) -> torch.Tensor:
     """``(num_experts, size)`` neuron indices into a dense layer of ``h`` neurons, one sorted row per expert.
 
     - ``importance``: each expert samples ``size`` neurons without replacement from ``P(h) ∝ A_h``;
     - ``graph``: each expert is a union of ``size / part_size`` METIS parts (``parts (k, part_size)``), sampled
       without replacement with probability ∝ ``part_weights`` (their internal co-activation);
-    - ``uniform``: evenly spaced neurons (Eq. 7); expert ``e`` is shifted by ``e mod floor(h / size)`` so the
-      experts together cover the layer instead of all being the same copy;
+    - ``uniform``: evenly spaced neurons (Eq. 7), one set shared by every expert (``uniform_rule="shared"``,
+      the paper; ``"linspace"``: the release's rounding of the same idea); ``"shifted"``: expert ``e`` is shifted
+      by ``e mod floor(h / size)`` so the experts together cover the layer instead of all being the same copy;
     - ``random``: a uniformly random subset per expert;
-    - ``upcycle``: every expert is the whole layer (``size == h``).
+    - ``upcycle``: every expert of the dense MLP's size is the whole layer; smaller (universal) experts are
+      Eq. 7's evenly spaced neurons shifted by ``e mod floor(h / size)``, so each run of ``h / size`` consecutive
+      experts partitions the MLP (Sparse Upcycling copies whole MLPs; the cut rule for the smaller experts is ours).
     """
     if strategy == "importance":
         p = sampling_weights(importance).expand(num_experts, h)
@@ -82,19 +119,23 @@ def select_experts(
         idx = sample_part_unions(parts, part_weights, num_experts, size, gen)
     elif strategy == "uniform":
         shift = torch.arange(num_experts, dtype=torch.int64) % max(1, h // size)
-        idx = evenly_spaced(h, size).unsqueeze(0) + shift.unsqueeze(1)
+        if uniform_rule != "shifted":
+            shift = torch.zeros_like(shift)
+        idx = uniform_positions(h, size, uniform_rule).unsqueeze(0) + shift.unsqueeze(1)
     elif strategy == "random":
         idx = torch.rand(num_experts, h, generator=gen).argsort(dim=1)[:, :size]
     elif strategy == "upcycle":
-        idx = torch.arange(h).expand(num_experts, h)
+        shift = torch.arange(num_experts, dtype=torch.int64) % max(1, h // size)
+        idx = evenly_spaced(h, size).unsqueeze(0) + shift.unsqueeze(1)
     else:
         raise ValueError(f"unknown strategy {strategy!r}")
     return idx.sort(dim=1).values.contiguous()
 
 
 def subselect(core_draw: torch.Tensor, size: int) -> torch.Tensor:
-    """Released-code universal experts: ``size`` evenly spaced neurons of each core-sized draw ``(E, h_core)``."""
-    return core_draw[:, evenly_spaced(core_draw.shape[1], size)]
+    """Released-code universal experts: the same ``size`` linspace positions of each core-sized draw ``(E, h_core)``
+    (``convert_vit_to_dualpath``: ``index_select`` with ``generate_uniform_indices(h_core, size)``)."""
+    return core_draw[:, linspace_positions(core_draw.shape[1], size)]
 
 
 def coverage(indices: list[torch.Tensor], h: int) -> float:

@@ -2,8 +2,12 @@
 
 Per block (SPEC §3.1, paper Eq. 4-5):
 
-- channel importance: mean ``|a|`` over tokens of the MLP input, i.e. the ``norm2`` output (ConvNeXt: ``norm``);
-- neuron importance: mean ``|a|`` over tokens of the MLP activation output (``fc1 -> act``);
+- channel importance: of the MLP input, i.e. the ``norm2`` output (ConvNeXt: ``norm``);
+- neuron importance: of the MLP activation output (``fc1 -> act``);
+- the importance metric is ``mean_abs`` (paper Eq. 4: mean ``|a|`` over every token seen) or ``l2`` (released
+  code, ``feature_analysis`` with ``select_type='L2'``: per batch the L2 norm ``sqrt(sum a^2)`` over the batch's
+  images and tokens, not squared, then averaged over batches; so it depends on the batch size: the release's
+  hooks saw halves of its 256-image batches under two-GPU ``nn.DataParallel``, i.e. 128 images);
 - co-activation counts (only the blocks asked for, for ``graph``): ``C[i, j]`` = number of tokens on which
   neurons ``i`` and ``j`` are both above the block's threshold, accumulated as one matmul of boolean masks
   per batch. The threshold is a percentile (default 90th) of the block's activation values; since a
@@ -27,11 +31,12 @@ from tqdm import tqdm
 from .layout import Block
 
 PERCENTILE_SAMPLE = 1 << 22  # first-batch activations used to estimate a threshold (strided subsample)
+METRICS = ("mean_abs", "l2")
 
 
 @dataclass
 class CalibStats:
-    """Per block name: ``channel (d,)``, ``neuron (h,)`` mean |activation|, ``coact (h, h)`` counts (CPU)."""
+    """Per block name: ``channel (d,)``, ``neuron (h,)`` importance (``metric``), ``coact (h, h)`` counts (CPU)."""
 
     channel: dict[str, torch.Tensor] = field(default_factory=dict)
     neuron: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -39,6 +44,7 @@ class CalibStats:
     thresholds: dict[str, float] = field(default_factory=dict)
     images: int = 0
     tokens: dict[str, int] = field(default_factory=dict)
+    metric: str = "mean_abs"
 
 
 def _channels_last(x: torch.Tensor, conv: bool) -> torch.Tensor:
@@ -49,6 +55,11 @@ def _channels_last(x: torch.Tensor, conv: bool) -> torch.Tensor:
 def _abs_sum(x: torch.Tensor) -> torch.Tensor:
     """``(..., C) -> (C,)``: sum of |x| over every axis but the last."""
     return x.abs().sum(dim=tuple(range(x.ndim - 1)))
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    """``(..., C) -> (C,)``: L2 norm over every axis but the last."""
+    return torch.linalg.vector_norm(x, dim=tuple(range(x.ndim - 1)))
 
 
 def percentile_threshold(x: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -82,15 +93,16 @@ def cooccurrence(active: torch.Tensor) -> torch.Tensor:
 class _Accumulator:
     """Hooks for one block; state lives on the device until :meth:`result`."""
 
-    def __init__(self, block: Block, coact: bool, percentile: float, acc_dtype: torch.dtype) -> None:
+    def __init__(self, block: Block, coact: bool, percentile: float, acc_dtype: torch.dtype, metric: str) -> None:
         self.block, self.want_coact, self.percentile, self.acc_dtype = block, coact, percentile, acc_dtype
+        self.reduce = _l2 if metric == "l2" else _abs_sum
         mlp = block.module.mlp
         self.conv = isinstance(mlp.fc1, nn.Conv2d)
         self.channel: torch.Tensor | None = None
         self.neuron: torch.Tensor | None = None
         self.coact: torch.Tensor | None = None
         self.threshold: torch.Tensor | None = None
-        self.tokens = 0
+        self.tokens = self.batches = 0
         self.handles = [
             mlp.register_forward_pre_hook(self.on_mlp_input),
             mlp.act.register_forward_hook(self.on_activation),
@@ -98,13 +110,14 @@ class _Accumulator:
 
     def on_mlp_input(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = _channels_last(args[0], self.conv)
-        part = _abs_sum(x).to(self.acc_dtype)
+        part = self.reduce(x).to(self.acc_dtype)
         self.channel = part if self.channel is None else self.channel.add_(part)
         self.tokens += x.numel() // x.shape[-1]
+        self.batches += 1
 
     def on_activation(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         a = _channels_last(out, self.conv)
-        part = _abs_sum(a).to(self.acc_dtype)
+        part = self.reduce(a).to(self.acc_dtype)
         self.neuron = part if self.neuron is None else self.neuron.add_(part)
         if not self.want_coact:
             return
@@ -129,14 +142,18 @@ def collect_stats(
     percentile: float = 90.0,
     progress: bool = False,
     total: int | None = None,
+    metric: str = "mean_abs",
 ) -> CalibStats:
     """Run ``loader`` (batches of images, or ``(images, labels)``) through ``model`` once and gather statistics.
 
-    ``model`` must already be on ``device``; ``coact_blocks`` names the blocks that need co-activation counts.
+    ``model`` must already be on ``device``; ``coact_blocks`` names the blocks that need co-activation counts;
+    ``metric``: ``mean_abs`` (paper Eq. 4) or ``l2`` (released code), see the module docstring.
     """
+    if metric not in METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}: choose one of {', '.join(METRICS)}")
     coact_blocks = set(coact_blocks)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-    accs = [_Accumulator(b, b.name in coact_blocks, percentile, acc_dtype) for b in model_blocks]
+    accs = [_Accumulator(b, b.name in coact_blocks, percentile, acc_dtype, metric) for b in model_blocks]
     was_training = model.training
     model.eval()
     images = 0
@@ -151,14 +168,15 @@ def collect_stats(
         for acc in accs:
             acc.remove()
         model.train(was_training)
-    stats = CalibStats(images=images)
+    stats = CalibStats(images=images, metric=metric)
     for acc in accs:
         if acc.channel is None:
             continue
         name = acc.block.name
         stats.tokens[name] = acc.tokens
-        stats.channel[name] = (acc.channel / acc.tokens).float().cpu()
-        stats.neuron[name] = (acc.neuron / acc.tokens).float().cpu()
+        count = acc.batches if metric == "l2" else acc.tokens
+        stats.channel[name] = (acc.channel / count).float().cpu()
+        stats.neuron[name] = (acc.neuron / count).float().cpu()
         if acc.coact is not None:
             stats.coact[name] = acc.coact.cpu()
             stats.thresholds[name] = float(acc.threshold)
