@@ -84,3 +84,24 @@ def test_findings_flag_inverted_pairs_against_sampling_noise():
     assert "beyond" in findings({"arms": rows, "val_images": 800})[0]
     rows[2]["top1"] = 20.0
     assert findings({"arms": rows, "val_images": 800}) == []
+
+
+def test_recycled_arms_differ_only_in_their_initial_weights(tmp_path):
+    from moejet.analysis.cost import count_params
+    from moejet.demo.run import recycle_arm
+    from moejet.demo.setup import ARMS
+
+    arms = {a.key: a for a in ARMS}
+    predecessors = check_assets(ASSETS)
+    built = {}
+    for key in ("moe_jetpack", "sparse_upcycling"):
+        path, _ = recycle_arm(arms[key], predecessors, tmp_path / key, QUICK, "cpu", seed=0)
+        built[key] = build_from_checkpoint(path)
+    (jetpack, name_j, kwargs_j), (upcycled, name_u, kwargs_u) = built["moe_jetpack"], built["sparse_upcycling"]
+    assert (name_j, kwargs_j) == (name_u, kwargs_u) and count_params(jetpack) == count_params(upcycled)
+    dense_t = build_from_checkpoint(predecessors["T"])[0]
+    block = kwargs_u["moe_layers"][0]
+    experts, mlp = upcycled.blocks[block].mlp.core_experts, dense_t.blocks[block].mlp
+    for e in range(experts.num_experts):  # Sparse Upcycling: every core expert is T's MLP
+        torch.testing.assert_close(experts.fc1_weight[e], mlp.fc1.weight)
+        torch.testing.assert_close(experts.fc2_weight[e], mlp.fc2.weight)

@@ -33,7 +33,7 @@ def describe_init(init: str) -> str:
         "scratch": "random",
         "dense-T": "pre-trained T",
         "recycle:importance": "recycled: S experts (importance) + T dense part",
-        "recycle:upcycle": "upcycled: T MLP copied into every expert",
+        "recycle:upcycle": "upcycled: T MLP copied into core experts, cut into universal ones",
     }.get(init, init)
 
 

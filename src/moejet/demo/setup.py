@@ -24,9 +24,9 @@ MOE_LAYERS = (3, 4, 5)
 JETMOE = ("vjetmoe_tiny_patch16_224", dict(VIT, embed_dim=48, moe_layers=MOE_LAYERS, core_experts=32,
                                            univ_experts=64))
 SOFTMOE = ("softmoe_vit_tiny_patch16_224", dict(VIT, embed_dim=48, moe_layers=MOE_LAYERS, num_experts=65))
-# Sparse Upcycling copies the same-width dense MLP into every expert, so every expert is full size.
-UPCYCLE = ("vjetmoe_tiny_patch16_224", dict(VIT, embed_dim=48, moe_layers=MOE_LAYERS, core_experts=32,
-                                            univ_experts=0))
+# Sparse Upcycling on the same successor as MoE Jetpack, so the two arms differ only in their initial weights:
+# core experts are copies of T's MLP, universal experts evenly spaced cuts of it (moejet.recycle, "upcycle").
+UPCYCLE = JETMOE
 
 ASSET_S, ASSET_T = "demo_predecessor_s.safetensors", "demo_predecessor_t.safetensors"
 
