@@ -46,6 +46,8 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
         assert (out / "runs" / arm["arm"] / "metrics.jsonl").is_file()
     assert arms["moe_jetpack"]["routing_macs"] > 0 and arms["dense_scratch"]["routing_macs"] == 0
     assert arms["moe_jetpack"]["recycle_time_s"] > 0
+    assert len(arms["moe_jetpack"]["correct"]) == results["val_images"] == 64  # QUICK.final_val: 8 classes x 8
+    assert arms["dense_scratch"]["top1"] == 100 * sum(arms["dense_scratch"]["correct"]) / 64
     report = json.loads((out / "recycled" / "moe_jetpack" / "recycle.json").read_text())
     assert report["strategy"] == "importance"
     table = (out / "results.md").read_text()
@@ -75,15 +77,29 @@ def test_ordering_and_seed_summary():
     assert "| MoE Jetpack | 61.0 ± 1.0 | 60.0, 62.0 |" in summary
 
 
-def test_findings_flag_inverted_pairs_against_sampling_noise():
-    rows = [{"arm": "moe_jetpack", "top1": 60.0}, {"arm": "dense_pretrained", "top1": 50.0},
-            {"arm": "softmoe_scratch", "top1": 9.0}, {"arm": "dense_scratch", "top1": 10.0}]
-    lines = findings({"arms": rows, "val_images": 800})
-    assert len(lines) == 1 and "softmoe_scratch 9.0% vs dense_scratch 10.0%" in lines[0] and "within" in lines[0]
-    rows[2]["top1"] = 2.0
-    assert "beyond" in findings({"arms": rows, "val_images": 800})[0]
-    rows[2]["top1"] = 20.0
-    assert findings({"arms": rows, "val_images": 800}) == []
+def test_paired_differences_and_their_intervals():
+    import math
+    import statistics
+
+    from moejet.demo.report import paired_difference, results_table
+
+    jet = [1] * 60 + [0] * 40
+    dense = [1] * 50 + [0] * 10 + [1] * 5 + [0] * 35  # same images: 10 lost, 5 gained
+    diff, half = paired_difference(dense, jet)
+    d = [a - b for a, b in zip(dense, jet)]
+    assert diff == -5.0 and math.isclose(half, 196 * statistics.stdev(d) / 10)
+    rows = [{"arm": "moe_jetpack", "label": "MoE Jetpack", "correct": jet, "top1": 60.0},
+            {"arm": "dense_pretrained", "label": "Dense (pre-trained)", "correct": dense, "top1": 55.0}]
+    lines = findings({"arms": rows})
+    assert lines == [f"Dense (pre-trained) vs MoE Jetpack: -5.0 points, 95% CI [{-5 - half:+.1f}, {-5 + half:+.1f}] "
+                     "(paired over 100 val images; not resolved: the interval contains 0)."]
+    many = {"arms": [dict(r, correct=r["correct"] * 40) for r in rows]}  # 4000 images: the same gap is resolved
+    assert findings(many)[0].endswith("resolved: the interval excludes 0).")
+    table = results_table([dict(r, init="scratch", params=1e6, macs=1e6, top5=90.0, train_time_s=1.0,
+                                recycle_time_s=0.0) for r in rows])
+    assert f"| 55.0 | 90.0 | -5.0 ± {half:.1f} | 1 |" in table
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference([1, 0], [1])
 
 
 def test_recycled_arms_differ_only_in_their_initial_weights(tmp_path):

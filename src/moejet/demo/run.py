@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..analysis.cost import count_macs, count_params
 from ..checkpoint import build_from_checkpoint, write_json
 from ..data import build_dataset
 from ..errors import UserError
-from ..train.config import config_from_dict
+from ..train.config import Config, config_from_dict
 from ..train.engine import LAST, train
 from .pretrain import ASSETS, RECORD, load_record
 from .report import write_report
@@ -117,10 +118,12 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
         metrics = train(config, out / "runs" / arm.key, progress=False, on_epoch=on_epoch, verbose=False)
         model, _, _ = build_from_checkpoint(out / "runs" / arm.key / LAST)
         macs, routing = count_macs(model, (3, 32, 32))
+        correct, top5 = val_correctness(out / "runs" / arm.key / LAST, config, budget.final_val)
         rows.append({
             "arm": arm.key, "label": arm.label, "model": arm.model[0], "init": arm.init,
             "params": count_params(model), "macs": macs, "routing_macs": routing,
-            "top1": metrics[-1]["val_top1"], "top5": metrics[-1]["val_top5"],
+            "top1": 100.0 * sum(correct) / len(correct), "top5": top5,
+            "train_val_top1": metrics[-1]["val_top1"], "correct": correct,
             "curve": [[m["epoch"], m["val_top1"]] for m in metrics if "val_top1" in m],
             "train_time_s": metrics[-1]["wall_time_s"],
             "recycle_time_s": recycle_s,
@@ -129,7 +132,7 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
     overall.close()
 
     results = {
-        "val_images": len(build_dataset(budget.downstream, "val")),
+        "val_images": len(rows[0]["correct"]), "train_val_images": len(build_dataset(budget.downstream, "val")),
         "budget": budget.__dict__, "seed": seed, "device": device, "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
@@ -143,6 +146,26 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
     return results
 
 
+
+
+def val_correctness(checkpoint: Path, config: Config, dataset: str, batch_size: int = 250) -> tuple[list[int], float]:
+    """``(1/0 per image of dataset's val split: top-1 correct, top-5 accuracy in %)`` of ``checkpoint`` (eval)."""
+    from torch.utils.data import DataLoader
+
+    from ..train import build
+
+    model = build_from_checkpoint(checkpoint, drop_path_rate=0.0)[0].eval()
+    config = replace(config, data=replace(config.data, dataset=dataset))
+    val = build.build_dataset(config, "val", build.build_transforms(config, model)[1])
+    correct: list[int] = []
+    in_top5 = 0
+    with torch.inference_mode():
+        for images, labels in DataLoader(val, batch_size=batch_size):
+            logits = model(images)
+            correct += (logits.argmax(-1) == labels).int().tolist()
+            top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+            in_top5 += int((top == labels[:, None]).any(-1).sum())
+    return correct, 100.0 * in_top5 / len(correct)
 
 
 def analysis_pictures(out: Path, rows: list[dict[str, Any]], budget: Budget) -> list[Path]:
