@@ -1,0 +1,110 @@
+"""configs/: the committed files are generate.py's output, load through the schema, and carry the fixed recipe."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moejet.train.config import load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+YAMLS = sorted(CONFIGS.glob("*.yaml"))
+SPHERO_MODELS = ("vjetmoe_tiny_patch16_224", "vjetmoe_small_patch16_224")
+
+
+def raw(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def is_sphero(cfg: dict) -> bool:
+    m = cfg["model"]
+    return m["name"] in SPHERO_MODELS or (m["name"] == "cjetmoe_femto" and m["kwargs"].get("moe_type") != "soft")
+
+
+def test_committed_files_are_generated(tmp_path):
+    subprocess.run([sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True, capture_output=True)
+    generated = sorted(p.name for p in tmp_path.iterdir())
+    assert generated == sorted([p.name for p in YAMLS] + ["README.md"])
+    for name in generated:
+        assert (tmp_path / name).read_bytes() == (CONFIGS / name).read_bytes(), f"{name}: rerun configs/generate.py"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_every_config_loads_and_writes_eval_crop_and_pooling(path):
+    config = load_config(path)
+    assert config.name == path.stem
+    assert config.variant == "paper"
+    assert config.data.crop_pct == 0.875
+    assert config.model.kwargs["global_pool"] in ("avg", "token")
+
+
+def test_scratch_arms_have_no_layer_decay_and_fine_tuned_arms_do():
+    scratch = [p for p in YAMLS if raw(p)["model"]["init"] == "scratch"]
+    assert len(scratch) == 8 * 4 + 2  # Table 1 Dense / Soft MoE x 2 families x 8 datasets, Table 4 Soft MoE-S x 2
+    for path in YAMLS:
+        cfg = raw(path)
+        expected = None if cfg["model"]["init"] == "scratch" else 0.6
+        assert cfg["optim"]["layer_decay"] == expected, path.name
+
+
+def test_expert_regularisation_on_every_spheromoe_config_only():
+    sphero = [p for p in YAMLS if is_sphero(raw(p))]
+    assert len(sphero) == 16 + 5 + 7 + 6  # Table 1 (2 families x 8), Table 3, Table 4 (5 V-JetMoE-T + 2 -S), Fig. 4
+    for path in YAMLS:
+        kwargs = raw(path)["model"]["kwargs"]
+        if is_sphero(raw(path)):
+            assert (kwargs["expert_dropout"], kwargs["expert_drop_rate"]) == (0.4, 0.1), path.name
+        else:
+            assert "expert_dropout" not in kwargs and "expert_drop_rate" not in kwargs, path.name
+
+
+def test_moe_vits_pool_by_average_and_dense_vits_by_class_token():
+    for path in YAMLS:
+        cfg = raw(path)
+        pool = cfg["model"]["kwargs"]["global_pool"]
+        assert pool == ("token" if cfg["model"]["name"].startswith("vit_tiny") else "avg"), path.name
+
+
+def test_table3_rows_differ_only_in_init_checkpoint():
+    rows = {p.stem: raw(p) for p in YAMLS if p.stem.startswith("table3_")}
+    assert sorted(rows) == [f"table3_{s}_in1k" for s in ("graph", "importance", "random", "uniform", "upcycle")]
+    checkpoints = {cfg["model"].pop("init_checkpoint") for cfg in rows.values()}
+    assert len(checkpoints) == 5
+    strip = [{k: v for k, v in cfg.items() if k not in ("name", "description")} for cfg in rows.values()]
+    assert all(s == strip[0] for s in strip)
+    assert strip[0]["model"]["name"] == "vjetmoe_tiny_patch16_224"
+    assert "univ_factor" not in strip[0]["model"]["kwargs"]
+
+
+def test_readme_recycle_commands_match_the_configs():
+    readme = (CONFIGS / "README.md").read_text()
+    upcycle = readme.split("--out runs/recycle/vjetmoe_t_upcycle")[0].rsplit("```bash", 1)[1]
+    assert "--strategy upcycle" in upcycle and "univ_factor" not in upcycle
+    assert "--predecessor vit_tiny_patch16_224.augreg_in21k" in upcycle
+    assert "--successor-arg 'global_pool=avg'" in upcycle
+    vjet_s = readme.split("--out runs/recycle/vjetmoe_s_importance")[0].rsplit("```bash", 1)[1]
+    assert "--predecessor vit_base_patch16_224.augreg_in21k" in vjet_s
+    assert "--dense-checkpoint checkpoints/vit_small_patch16_224.augreg_in21k.safetensors" in vjet_s
+    assert "--successor vjetmoe_small_patch16_224" in vjet_s
+    assert "results do not change" not in readme
+
+
+def test_v_jetmoe_s_configs_exist_with_the_papers_numbers():
+    for dataset, top1 in (("cifar100", 89.9), ("in1k", 82.4)):
+        cfg = raw(CONFIGS / f"table4_vjetmoe_s_{dataset}.yaml")
+        assert cfg["model"]["name"] == "vjetmoe_small_patch16_224"
+        assert cfg["model"]["init_checkpoint"] == "runs/recycle/vjetmoe_s_importance/model.safetensors"
+        assert f"Paper top-1: {top1}." in cfg["description"]
+
+
+def test_paper_table7_values_and_imagenet_follows_the_paper_not_the_release():
+    for path in YAMLS:
+        cfg = raw(path)
+        if cfg["data"]["dataset"] == "imagenet":
+            assert (cfg["schedule"]["warmup_epochs"], cfg["model"]["drop_path_rate"]) == (50, 0.0), path.name
+            assert cfg["train"]["batch_size"] == 4096
+        if cfg["data"]["dataset"] == "dtd":
+            assert (cfg["schedule"]["epochs"], cfg["model"]["drop_path_rate"]) == (600, 0.2), path.name
+        assert cfg["train"]["seed"] == 3407
