@@ -243,8 +243,43 @@ def test_optimizer_groups_follow_the_recipe():
         assert decay[name]["weight_decay"] == 0.05, name
     # layer-wise decay: 4 blocks + embeddings + head -> head 1, last block 0.5, patch embed 0.5 ** 5
     assert decay["head.weight"]["lr_scale"] == 1.0
-    assert decay["blocks.3.mlp.queries"]["lr_scale"] == 0.5
+    assert decay["blocks.3.attn.qkv.weight"]["lr_scale"] == 0.5
     assert decay["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 5
+
+
+def release_lr_scale(name: str, depth: int, moe_blocks: tuple[int, ...], decay: float, moe_top: bool) -> float:
+    """The released optimiser's lr scale (mmpretrain LearningRateDecayOptimWrapperConstructor with
+    VisionTransformerMoe.get_layer_depth): embeddings depth 0, block i depth i + 1, the rest (final norm,
+    head) depth + 1; MoE parameters ('phi', 'scale(s)', 'slot', 'experts' in our names: queries, temperatures,
+    query_norm, experts) and the MoE blocks' norm2 at the top; scale = decay ** (depth + 1 - layer depth)."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        layer = 0
+    elif name.startswith("norm."):  # timm: the final norm shares the last block's scale (release: top). The
+        layer = depth  # release's configs pool with avg, where `norm` is Identity and fc_norm is at the top
+    elif name.startswith("blocks."):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = depth + 1
+    moe_names = ("queries", "temperature", "query_norm", "experts")
+    moe_norm = any(name.startswith(f"blocks.{i}.norm2.") for i in moe_blocks)
+    if moe_top and (any(k in name for k in moe_names) or moe_norm):
+        layer = depth + 1
+    return decay ** (depth + 1 - layer)
+
+
+@pytest.mark.parametrize("moe_lr_scale", ["top", "depth"])
+def test_layer_decay_puts_moe_parameters_where_the_release_does(moe_lr_scale):
+    config = tiny_config(optim={"layer_decay": 0.6, "moe_lr_scale": moe_lr_scale})
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    optimizer = build.build_optimizer(config, model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(got) == len(names)
+    depth, moe_blocks = len(model.blocks), tuple(model.moe_layers)
+    for name, scale in got.items():
+        expected = release_lr_scale(name, depth, moe_blocks, 0.6, moe_lr_scale == "top")
+        assert scale == pytest.approx(expected), name
+    assert got["blocks.3.mlp.core_experts.fc1_weight"] == (1.0 if moe_lr_scale == "top" else 0.6)
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -165,8 +165,10 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     o = config.optim
     skip = set(getattr(model, "no_weight_decay", lambda: set())()) | set(EXTRA_NO_WEIGHT_DECAY)
     if o.layer_decay is not None:
-        group_fn = lambda m: param_groups_layer_decay(m, o.weight_decay, no_weight_decay_list=skip,
-                                                      layer_decay=o.layer_decay)
+        def group_fn(m: nn.Module) -> list[dict[str, Any]]:
+            groups = param_groups_layer_decay(m, o.weight_decay, no_weight_decay_list=skip,
+                                              layer_decay=o.layer_decay)
+            return moe_at_top_scale(groups, moe_parameter_ids(m)) if o.moe_lr_scale == "top" else groups
     else:
         group_fn = lambda m: param_groups_weight_decay(m, o.weight_decay, no_weight_decay_list=skip)
     kwargs: dict[str, Any] = {}
@@ -181,6 +183,37 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
                                    param_group_fn=group_fn, **kwargs)
     except (AssertionError, ValueError) as err:
         raise UserError(f"config key optim.opt = {o.opt!r}: {err}") from None
+
+
+def moe_parameter_ids(model: nn.Module) -> set[int]:
+    """``id``s of what the released optimiser trains at the top lr scale under layer decay: every parameter of
+    every MoE layer (experts, router queries, temperatures, query norm) and of the norm that feeds it (a ViT
+    block's ``norm2``, a ConvNeXt block's ``norm``). Release: moejet/models/vit_softmoe_timm.py,
+    VisionTransformerMoe.get_layer_depth (MoE keywords and ``{i}.norm2`` of the MoE blocks -> top depth)."""
+    from ..models import moe_modules
+
+    modules = dict(model.named_modules())
+    ids: set[int] = set()
+    for name, layer in moe_modules(model).items():
+        ids |= {id(p) for p in layer.parameters()}
+        block = modules.get(name.rpartition(".")[0])
+        norm = getattr(block, "norm2", None) or getattr(block, "norm", None)
+        if isinstance(norm, nn.Module):
+            ids |= {id(p) for p in norm.parameters()}
+    return ids
+
+
+def moe_at_top_scale(groups: list[dict[str, Any]], ids: set[int]) -> list[dict[str, Any]]:
+    """timm's layer-decay groups with the parameters in ``ids`` moved to the largest lr scale (1.0)."""
+    top = max(g["lr_scale"] for g in groups)
+    out = []
+    for g in groups:
+        rest, moe = [p for p in g["params"] if id(p) not in ids], [p for p in g["params"] if id(p) in ids]
+        if rest:
+            out.append({**g, "params": rest})
+        if moe:
+            out.append({**g, "params": moe, "lr_scale": top})
+    return out
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> CosineLRScheduler:
