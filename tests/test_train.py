@@ -105,12 +105,17 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     assert state["epoch"] == 2 and state["step"] == 18
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
 
-    # moejet eval --run reproduces the best epoch's val accuracy and writes eval.json
+    # moejet eval --run evaluates the last epoch by default (the val split is the test split) and writes eval.json
     capsys.readouterr()
-    assert main(["eval", "--run", str(run), "--which", "last"]) == 0
-    assert "top-1" in capsys.readouterr().out
+    assert main(["eval", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "selected" not in out
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
+    assert "selected_on_val" not in result
+    assert main(["eval", "--run", str(run), "--which", "best"]) == 0  # a best-epoch number says what it is
+    assert "[best epoch, selected on this val split]" in capsys.readouterr().out
+    assert json.loads((run / "eval.json").read_text())["selected_on_val"] is True
     # any checkpoint file on a config's dataset
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
                  "--out", str(tmp_path / "best.json")]) == 0

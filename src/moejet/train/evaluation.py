@@ -53,16 +53,21 @@ def evaluate_checkpoint(
         teardown(d)
 
 
-def evaluate_run(run_dir: str | Path, which: str = "best", batch_size: int | None = None,
+def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | None = None,
                  device: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate a run's best (or last) checkpoint on the val split of its own config (``overrides`` applied)."""
+    """Evaluate a run's last (or best-epoch) checkpoint on the val split of its own config (``overrides``
+    applied). A best-epoch result carries ``"selected_on_val": True``: on our datasets the val split is the
+    official test split, so that number was selected on the test set."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG}): check the path")
     path = run_dir / {"best": BEST, "last": LAST}[which]
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
-    return evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+    result = evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+    if which == "best":
+        result["selected_on_val"] = True
+    return result
 
 
 def _scratch(config: Config) -> Config:
@@ -73,8 +78,9 @@ def _scratch(config: Config) -> Config:
 
 
 def format_result(result: dict[str, Any]) -> str:
+    label = " [best epoch, selected on this val split]" if result.get("selected_on_val") else ""
     return (f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-            f"loss {result['loss']:.4f}  ({result['images']} images)")
+            f"loss {result['loss']:.4f}  ({result['images']} images){label}")
 
 
 def result_json(result: dict[str, Any]) -> str:
