@@ -35,7 +35,31 @@ class Switch:
 
 
 # SpheroMoE layer / MoE model keyword arguments (moejet.layers, moejet.models).
-MODEL_SWITCHES: tuple[Switch, ...] = ()
+# Release sources read at Adlith/MoE-Jetpack: moejet/models/soft_moe.py (DualPathSoftMoELayerWrapper),
+# moejet/models/fast_softmoe_layer.py (MultiExpertLayer), configs/timm/vit_tiny_dual_moe_timm_21k_ft.py.
+_SOFT_MOE = "release moejet/models/soft_moe.py, DualPathSoftMoELayerWrapper"
+MODEL_SWITCHES: tuple[Switch, ...] = (
+    Switch("key_l2norm", False, True, "paper §3.2, Eq. 9 (keys keep their LayerNorm scale; SPEC §1)",
+           f"{_SOFT_MOE}.forward (F.normalize of the keys)", "L2-normalise the keys as well as the queries"),
+    Switch("combine", "softmax", "entmax15", "paper §3.2, Eq. 11 (softmax over slots)",
+           f"{_SOFT_MOE}.forward (entmax15 combine weights)", "normalisation of the combine weights over slots"),
+    Switch("noise_after_temperature", False, True, "paper App. C, Algorithm 1 (noise on S, then / T)",
+           f"{_SOFT_MOE}.forward (one noise sample added to S/T_d and S/T_c)",
+           "add the routing noise after dividing by the temperatures"),
+    Switch("noise_in_eval", False, True, "paper App. C, Algorithm 1 (noise only in training; SPEC §1)",
+           f"{_SOFT_MOE}.forward (add_noise not gated on self.training)", "add the routing noise in eval mode too"),
+    Switch("expert_drop_mode", "expert", "layer", "paper §3.2 (stochastic expert dropout)",
+           f"{_SOFT_MOE}.forward (DropPath(moe_drop_path_rate) over the slot outputs)",
+           "drop single experts per sample, or DropPath over the whole MoE layer output per sample"),
+    Switch("key_proj", "none", "affine", "SPEC §1 (K = X_norm)",
+           f"{_SOFT_MOE}.__init__ (key_proj=True default: OffsetScale, not overridden by the configs)",
+           "keys are X_norm, a learnable identity-initialised projection, or a per-channel scale and offset"),
+    Switch("query_norm_eps", None, 1e-5, "SPEC §1 (query LayerNorm as the block's norm2, eps 1e-6 in timm ViT)",
+           f"{_SOFT_MOE}.__init__ (slot_norm = nn.LayerNorm(dim))", "eps of the query (slot) LayerNorm"),
+    Switch("expert_init", "trunc_normal", "kaiming_uniform", "SPEC §1 (timm ViT init, trunc-normal std 0.02)",
+           "release moejet/models/fast_softmoe_layer.py, MultiExpertLinear.reset_parameters",
+           "initialisation of the expert weights (matters only for from-scratch baselines)"),
+)
 
 # moejet.recycle.recycle() keyword arguments (``moejet recycle`` flags).
 RECYCLE_SWITCHES: tuple[Switch, ...] = ()

@@ -8,6 +8,7 @@ so the dense baseline ``convnext_femto_d18`` here uses Linear MLPs too and share
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -30,9 +31,10 @@ class MoEConvNeXt(ConvNeXt):
         moe_layers: Sequence[int] | None = None,
         core_experts: int | Sequence[int] = 98,
         univ_experts: int | Sequence[int] = 196,
+        variant: str = "paper",
         **kwargs: Any,
     ) -> None:
-        moe_args = pop_moe_args(kwargs, moe_type)
+        moe_args = pop_moe_args(kwargs, moe_type, variant)
         super().__init__(**kwargs)
         blocks = [(s, block) for s, stage in enumerate(self.stages) for block in stage.blocks]
         self.moe_layers = check_moe_layers(range(len(blocks) // 2, len(blocks)) if moe_layers is None
@@ -68,9 +70,9 @@ default_cfgs = generate_default_cfgs({
 FEMTO_D18 = dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 384), conv_mlp=False)
 
 
-def _create(variant: str, pretrained: bool, **kwargs: Any) -> MoEConvNeXt:
+def _create(model_name: str, pretrained: bool, **kwargs: Any) -> MoEConvNeXt:
     return build_model_with_cfg(
-        MoEConvNeXt, variant, pretrained,
+        partial(MoEConvNeXt, variant=kwargs.pop("variant", "paper")), model_name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs,

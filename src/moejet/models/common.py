@@ -8,20 +8,27 @@ from typing import Any
 import torch.nn as nn
 
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
+from ..variants import MODEL_SWITCHES, apply_variant
 
 SPHERO_ARGS = (
     "slots_per_expert", "univ_factor", "key_l2norm", "combine", "temperature_init",
-    "noise_std", "expert_dropout", "expert_drop_rate",
+    "noise_std", "expert_dropout", "expert_drop_rate", "expert_drop_mode", "noise_after_temperature",
+    "noise_in_eval", "key_proj", "query_norm_eps", "expert_init",
 )
-SOFT_ARGS = ("slots_per_expert", "expert_dropout")
+SOFT_ARGS = ("slots_per_expert", "expert_dropout", "expert_init")
 
 
-def pop_moe_args(kwargs: dict[str, Any], moe_type: str) -> dict[str, Any]:
-    """Take the router / regularisation options of ``moe_type`` out of a model's kwargs."""
+def pop_moe_args(kwargs: dict[str, Any], moe_type: str, variant: str = "paper") -> dict[str, Any]:
+    """Take the router / regularisation options of ``moe_type`` out of a model's kwargs.
+
+    Every MODEL_SWITCHES value that applies to ``moe_type`` is set from ``variant``; explicit kwargs win.
+    """
     names = {"sphero": SPHERO_ARGS, "soft": SOFT_ARGS}.get(moe_type)
     if names is None:
         raise ValueError(f"moe_type must be 'sphero' or 'soft', got {moe_type!r}")
-    return {k: kwargs.pop(k) for k in names if k in kwargs}
+    explicit = {k: kwargs.pop(k) for k in names if k in kwargs}
+    switches = tuple(s for s in MODEL_SWITCHES if s.name in names)
+    return {**explicit, **apply_variant(variant, switches, explicit)}
 
 
 def check_moe_layers(moe_layers: Iterable[int], depth: int) -> tuple[int, ...]:

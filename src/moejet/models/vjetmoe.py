@@ -7,6 +7,7 @@ into ``vjetmoe_tiny_patch16_224`` with only the MoE blocks' ``mlp.*`` keys diffe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
@@ -34,9 +35,10 @@ class MoEVisionTransformer(VisionTransformer):
         core_experts: int = 98,
         univ_experts: int = 196,
         num_experts: int | None = None,
+        variant: str = "paper",
         **kwargs: Any,
     ) -> None:
-        moe_args = pop_moe_args(kwargs, moe_type)
+        moe_args = pop_moe_args(kwargs, moe_type, variant)
         if moe_type != "soft" and num_experts is not None:
             raise ValueError("num_experts is for moe_type='soft'; SpheroMoE takes core_experts and univ_experts")
         super().__init__(**kwargs)
@@ -74,10 +76,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant: str, pretrained: bool, **kwargs: Any) -> MoEVisionTransformer:
+def _create(model_name: str, pretrained: bool, **kwargs: Any) -> MoEVisionTransformer:
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        MoEVisionTransformer, variant, pretrained,
+        partial(MoEVisionTransformer, variant=kwargs.pop("variant", "paper")), model_name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
