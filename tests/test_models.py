@@ -225,3 +225,19 @@ def test_model_kwargs_with_switches_round_trip_through_a_model_file(tmp_path):
 def test_bad_variant_raises():
     with pytest.raises(ValueError, match="variant must be one of paper, release, got 'authors'"):
         timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, variant="authors")
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "depth"),
+    [("vjetmoe_tiny_patch16_224", dict(TINY_VIT, moe_layers=(1, 3)), 4),
+     ("cjetmoe_femto", dict(TINY_CONVNEXT, moe_layers=(2, 4)), 5)],
+)
+def test_moe_drop_path_rate_ramps_over_depth_like_the_release(name, base, depth):
+    model = timm.create_model(name, **base, core_experts=2, univ_experts=4, expert_drop_mode="layer",
+                              moe_drop_path_rate=0.1)
+    layers = list(moe_modules(model).values())
+    expected = [0.1 * i / (depth - 1) for i in base["moe_layers"]]  # release: linspace(0, rate, depth)[i]
+    assert [layer.expert_drop_rate for layer in layers] == pytest.approx(expected, abs=1e-7)
+    assert all(layer.expert_drop_mode == "layer" for layer in layers)
+    with pytest.raises(ValueError, match="use it with expert_drop_mode='layer'"):
+        timm.create_model(name, **base, core_experts=2, univ_experts=4, moe_drop_path_rate=0.1)

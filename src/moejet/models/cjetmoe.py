@@ -15,14 +15,22 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
-from .common import check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
+from .common import (
+    block_moe_args,
+    check_moe_layers,
+    make_moe_layer,
+    per_stage,
+    pop_moe_args,
+    router_no_weight_decay,
+)
 
 
 class MoEConvNeXt(ConvNeXt):
     """ConvNeXt whose blocks ``moe_layers`` (0-based, counted across stages) use a MoE layer as MLP.
 
     ``core_experts`` / ``univ_experts``: an int, or one value per stage (C-JetMoE-F: stage 3 98/196,
-    stage 4 24/48, half of the 14x14 and 7x7 tokens at 224).
+    stage 4 24/48, half of the 14x14 and 7x7 tokens at 224). ``variant`` and ``moe_drop_path_rate`` as in
+    :class:`~moejet.models.vjetmoe.MoEVisionTransformer`; the DropPath ramp runs over all blocks of all stages.
     """
 
     def __init__(
@@ -32,6 +40,7 @@ class MoEConvNeXt(ConvNeXt):
         core_experts: int | Sequence[int] = 98,
         univ_experts: int | Sequence[int] = 196,
         variant: str = "paper",
+        moe_drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         moe_args = pop_moe_args(kwargs, moe_type, variant)
@@ -48,7 +57,7 @@ class MoEConvNeXt(ConvNeXt):
             stage, block = blocks[i]
             dim = block.norm.normalized_shape[0]
             block.mlp = make_moe_layer(moe_type, block.mlp, block.norm, dim, mlp_ratio, core[stage], univ[stage],
-                                       **moe_args)
+                                       **block_moe_args(moe_args, moe_drop_path_rate, i, len(blocks)))
 
     def no_weight_decay(self) -> set[str]:
         return router_no_weight_decay(self)

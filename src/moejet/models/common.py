@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
@@ -29,6 +30,20 @@ def pop_moe_args(kwargs: dict[str, Any], moe_type: str, variant: str = "paper") 
     explicit = {k: kwargs.pop(k) for k in names if k in kwargs}
     switches = tuple(s for s in MODEL_SWITCHES if s.name in names)
     return {**explicit, **apply_variant(variant, switches, explicit)}
+
+
+def block_moe_args(
+    moe_args: dict[str, Any], moe_drop_path_rate: float | None, index: int, depth: int
+) -> dict[str, Any]:
+    """``moe_args`` of MoE block ``index`` of ``depth``: with ``moe_drop_path_rate`` its layer DropPath rate is
+    ``linspace(0, moe_drop_path_rate, depth)[index]`` (release moejet/models/vit_softmoe_timm.py,
+    VisionTransformerMoe.__init__: ``moe_dpr[i] if i in moe_layers``), the rule timm uses for ``drop_path_rate``.
+    """
+    if moe_drop_path_rate is None:
+        return moe_args
+    if moe_args.get("expert_drop_mode", "expert") != "layer":
+        raise ValueError("moe_drop_path_rate ramps the layer DropPath: use it with expert_drop_mode='layer'")
+    return {**moe_args, "expert_drop_rate": torch.linspace(0, moe_drop_path_rate, depth)[index].item()}
 
 
 def check_moe_layers(moe_layers: Iterable[int], depth: int) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .common import check_moe_layers, make_moe_layer, pop_moe_args, router_no_weight_decay
+from .common import block_moe_args, check_moe_layers, make_moe_layer, pop_moe_args, router_no_weight_decay
 
 
 class MoEVisionTransformer(VisionTransformer):
@@ -25,6 +25,10 @@ class MoEVisionTransformer(VisionTransformer):
         moe_layers: 0-based block indices; default: the second half of the blocks (paper "7:12").
         core_experts / univ_experts: experts per path (Soft MoE uses their sum as its expert count,
             or ``num_experts`` when given).
+        variant: ``"paper"`` or ``"release"``: presets every MODEL_SWITCHES value (moejet.variants); explicit
+            keyword arguments win.
+        moe_drop_path_rate: release ``moe_drop_path_rate`` (with ``expert_drop_mode="layer"``): MoE block ``i``
+            gets layer DropPath rate ``linspace(0, moe_drop_path_rate, depth)[i]``.
         other keyword arguments of :class:`~moejet.layers.SpheroMoE` / :class:`~moejet.layers.SoftMoE`.
     """
 
@@ -36,6 +40,7 @@ class MoEVisionTransformer(VisionTransformer):
         univ_experts: int = 196,
         num_experts: int | None = None,
         variant: str = "paper",
+        moe_drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
         moe_args = pop_moe_args(kwargs, moe_type, variant)
@@ -50,7 +55,8 @@ class MoEVisionTransformer(VisionTransformer):
         for i in self.moe_layers:
             block = self.blocks[i]
             block.mlp = make_moe_layer(
-                moe_type, block.mlp, block.norm2, self.embed_dim, mlp_ratio, core_experts, univ_experts, **moe_args
+                moe_type, block.mlp, block.norm2, self.embed_dim, mlp_ratio, core_experts, univ_experts,
+                **block_moe_args(moe_args, moe_drop_path_rate, i, depth),
             )
 
     def no_weight_decay(self) -> set[str]:
