@@ -191,14 +191,14 @@ def test_release_variant_flips_every_model_switch_and_explicit_kwargs_win(name, 
     small = dict(base, core_experts=2, univ_experts=4)
     paper = next(iter(moe_modules(timm.create_model(name, **small)).values()))
     release = next(iter(moe_modules(timm.create_model(name, **small, variant="release")).values()))
-    assert len(MODEL_SWITCHES) == 8
+    assert len(MODEL_SWITCHES) == 7
     for switch in MODEL_SWITCHES:
         paper_value = 1e-6 if switch.name == "query_norm_eps" else switch.paper  # None: the block norm's (timm 1e-6)
         got = (switch_value(paper, switch.name), switch_value(release, switch.name))
         assert got == (paper_value, switch.release), switch.name
-    mixed = timm.create_model(name, **small, variant="release", combine="softmax", key_proj="none")
+    mixed = timm.create_model(name, **small, variant="release", combine="softmax", noise_in_eval=False)
     layer = next(iter(moe_modules(mixed).values()))
-    assert (layer.combine, layer.key_proj, layer.key_l2norm) == ("softmax", "none", True)
+    assert (layer.combine, layer.noise_in_eval, layer.key_l2norm) == ("softmax", False, True)
 
 
 def test_softmoe_models_take_only_the_expert_init_switch():
