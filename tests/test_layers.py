@@ -298,10 +298,12 @@ def test_query_norm_eps_overrides_block_norm():
     assert SpheroMoE(16, 2, 2, norm_layer=norm_layer, query_norm_eps=1e-5).query_norm.eps == 1e-5
 
 
-def test_kaiming_uniform_expert_init_matches_nn_linear_bounds():
+def test_kaiming_uniform_expert_init_matches_release_bounds():
     experts = BatchedExperts(4, 32, 64, init="kaiming_uniform")
-    for w, fan_in in ((experts.fc1_weight, 32), (experts.fc2_weight, 64)):
-        bound = 1.0 / fan_in**0.5  # kaiming_uniform(a=sqrt(5)): gain sqrt(1/3), bound sqrt(3) * gain / sqrt(fan_in)
+    # release MultiExpertLinear: kaiming_uniform(a=sqrt(5)) on the (E, out, in) tensor, so fan_in = out * in
+    # and the bound is sqrt(3) * sqrt(1/3) / sqrt(fan_in)
+    for w, fan_in in ((experts.fc1_weight, 64 * 32), (experts.fc2_weight, 32 * 64)):
+        bound = 1.0 / fan_in**0.5
         assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
     assert experts.fc1_bias.count_nonzero() == 0 and experts.fc2_bias.count_nonzero() == 0
     assert SoftMoE(16, 2, expert_init="kaiming_uniform").experts.init == "kaiming_uniform"

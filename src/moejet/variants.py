@@ -81,7 +81,7 @@ MODEL_SWITCHES: tuple[Switch, ...] = (
     Switch(
         "expert_init", "trunc_normal", "kaiming_uniform",
         "SPEC §1 (timm ViT Linear init, trunc-normal std 0.02; the paper does not say)",
-        "release moejet/models/fast_softmoe_layer.py, MultiExpertLinear.reset_parameters",
+        "release moejet/models/fast_softmoe_layer.py, MultiExpertLinear.__init__ (kaiming_uniform_ of (E, out, in))",
         "initialisation of the expert weights (matters only for from-scratch baselines)",
     ),
 )

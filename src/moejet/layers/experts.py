@@ -48,13 +48,13 @@ class BatchedExperts(nn.Module):
 
     def reset_parameters(self) -> None:
         # "trunc_normal": timm's ViT / ConvNeXt init for Linear layers, trunc-normal(0.02) weights.
-        # "kaiming_uniform": nn.Linear's default per expert, kaiming_uniform(a=sqrt(5)) over fan_in (release).
+        # "kaiming_uniform": the release's MultiExpertLinear, kaiming_uniform(a=sqrt(5)) of the whole (E, out, in)
+        # tensor, so torch takes fan_in = out * in and the bound is 1/sqrt(out * in), not nn.Linear's 1/sqrt(in).
         for w in (self.fc1_weight, self.fc2_weight):
             if self.init == "trunc_normal":
                 trunc_normal_(w, std=0.02)
             else:
-                for w_e in w:
-                    nn.init.kaiming_uniform_(w_e, a=math.sqrt(5))
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         nn.init.zeros_(self.fc1_bias)
         nn.init.zeros_(self.fc2_bias)
 
