@@ -204,3 +204,120 @@ def test_wrong_input_width_raises():
         SoftMoE(16, 2)(torch.randn(1, 4, 12))
     with pytest.raises(ValueError, match="at least one expert"):
         SoftMoE(16, 0)
+
+
+def spec_forward(layer: SpheroMoE, x: torch.Tensor, noise: torch.Tensor | None, noise_after_t: bool = False,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
+    """SPEC §1 / Algorithm 1 in one batched pass with an explicit noise sample ``(b, n, S)``."""
+    queries = F.normalize(F.layer_norm(layer.queries, (layer.dim,), layer.query_norm.weight, layer.query_norm.bias,
+                                       layer.query_norm.eps), dim=-1)
+    logits = torch.einsum("bnd,sd->bns", x if keys is None else keys, queries)
+    if noise is not None and not noise_after_t:
+        logits = logits + noise * layer.noise_std
+    d_logits, c_logits = logits / layer.dispatch_temperature, logits / layer.combine_temperature
+    if noise is not None and noise_after_t:
+        d_logits, c_logits = d_logits + noise * layer.noise_std, c_logits + noise * layer.noise_std
+    dispatch, combine = d_logits.softmax(dim=1), c_logits.softmax(dim=2)
+    slots = torch.einsum("bns,bnd->bsd", dispatch, x)
+    return torch.einsum("bns,bsd->bnd", combine, layer._experts(slots))
+
+
+def noise_like(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize("noise_after_temperature", [False, True])
+def test_noise_placement_matches_algorithm(noise_after_temperature):
+    layer = randomize(SpheroMoE(16, 3, 6, noise_std=0.7, noise_after_temperature=noise_after_temperature)).train()
+    x = torch.randn(2, 10, 16)
+    torch.manual_seed(5)
+    y = layer(x)
+    noise = noise_like(5, (2, 10, layer.num_slots))  # the layer's first random draw is its noise
+    expected = spec_forward(layer, x, noise, noise_after_temperature)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    other = spec_forward(layer, x, noise, not noise_after_temperature)
+    assert not torch.allclose(y, other, atol=1e-4)
+
+
+def test_defaults_equal_spec_in_train_and_eval():
+    layer = randomize(SpheroMoE(16, 3, 6, slots_per_expert=2))
+    x = torch.randn(2, 10, 16)
+    torch.manual_seed(11)
+    y_train = layer.train()(x)
+    noise = noise_like(11, (2, 10, layer.num_slots))
+    torch.testing.assert_close(y_train, spec_forward(layer, x, noise), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.eval()(x), spec_forward(layer, x, None), rtol=1e-5, atol=1e-5)
+
+
+def test_noise_in_eval_adds_noise_in_eval_only_when_asked():
+    x = torch.randn(2, 10, 16)
+    layer = randomize(SpheroMoE(16, 3, 6, noise_in_eval=True)).eval()
+    torch.manual_seed(3)
+    y = layer(x)
+    torch.testing.assert_close(y, spec_forward(layer, x, noise_like(3, (2, 10, 9))), rtol=1e-5, atol=1e-5)
+    layer.noise_in_eval = False
+    torch.testing.assert_close(layer(x), spec_forward(layer, x, None), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_expert_drop_is_timm_drop_path_over_slot_outputs():
+    layer = randomize(SpheroMoE(16, 3, 6, expert_drop_mode="layer", expert_drop_rate=0.5, noise_std=0.0)).train()
+    slots = torch.randn(64, layer.num_slots, 16)
+    torch.manual_seed(2)
+    out = layer._experts(slots)
+    layer.expert_drop_rate = 0.0
+    clean = layer._experts(slots)
+    torch.manual_seed(2)
+    keep = torch.empty(64, 1, 1).bernoulli_(0.5).div_(0.5)  # timm drop_path: per sample, rescaled by 1/keep
+    torch.testing.assert_close(out, clean * keep)
+    assert 0 < (keep == 0).sum() < 64
+
+
+@pytest.mark.parametrize("key_proj", ["linear", "affine"])
+def test_key_proj_at_init_equals_none_and_then_projects(key_proj):
+    torch.manual_seed(0)
+    plain = SpheroMoE(16, 3, 6).eval()
+    torch.manual_seed(0)
+    projected = SpheroMoE(16, 3, 6, key_proj=key_proj).eval()
+    x = torch.randn(2, 10, 16)
+    torch.testing.assert_close(projected(x), plain(x))
+    with torch.no_grad():
+        if key_proj == "linear":
+            projected.key_weight.normal_()
+            keys = x @ projected.key_weight.t()
+        else:
+            projected.key_scale.normal_()
+            projected.key_offset.normal_()
+            keys = x * projected.key_scale + projected.key_offset
+    torch.testing.assert_close(projected(x), spec_forward(projected, x, None, keys=keys), rtol=1e-5, atol=1e-5)
+
+
+def test_query_norm_eps_overrides_block_norm():
+    norm_layer = lambda d: torch.nn.LayerNorm(d, eps=1e-6)
+    assert SpheroMoE(16, 2, 2, norm_layer=norm_layer).query_norm.eps == 1e-6
+    assert SpheroMoE(16, 2, 2, norm_layer=norm_layer, query_norm_eps=1e-5).query_norm.eps == 1e-5
+
+
+def test_kaiming_uniform_expert_init_matches_release_bounds():
+    experts = BatchedExperts(4, 32, 64, init="kaiming_uniform")
+    # release MultiExpertLinear: kaiming_uniform(a=sqrt(5)) on the (E, out, in) tensor, so fan_in = out * in
+    # and the bound is sqrt(3) * sqrt(1/3) / sqrt(fan_in)
+    for w, fan_in in ((experts.fc1_weight, 64 * 32), (experts.fc2_weight, 32 * 64)):
+        bound = 1.0 / fan_in**0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    assert experts.fc1_bias.count_nonzero() == 0 and experts.fc2_bias.count_nonzero() == 0
+    assert SoftMoE(16, 2, expert_init="kaiming_uniform").experts.init == "kaiming_uniform"
+    assert SpheroMoE(16, 2, 2, expert_init="kaiming_uniform").univ_experts.init == "kaiming_uniform"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(expert_drop_mode="block"), "expert_drop_mode must be one of expert, layer, got 'block'"),
+        (dict(key_proj="mlp"), "key_proj must be one of none, linear, affine, got 'mlp'"),
+        (dict(expert_init="xavier"), "expert_init must be one of trunc_normal, kaiming_uniform, got 'xavier'"),
+    ],
+)
+def test_bad_switch_values_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpheroMoE(16, 2, 2, **kwargs)

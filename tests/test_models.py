@@ -205,3 +205,71 @@ def test_features_only_and_forward_intermediates_run_the_moe_blocks(name, tmp_pa
             assert len(got) == 2
             for g, e in zip(got, (expected[1], expected[3])):
                 torch.testing.assert_close(g, e)
+
+
+def switch_value(layer, name):
+    """The value a built SpheroMoE layer holds for one MODEL_SWITCHES switch."""
+    return {"query_norm_eps": layer.query_norm.eps, "expert_init": layer.core_experts.init}.get(
+        name, getattr(layer, name, None))
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [("vjetmoe_tiny_patch16_224", TINY_VIT), ("cjetmoe_femto", dict(TINY_CONVNEXT, moe_layers=(4,)))],
+)
+def test_release_variant_flips_every_model_switch_and_explicit_kwargs_win(name, base):
+    from moejet.variants import MODEL_SWITCHES
+
+    small = dict(base, core_experts=2, univ_experts=4)
+    paper = next(iter(moe_modules(timm.create_model(name, **small)).values()))
+    release = next(iter(moe_modules(timm.create_model(name, **small, variant="release")).values()))
+    assert len(MODEL_SWITCHES) == 7
+    for switch in MODEL_SWITCHES:
+        paper_value = 1e-6 if switch.name == "query_norm_eps" else switch.paper  # None: the block norm's (timm 1e-6)
+        got = (switch_value(paper, switch.name), switch_value(release, switch.name))
+        assert got == (paper_value, switch.release), switch.name
+    mixed = timm.create_model(name, **small, variant="release", combine="softmax", noise_in_eval=False)
+    layer = next(iter(moe_modules(mixed).values()))
+    assert (layer.combine, layer.noise_in_eval, layer.key_l2norm) == ("softmax", False, True)
+
+
+def test_softmoe_models_take_only_the_expert_init_switch():
+    model = timm.create_model("softmoe_vit_tiny_patch16_224", **TINY_VIT, num_experts=3, variant="release")
+    assert all(m.experts.init == "kaiming_uniform" for m in moe_modules(model).values())
+    with pytest.raises(TypeError):
+        timm.create_model("softmoe_vit_tiny_patch16_224", **TINY_VIT, num_experts=3, key_proj="affine")
+
+
+def test_model_kwargs_with_switches_round_trip_through_a_model_file(tmp_path):
+    from moejet.checkpoint import build_from_checkpoint, save_model
+
+    kwargs = dict(TINY_VIT, core_experts=2, univ_experts=4, variant="release", key_proj="linear",
+                  query_norm_eps=1e-6, noise_in_eval=False)
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **kwargs)
+    save_model(model, tmp_path / "m.safetensors", "vjetmoe_tiny_patch16_224", kwargs)
+    loaded, _, loaded_kwargs = build_from_checkpoint(tmp_path / "m.safetensors")
+    assert loaded_kwargs == kwargs
+    layer = loaded.blocks[3].mlp
+    assert (layer.key_proj, layer.query_norm.eps, layer.noise_in_eval, layer.combine) == ("linear", 1e-6, False,
+                                                                                           "entmax15")
+
+
+def test_bad_variant_raises():
+    with pytest.raises(ValueError, match="variant must be one of paper, release, got 'authors'"):
+        timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, variant="authors")
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "depth"),
+    [("vjetmoe_tiny_patch16_224", dict(TINY_VIT, moe_layers=(1, 3)), 4),
+     ("cjetmoe_femto", dict(TINY_CONVNEXT, moe_layers=(2, 4)), 5)],
+)
+def test_moe_drop_path_rate_ramps_over_depth_like_the_release(name, base, depth):
+    model = timm.create_model(name, **base, core_experts=2, univ_experts=4, expert_drop_mode="layer",
+                              moe_drop_path_rate=0.1)
+    layers = list(moe_modules(model).values())
+    expected = [0.1 * i / (depth - 1) for i in base["moe_layers"]]  # release: linspace(0, rate, depth)[i]
+    assert [layer.expert_drop_rate for layer in layers] == pytest.approx(expected, abs=1e-7)
+    assert all(layer.expert_drop_mode == "layer" for layer in layers)
+    with pytest.raises(ValueError, match="use it with expert_drop_mode='layer'"):
+        timm.create_model(name, **base, core_experts=2, univ_experts=4, moe_drop_path_rate=0.1)

@@ -35,7 +35,56 @@ class Switch:
 
 
 # SpheroMoE layer / MoE model keyword arguments (moejet.layers, moejet.models).
-MODEL_SWITCHES: tuple[Switch, ...] = ()
+# Release sources: Adlith/MoE-Jetpack at commit 2a50c78, moejet/models/soft_moe.py (DualPathSoftMoELayerWrapper),
+# moejet/models/fast_softmoe_layer.py (MultiExpertLayer), moejet/configs/timm/vit_tiny_dual_moe_timm_21k_ft.py
+# (slot_layernorm=True, add_noise=True, moe_drop_path_rate=0.1; key_proj not set, so its default False).
+# SpheroMoE's key_proj ("none" | "linear" | "affine") is no switch: the released configs use no key projection,
+# the same as SPEC §1.
+_SOFT_MOE = "release moejet/models/soft_moe.py, DualPathSoftMoELayerWrapper"
+MODEL_SWITCHES: tuple[Switch, ...] = (
+    Switch(
+        "key_l2norm", False, True,
+        "paper §3.2 before Eq. 10 ('We do not apply L2 normalization to K')",
+        f"{_SOFT_MOE}.forward (key = self.norm(...), self.norm = l2norm)",
+        "L2-normalise the keys as well as the queries",
+    ),
+    Switch(
+        "combine", "softmax", "entmax15",
+        "paper §3.2, Eq. 11 (softmax over slots)",
+        f"{_SOFT_MOE}.forward (entmax15 combine weights)",
+        "normalisation of the combine weights over slots",
+    ),
+    Switch(
+        "noise_after_temperature", False, True,
+        "paper App. C, Algorithm 1 (S = S + noise, then softmax(S/T))",
+        f"{_SOFT_MOE}.forward (one noise sample added to S/T_d and S/T_c)",
+        "add the routing noise after dividing by the temperatures",
+    ),
+    Switch(
+        "noise_in_eval", False, True,
+        "paper §3.2 Expert Regularization (noise is a fine-tuning regulariser; SPEC §1)",
+        f"{_SOFT_MOE}.forward (add_noise not gated on self.training)",
+        "add the routing noise in eval mode too",
+    ),
+    Switch(
+        "expert_drop_mode", "expert", "layer",
+        "paper §3.2 Expert Regularization (stochastic expert dropout), Algorithm 1 expert_drop",
+        f"{_SOFT_MOE}.forward (self.expert_drop: DropPath(moe_drop_path_rate) over the slot outputs)",
+        "drop single experts per sample, or DropPath over the whole MoE layer output per sample",
+    ),
+    Switch(
+        "query_norm_eps", None, 1e-05,
+        "paper §3.2 / Algorithm 1 inherit_layer_norm(Q): the block norm2's eps (1e-6 in timm)",
+        f"{_SOFT_MOE}.__init__ (slot_norm = nn.LayerNorm(dim))",
+        "eps of the query (slot) LayerNorm",
+    ),
+    Switch(
+        "expert_init", "trunc_normal", "kaiming_uniform",
+        "SPEC §1 (timm ViT Linear init, trunc-normal std 0.02; the paper does not say)",
+        "release moejet/models/fast_softmoe_layer.py, MultiExpertLinear.__init__ (kaiming_uniform_ of (E, out, in))",
+        "initialisation of the expert weights (matters only for from-scratch baselines)",
+    ),
+)
 
 # moejet.recycle.recycle() keyword arguments (``moejet recycle`` flags). Release sources: Adlith/MoE-Jetpack at
 # commit 2a50c78, moejet/tools/gen_ViT_MoE_weight.py (main() runs select_type='L2', select_unit='mlp') and

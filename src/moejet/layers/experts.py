@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
+EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
+
 
 class BatchedExperts(nn.Module):
     """``num_experts`` two-layer MLPs ``W2 act(W1 x + b1) + b2`` stored as stacked tensors.
@@ -25,8 +27,12 @@ class BatchedExperts(nn.Module):
         hidden_dim: int,
         act_layer: type[nn.Module] = nn.GELU,
         dropout: float = 0.0,
+        init: str = "trunc_normal",
     ) -> None:
         super().__init__()
+        if init not in EXPERT_INITS:
+            raise ValueError(f"expert_init must be one of {', '.join(EXPERT_INITS)}, got {init!r}")
+        self.init = init
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if hidden_dim < 1:
@@ -41,9 +47,14 @@ class BatchedExperts(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # timm's ViT / ConvNeXt init for Linear layers: trunc-normal(0.02) weights, zero biases.
-        trunc_normal_(self.fc1_weight, std=0.02)
-        trunc_normal_(self.fc2_weight, std=0.02)
+        # "trunc_normal": timm's ViT / ConvNeXt init for Linear layers, trunc-normal(0.02) weights.
+        # "kaiming_uniform": the release's MultiExpertLinear, kaiming_uniform(a=sqrt(5)) of the whole (E, out, in)
+        # tensor, so torch takes fan_in = out * in and the bound is 1/sqrt(out * in), not nn.Linear's 1/sqrt(in).
+        for w in (self.fc1_weight, self.fc2_weight):
+            if self.init == "trunc_normal":
+                trunc_normal_(w, std=0.02)
+            else:
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         nn.init.zeros_(self.fc1_bias)
         nn.init.zeros_(self.fc2_bias)
 

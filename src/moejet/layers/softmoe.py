@@ -24,6 +24,7 @@ class SoftMoE(nn.Module):
         slots_per_expert: int = 1,
         mlp_ratio: float = 4.0,
         expert_dropout: float = 0.0,
+        expert_init: str = "trunc_normal",
         act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class SoftMoE(nn.Module):
         self.num_slots = num_experts * slots_per_expert
         self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
         self.scale = nn.Parameter(torch.tensor(1.0))
-        self.experts = BatchedExperts(num_experts, dim, int(dim * mlp_ratio), act_layer, expert_dropout)
+        self.experts = BatchedExperts(num_experts, dim, int(dim * mlp_ratio), act_layer, expert_dropout, expert_init)
         self.record_routing = False
         self.last_routing: dict[str, torch.Tensor] | None = None
         self.reset_router()

@@ -10,10 +10,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from entmax import entmax15
+from timm.layers import drop_path
 
 from .experts import BatchedExperts, expert_keep_mask, experts_over_slots
 
 COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
+EXPERT_DROP_MODES = ("expert", "layer")
+KEY_PROJS = ("none", "linear", "affine")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 class SpheroMoE(nn.Module):
@@ -32,7 +41,15 @@ class SpheroMoE(nn.Module):
         temperature_init: initial value of the learnable dispatch / combine temperatures.
         noise_std: std of Gaussian noise added to the logits in training; default ``1/(E_core+E_univ)``.
         expert_dropout: dropout on each expert's hidden activation and output.
-        expert_drop_rate: probability of zeroing one expert's whole output per sample (stochastic expert drop).
+        expert_drop_rate: drop probability used by ``expert_drop_mode``.
+        expert_drop_mode: ``"expert"`` (paper): zero one expert's whole output per sample with prob
+            ``expert_drop_rate``; ``"layer"`` (release): DropPath over all slot outputs of a sample.
+        noise_after_temperature: add the noise to ``S/T_d`` and ``S/T_c`` (release) instead of to ``S`` (paper).
+        noise_in_eval: add the routing noise in eval mode too (release).
+        key_proj: keys ``K = X`` (``"none"``), ``X W_k`` with ``W_k`` initialised to the identity (``"linear"``),
+            or ``X * scale + offset`` per channel (``"affine"``, release).
+        query_norm_eps: eps of the query LayerNorm; None takes the block norm's (``norm_layer``).
+        expert_init: ``"trunc_normal"`` or ``"kaiming_uniform"`` initialisation of the experts.
     """
 
     def __init__(
@@ -49,6 +66,12 @@ class SpheroMoE(nn.Module):
         noise_std: float | None = None,
         expert_dropout: float = 0.0,
         expert_drop_rate: float = 0.0,
+        expert_drop_mode: str = "expert",
+        noise_after_temperature: bool = False,
+        noise_in_eval: bool = False,
+        key_proj: str = "none",
+        query_norm_eps: float | None = None,
+        expert_init: str = "trunc_normal",
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: type[nn.Module] = nn.LayerNorm,
     ) -> None:
@@ -64,6 +87,8 @@ class SpheroMoE(nn.Module):
             raise ValueError(f"combine must be one of {sorted(COMBINE_FNS)}, got {combine!r}")
         if not 0.0 <= expert_drop_rate < 1.0:
             raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
+        check_choice("expert_drop_mode", expert_drop_mode, EXPERT_DROP_MODES)
+        check_choice("key_proj", key_proj, KEY_PROJS)
         core_hidden = int(dim * mlp_ratio)
         univ_hidden = int(core_hidden * univ_factor)
         if univ_experts and univ_hidden < 1:
@@ -79,13 +104,22 @@ class SpheroMoE(nn.Module):
         self.combine = combine
         self.noise_std = 1.0 / (core_experts + univ_experts) if noise_std is None else noise_std
         self.expert_drop_rate = expert_drop_rate
+        self.expert_drop_mode = expert_drop_mode
+        self.noise_after_temperature = noise_after_temperature
+        self.noise_in_eval = noise_in_eval
+        self.key_proj = key_proj
         self.temperature_init = float(temperature_init)
 
         self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
-        self.query_norm = norm_layer(dim)
+        self.query_norm = norm_layer(dim) if query_norm_eps is None else nn.LayerNorm(dim, eps=query_norm_eps)
+        if key_proj == "linear":
+            self.key_weight = nn.Parameter(torch.eye(dim))  # (d_out, d_in), as nn.Linear
+        elif key_proj == "affine":
+            self.key_scale = nn.Parameter(torch.ones(dim))
+            self.key_offset = nn.Parameter(torch.zeros(dim))
         self.dispatch_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.combine_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
-        make = lambda e, h: BatchedExperts(e, dim, h, act_layer, expert_dropout) if e else None
+        make = lambda e, h: BatchedExperts(e, dim, h, act_layer, expert_dropout, expert_init) if e else None
         self.core_experts = make(core_experts, core_hidden)
         self.univ_experts = make(univ_experts, univ_hidden)
 
@@ -100,6 +134,11 @@ class SpheroMoE(nn.Module):
         with torch.no_grad():
             self.dispatch_temperature.fill_(self.temperature_init)
             self.combine_temperature.fill_(self.temperature_init)
+            if self.key_proj == "linear":
+                self.key_weight.copy_(torch.eye(self.dim))
+            elif self.key_proj == "affine":
+                self.key_scale.fill_(1.0)
+                self.key_offset.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
@@ -107,15 +146,21 @@ class SpheroMoE(nn.Module):
         shape = x.shape
         x = x.reshape(shape[0], -1, self.dim)  # (b, h, w, d) -> (b, n, d); no-op for (b, n, d)
 
-        keys = F.normalize(x, dim=-1) if self.key_l2norm else x
+        keys = self._keys(x)
         queries = F.normalize(self.query_norm(self.queries), dim=-1)  # on the unit hypersphere
         logits = keys @ queries.t()  # (b, n, S)
-        if self.training and self.noise_std > 0:
+        noisy = (self.training or self.noise_in_eval) and self.noise_std > 0
+        if noisy and not self.noise_after_temperature:
             logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output
 
         # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
-        dispatch_weights = torch.softmax(logits * self.dispatch_temperature.reciprocal(), dim=1)  # over tokens
-        combine_weights = COMBINE_FNS[self.combine](logits * self.combine_temperature.reciprocal())  # over slots
+        dispatch_logits = logits * self.dispatch_temperature.reciprocal()
+        combine_logits = logits * self.combine_temperature.reciprocal()
+        if noisy and self.noise_after_temperature:  # release: one noise sample added to both scaled logits
+            noise = torch.randn_like(logits).mul_(self.noise_std)
+            dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
+        dispatch_weights = torch.softmax(dispatch_logits, dim=1)  # over tokens
+        combine_weights = COMBINE_FNS[self.combine](combine_logits)  # over slots
 
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): each slot a convex mix of tokens
         slot_outputs = self._experts(slots)
@@ -129,6 +174,13 @@ class SpheroMoE(nn.Module):
             }
         return y.reshape(shape)
 
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        if self.key_proj == "linear":
+            x = F.linear(x, self.key_weight)
+        elif self.key_proj == "affine":
+            x = x * self.key_scale + self.key_offset
+        return F.normalize(x, dim=-1) if self.key_l2norm else x
+
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
         num_core_slots = self.num_core * self.slots_per_expert
@@ -138,7 +190,9 @@ class SpheroMoE(nn.Module):
         if self.univ_experts is not None:
             outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
         slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
-        if self.training and self.expert_drop_rate > 0:
+        if self.training and self.expert_drop_rate > 0 and self.expert_drop_mode == "layer":
+            slot_outputs = drop_path(slot_outputs, self.expert_drop_rate, self.training)
+        elif self.training and self.expert_drop_rate > 0:
             mask = expert_keep_mask(slots.shape[0], self.num_core + self.num_univ, self.expert_drop_rate, slots)
             slot_outputs = slot_outputs * mask.repeat_interleave(self.slots_per_expert, dim=1).unsqueeze(-1)
         return slot_outputs
@@ -150,5 +204,6 @@ class SpheroMoE(nn.Module):
         return (
             f"dim={self.dim}, core_experts={self.num_core}, univ_experts={self.num_univ}, "
             f"slots_per_expert={self.slots_per_expert}, key_l2norm={self.key_l2norm}, combine={self.combine}, "
-            f"noise_std={self.noise_std:.4g}, expert_drop_rate={self.expert_drop_rate}"
+            f"noise_std={self.noise_std:.4g}, expert_drop_rate={self.expert_drop_rate}, "
+            f"expert_drop_mode={self.expert_drop_mode}, key_proj={self.key_proj}"
         )

@@ -8,20 +8,30 @@ so the dense baseline ``convnext_femto_d18`` here uses Linear MLPs too and share
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
-from .common import PlainModelArgs, check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
+from .common import (
+    PlainModelArgs,
+    block_moe_args,
+    check_moe_layers,
+    make_moe_layer,
+    per_stage,
+    pop_moe_args,
+    router_no_weight_decay,
+)
 
 
 class MoEConvNeXt(PlainModelArgs, ConvNeXt):
     """ConvNeXt whose blocks ``moe_layers`` (0-based, counted across stages) use a MoE layer as MLP.
 
     ``core_experts`` / ``univ_experts``: an int, or one value per stage (C-JetMoE-F: stage 3 98/196,
-    stage 4 24/48, half of the 14x14 and 7x7 tokens at 224).
+    stage 4 24/48, half of the 14x14 and 7x7 tokens at 224). ``variant`` and ``moe_drop_path_rate`` as in
+    :class:`~moejet.models.vjetmoe.MoEVisionTransformer`; the DropPath ramp runs over all blocks of all stages.
     """
 
     def __init__(
@@ -30,9 +40,11 @@ class MoEConvNeXt(PlainModelArgs, ConvNeXt):
         moe_layers: Sequence[int] | None = None,
         core_experts: int | Sequence[int] = 98,
         univ_experts: int | Sequence[int] = 196,
+        variant: str = "paper",
+        moe_drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
-        moe_args = pop_moe_args(kwargs, moe_type)
+        moe_args = pop_moe_args(kwargs, moe_type, variant)
         super().__init__(**kwargs)
         blocks = [(s, block) for s, stage in enumerate(self.stages) for block in stage.blocks]
         self.moe_layers = check_moe_layers(range(len(blocks) // 2, len(blocks)) if moe_layers is None
@@ -46,7 +58,7 @@ class MoEConvNeXt(PlainModelArgs, ConvNeXt):
             stage, block = blocks[i]
             dim = block.norm.normalized_shape[0]
             block.mlp = make_moe_layer(moe_type, block.mlp, block.norm, dim, mlp_ratio, core[stage], univ[stage],
-                                       **moe_args)
+                                       **block_moe_args(moe_args, moe_drop_path_rate, i, len(blocks)))
 
     def no_weight_decay(self) -> set[str]:
         return router_no_weight_decay(self)
@@ -68,9 +80,9 @@ default_cfgs = generate_default_cfgs({
 FEMTO_D18 = dict(depths=(3, 3, 9, 3), dims=(48, 96, 192, 384), conv_mlp=False)
 
 
-def _create(variant: str, pretrained: bool, **kwargs: Any) -> MoEConvNeXt:
+def _create(model_name: str, pretrained: bool, **kwargs: Any) -> MoEConvNeXt:
     return build_model_with_cfg(
-        MoEConvNeXt, variant, pretrained,
+        partial(MoEConvNeXt, variant=kwargs.pop("variant", "paper")), model_name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs,

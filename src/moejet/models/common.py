@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
+from ..variants import MODEL_SWITCHES, apply_variant
 
 SPHERO_ARGS = (
     "slots_per_expert", "univ_factor", "key_l2norm", "combine", "temperature_init",
-    "noise_std", "expert_dropout", "expert_drop_rate",
+    "noise_std", "expert_dropout", "expert_drop_rate", "expert_drop_mode", "noise_after_temperature",
+    "noise_in_eval", "key_proj", "query_norm_eps", "expert_init",
 )
-SOFT_ARGS = ("slots_per_expert", "expert_dropout")
+SOFT_ARGS = ("slots_per_expert", "expert_dropout", "expert_init")
 
 
 def plain_json(value: Any) -> Any:
@@ -38,12 +41,31 @@ class PlainModelArgs:
         self.__dict__["_plain_model_args"] = {k: plain_json(v) for k, v in args.items()}
 
 
-def pop_moe_args(kwargs: dict[str, Any], moe_type: str) -> dict[str, Any]:
-    """Take the router / regularisation options of ``moe_type`` out of a model's kwargs."""
+def pop_moe_args(kwargs: dict[str, Any], moe_type: str, variant: str = "paper") -> dict[str, Any]:
+    """Take the router / regularisation options of ``moe_type`` out of a model's kwargs.
+
+    Every MODEL_SWITCHES value that applies to ``moe_type`` is set from ``variant``; explicit kwargs win.
+    """
     names = {"sphero": SPHERO_ARGS, "soft": SOFT_ARGS}.get(moe_type)
     if names is None:
         raise ValueError(f"moe_type must be 'sphero' or 'soft', got {moe_type!r}")
-    return {k: kwargs.pop(k) for k in names if k in kwargs}
+    explicit = {k: kwargs.pop(k) for k in names if k in kwargs}
+    switches = tuple(s for s in MODEL_SWITCHES if s.name in names)
+    return {**explicit, **apply_variant(variant, switches, explicit)}
+
+
+def block_moe_args(
+    moe_args: dict[str, Any], moe_drop_path_rate: float | None, index: int, depth: int
+) -> dict[str, Any]:
+    """``moe_args`` of MoE block ``index`` of ``depth``: with ``moe_drop_path_rate`` its layer DropPath rate is
+    ``linspace(0, moe_drop_path_rate, depth)[index]`` (release moejet/models/vit_softmoe_timm.py,
+    VisionTransformerMoe.__init__: ``moe_dpr[i] if i in moe_layers``), the rule timm uses for ``drop_path_rate``.
+    """
+    if moe_drop_path_rate is None:
+        return moe_args
+    if moe_args.get("expert_drop_mode", "expert") != "layer":
+        raise ValueError("moe_drop_path_rate ramps the layer DropPath: use it with expert_drop_mode='layer'")
+    return {**moe_args, "expert_drop_rate": torch.linspace(0, moe_drop_path_rate, depth)[index].item()}
 
 
 def check_moe_layers(moe_layers: Iterable[int], depth: int) -> tuple[int, ...]:

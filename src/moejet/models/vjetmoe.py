@@ -7,13 +7,21 @@ into ``vjetmoe_tiny_patch16_224`` with only the MoE blocks' ``mlp.*`` keys diffe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .common import PlainModelArgs, check_moe_layers, make_moe_layer, pop_moe_args, router_no_weight_decay
+from .common import (
+    PlainModelArgs,
+    block_moe_args,
+    check_moe_layers,
+    make_moe_layer,
+    pop_moe_args,
+    router_no_weight_decay,
+)
 
 
 class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
@@ -24,6 +32,10 @@ class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
         moe_layers: 0-based block indices; default: the second half of the blocks (paper "7:12").
         core_experts / univ_experts: experts per path (Soft MoE uses their sum as its expert count,
             or ``num_experts`` when given).
+        variant: ``"paper"`` or ``"release"``: presets every MODEL_SWITCHES value (moejet.variants); explicit
+            keyword arguments win.
+        moe_drop_path_rate: release ``moe_drop_path_rate`` (with ``expert_drop_mode="layer"``): MoE block ``i``
+            gets layer DropPath rate ``linspace(0, moe_drop_path_rate, depth)[i]``.
         other keyword arguments of :class:`~moejet.layers.SpheroMoE` / :class:`~moejet.layers.SoftMoE`.
     """
 
@@ -34,9 +46,11 @@ class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
         core_experts: int = 98,
         univ_experts: int = 196,
         num_experts: int | None = None,
+        variant: str = "paper",
+        moe_drop_path_rate: float | None = None,
         **kwargs: Any,
     ) -> None:
-        moe_args = pop_moe_args(kwargs, moe_type)
+        moe_args = pop_moe_args(kwargs, moe_type, variant)
         if moe_type != "soft" and num_experts is not None:
             raise ValueError("num_experts is for moe_type='soft'; SpheroMoE takes core_experts and univ_experts")
         super().__init__(**kwargs)
@@ -48,7 +62,8 @@ class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
         for i in self.moe_layers:
             block = self.blocks[i]
             block.mlp = make_moe_layer(
-                moe_type, block.mlp, block.norm2, self.embed_dim, mlp_ratio, core_experts, univ_experts, **moe_args
+                moe_type, block.mlp, block.norm2, self.embed_dim, mlp_ratio, core_experts, univ_experts,
+                **block_moe_args(moe_args, moe_drop_path_rate, i, depth),
             )
 
     def no_weight_decay(self) -> set[str]:
@@ -74,10 +89,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create(variant: str, pretrained: bool, **kwargs: Any) -> MoEVisionTransformer:
+def _create(model_name: str, pretrained: bool, **kwargs: Any) -> MoEVisionTransformer:
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        MoEVisionTransformer, variant, pretrained,
+        partial(MoEVisionTransformer, variant=kwargs.pop("variant", "paper")), model_name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
