@@ -18,6 +18,7 @@ from moejet.cli import main
 from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.config import batch_plan, config_from_dict
+from moejet.train.evaluation import BEST_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2, "moe_layers": [2, 3], "core_experts": 4,
@@ -105,12 +106,17 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     assert state["epoch"] == 2 and state["step"] == 18
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
 
-    # moejet eval --run reproduces the best epoch's val accuracy and writes eval.json
+    # moejet eval --run evaluates the last epoch by default and writes eval.json
     capsys.readouterr()
-    assert main(["eval", "--run", str(run), "--which", "last"]) == 0
+    assert main(["eval", "--run", str(run)]) == 0
     assert "top-1" in capsys.readouterr().out
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
+    assert result["which"] == "last" and "note" not in result
+    # the best epoch was chosen on the val (= official test) split: its result says so
+    assert main(["eval", "--run", str(run), "--which", "best", "--out", str(tmp_path / "run_best.json")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"[{BEST_NOTE}]")
+    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == BEST_NOTE
     # any checkpoint file on a config's dataset
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
                  "--out", str(tmp_path / "best.json")]) == 0

@@ -53,16 +53,24 @@ def evaluate_checkpoint(
         teardown(d)
 
 
-def evaluate_run(run_dir: str | Path, which: str = "best", batch_size: int | None = None,
+# our val split is each dataset's official test split, so the best epoch is chosen on the test set
+BEST_NOTE = "best epoch selected on the val split (the official test split): not a held-out result"
+
+
+def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | None = None,
                  device: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate a run's best (or last) checkpoint on the val split of its own config (``overrides`` applied)."""
+    """Evaluate a run's last (or best) checkpoint on the val split of its own config (``overrides`` applied).
+
+    The result records ``which``; a best-epoch result carries ``note`` (:data:`BEST_NOTE`).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG}): check the path")
     path = run_dir / {"best": BEST, "last": LAST}[which]
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
-    return evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+    result = evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+    return {**result, "which": which, **({"note": BEST_NOTE} if which == "best" else {})}
 
 
 def _scratch(config: Config) -> Config:
@@ -74,7 +82,8 @@ def _scratch(config: Config) -> Config:
 
 def format_result(result: dict[str, Any]) -> str:
     return (f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-            f"loss {result['loss']:.4f}  ({result['images']} images)")
+            f"loss {result['loss']:.4f}  ({result['images']} images)"
+            + (f"  [{result['note']}]" if "note" in result else ""))
 
 
 def result_json(result: dict[str, Any]) -> str:
