@@ -47,7 +47,10 @@ def tiny_config(**sections):
         "train": {"batch_size": 8, "seed": 0, "deterministic": True},
     }
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
     return config_from_dict(raw)
 
 
@@ -253,6 +256,19 @@ def test_optimizer_groups_follow_the_recipe():
     assert decay["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 5
 
 
+def test_variant_goes_to_moe_models_only(monkeypatch):
+    monkeypatch.setattr(build, "_takes_variant", lambda model: True)  # the MoE models' variant kwarg
+    for variant in ("paper", "release"):
+        assert build.model_kwargs(tiny_config(variant=variant), 4)[1]["variant"] == variant
+    dense = tiny_config(variant="release", model={"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}})
+    assert "variant" not in build.model_kwargs(dense, 4)[1]
+    monkeypatch.setattr(build, "_takes_variant", lambda model: False)
+    assert "variant" not in build.model_kwargs(tiny_config(), 4)[1]
+    with pytest.raises(UserError, match="config key variant = 'release': model 'vjetmoe_tiny_patch16_224' has no "
+                                        "variant switch in this moejet version: use variant: paper"):
+        build.model_kwargs(tiny_config(variant="release"), 4)
+
+
 # ---------------------------------------------------------------------------------------------- configs
 
 
@@ -324,6 +340,8 @@ def _with_root(config, root):
     ("model.init=checkpoint", "config key model.init_checkpoint = None is invalid: model.init is 'checkpoint'"),
     ("train.micro_batch_size=3", "config key train.micro_batch_size = 3 is invalid: must divide train.batch_size=8"),
     ("optim", "override 'optim' is not of the form section.key=value"),
+    ("model.kwargs.img_size=48", "config key model.kwargs.img_size = 48 differs from data.img_size = 32: set them "
+                                 "equal (or drop model.kwargs.img_size)"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, override, message):
     cfg = write_config(tmp_path / "c.yaml", yaml.safe_load(_tiny_yaml()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any
@@ -44,15 +45,33 @@ def model_kwargs(config: Config, num_classes: int) -> tuple[str, dict[str, Any]]
             kwargs = {k: v for k, v in json.loads(header.get(KWARGS_KEY, "{}")).items() if k not in RUN_KWARGS}
     kwargs.update(m.kwargs)
     kwargs.update(num_classes=num_classes, drop_path_rate=m.drop_path_rate)
-    if "img_size" not in m.kwargs and _fixed_input_size(m.name, kwargs):
+    img_size = m.kwargs.get("img_size")
+    if img_size is not None and img_size not in (config.data.img_size, [config.data.img_size] * 2):
+        raise UserError(f"config key model.kwargs.img_size = {img_size} differs from data.img_size = "
+                        f"{config.data.img_size}: set them equal (or drop model.kwargs.img_size)")
+    with torch.device("meta"):
+        meta = create_model(m.name, kwargs, pretrained=False)
+    if "img_size" not in m.kwargs and meta.pretrained_cfg.get("fixed_input_size", False):
         kwargs["img_size"] = config.data.img_size  # ViTs size their position embedding from it
+    if "variant" not in m.kwargs and _is_moejet_moe(meta):
+        if _takes_variant(meta):
+            kwargs["variant"] = config.variant
+        elif config.variant != "paper":
+            raise UserError(f"config key variant = {config.variant!r}: model {m.name!r} has no variant switch "
+                            "in this moejet version: use variant: paper")
     return m.name, kwargs
 
 
-def _fixed_input_size(name: str, kwargs: dict[str, Any]) -> bool:
-    with torch.device("meta"):
-        model = create_model(name, kwargs, pretrained=False)
-    return bool(model.pretrained_cfg.get("fixed_input_size", False))
+def _is_moejet_moe(model: nn.Module) -> bool:
+    """moejet's MoE models (V-JetMoE / Soft MoE ViTs, C-JetMoE) take the config's ``variant``; dense ones do not."""
+    from ..models.cjetmoe import MoEConvNeXt
+    from ..models.vjetmoe import MoEVisionTransformer
+
+    return isinstance(model, (MoEVisionTransformer, MoEConvNeXt))
+
+
+def _takes_variant(model: nn.Module) -> bool:
+    return "variant" in inspect.signature(type(model).__init__).parameters
 
 
 def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
