@@ -239,21 +239,76 @@ def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tmp_path):
         build.build_model(pretrained, num_classes=4)
 
 
-def test_optimizer_groups_follow_the_recipe():
+def release_table(model, depth, layer_decay, weight_decay):
+    """``{name: (lr scale, weight decay)}`` by the release's get_layer_depth (num_layers = depth + 2; stem 0,
+    blocks.i i + 1, rest and every 'experts' / router parameter top; scale decay ** (num_layers - id - 1)) and the
+    recipe's no-decay list, with the MoE block's norm2 and router query norm in the top group (SPEC §4)."""
+    num_layers = depth + 2
+    moe_blocks = {f"blocks.{i}." for i in TINY_VIT["moe_layers"]}
+    table = {}
+    for name, param in model.named_parameters():
+        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = num_layers - 1
+        if name.startswith(tuple(moe_blocks)) and (".mlp." in name or ".norm2." in name):
+            layer = num_layers - 1
+        no_decay = (param.ndim <= 1 or name.endswith(("bias", "queries", "temperature"))
+                    or name in ("cls_token", "pos_embed"))
+        table[name] = (layer_decay ** (num_layers - layer - 1), 0.0 if no_decay else weight_decay)
+    return table
+
+
+def optimizer_table(optimizer, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g.get("lr_scale", 1.0), g["weight_decay"]) for g in optimizer.param_groups
+            for p in g["params"]}
+
+
+def test_optimizer_groups_reproduce_the_release_per_parameter():
     config = tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05})
     model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
-    optimizer = build.build_optimizer(config, model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
+    table = optimizer_table(build.build_optimizer(config, model), model)
+    expected = release_table(model, TINY_VIT["depth"], 0.5, 0.05)
+    assert table.keys() == expected.keys()
+    for name, value in expected.items():
+        assert table[name] == pytest.approx(value), name
+    # spot checks of the rule itself
+    assert table["blocks.3.mlp.core_experts.fc1_weight"] == (1.0, 0.05)
+    assert table["blocks.2.mlp.core_experts.fc1_bias"] == (1.0, 0.0)  # 2-D expert bias: no decay
+    assert table["blocks.2.norm2.weight"] == (1.0, 0.0) and table["blocks.1.norm2.weight"] == (0.5 ** 3, 0.0)
+    assert table["norm.weight"] == (1.0, 0.0) and table["patch_embed.proj.weight"] == (0.5 ** 5, 0.05)
+    # depth: MoE parameters scale with their block like the rest of it
+    depth = optimizer_table(build.build_optimizer(
+        tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05, "moe_lr_scale": "depth"}), model), model)
+    assert depth["blocks.2.mlp.queries"] == (0.5 ** 2, 0.0) and depth["blocks.3.mlp.univ_experts.fc2_weight"] == (
+        0.5, 0.05)
+
+
+def test_no_layer_decay_means_every_lr_scale_is_one_and_no_decay_groups_hold():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    optimizer = build.build_optimizer(tiny_config(optim={"layer_decay": None, "weight_decay": 0.05}), model)
+    table = optimizer_table(optimizer, model)
+    assert {scale for scale, _ in table.values()} == {1.0}
+    assert all("lr_scale" not in g for g in optimizer.param_groups)
     for name in ("pos_embed", "cls_token", "blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature",
-                 "blocks.3.mlp.core_experts.fc1_bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
-        assert decay[name]["weight_decay"] == 0.0, name
+                 "blocks.3.mlp.combine_temperature", "blocks.3.mlp.core_experts.fc1_bias",
+                 "blocks.3.mlp.univ_experts.fc2_bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
+        assert table[name][1] == 0.0, name
     for name in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.core_experts.fc1_weight", "head.weight"):
-        assert decay[name]["weight_decay"] == 0.05, name
-    # layer-wise decay: 4 blocks + embeddings + head -> head 1, last block 0.5, patch embed 0.5 ** 5
-    assert decay["head.weight"]["lr_scale"] == 1.0
-    assert decay["blocks.3.mlp.queries"]["lr_scale"] == 0.5
-    assert decay["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 5
+        assert table[name][1] == 0.05, name
+
+
+def test_layer_decay_scales_the_scheduled_lr():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    config = tiny_config(optim={"layer_decay": 0.5})
+    optimizer = build.build_optimizer(config, model)
+    scheduler = build.build_scheduler(config, optimizer, steps_per_epoch=4)
+    scheduler.step_update(3)
+    lrs = {g["lr_scale"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs[0.5 ** 5] == pytest.approx(lrs[1.0] * 0.5 ** 5)
 
 
 def test_variant_goes_to_moe_models_only(monkeypatch):
