@@ -159,8 +159,8 @@ def test_torchrun_two_processes_keep_the_global_batch(tmp_path):
     # no per-process randomness left (no noise, dropout, mixup or crops), so 2 x 2 x accumulation 2 must
     # follow the same trajectory as 1 process x 8
     sections = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
-                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=4,val_per_class=3"},
-                    schedule={"epochs": 1})
+                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=3"},
+                    schedule={"epochs": 1})  # 20 images: global batches of 8, 8 and 4
     single = train(tiny_config(**sections), tmp_path / "single", progress=False)
     raw = yaml.safe_load((tmp_path / "single" / "config.yaml").read_text())
     raw["train"]["micro_batch_size"] = 2
@@ -175,12 +175,67 @@ def test_torchrun_two_processes_keep_the_global_batch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("global batch 8 = 2 x 2 x 2 accumulation") == 1  # only rank 0 prints
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2]
+    assert [(r["step"], r["train_images"]) for r in ddp] == [(r["step"], r["train_images"]) for r in single] == [
+        (3, 20)]
     assert ddp[0]["val_top1"] == pytest.approx(single[0]["val_top1"])
     assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=1e-5)
     a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "ddp" / "last.safetensors")
     # Adam moves every weight by up to lr = 2e-3 per step; float summation order differs by ~1e-6
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_every_image_every_epoch_and_a_partial_last_step_matches_one_big_batch(tmp_path):
+    # 20 images at global batch 8: steps of 8, 8 and 4 images; micro 2 accumulates 4, 4 and 2 micro-batches
+    sections = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
+                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=2"},
+                    schedule={"epochs": 1})
+    whole = train(tiny_config(**sections), tmp_path / "whole", progress=False)
+    split = train(tiny_config(**sections, train={"batch_size": 8, "micro_batch_size": 2}), tmp_path / "split",
+                  progress=False)
+    for rows in (whole, split):
+        assert [(r["step"], r["train_images"]) for r in rows] == [(3, 20)]
+    assert split[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-5)
+    a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def _timm_mixup(**kwargs):
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1, num_classes=5,
+                 **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(4))  # both mixup and cutmix draws
+def test_one_mix_draw_per_step_reproduces_timm_on_the_whole_batch(seed):
+    from moejet.train.engine import apply_mix, draw_mix
+
+    images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    mixup = _timm_mixup()
+    np.random.seed(seed)
+    expected_images, expected_targets = mixup(images.clone(), labels)
+    np.random.seed(seed)
+    mix = draw_mix(mixup, images.shape)
+    got_images, got_targets = apply_mix(images, labels, mixup, *mix)
+    torch.testing.assert_close(got_images, expected_images)
+    torch.testing.assert_close(got_targets, expected_targets)
+    # an odd micro-batch: the middle image pairs with itself, so it stays as it is with its own smoothed target
+    odd_images, odd_targets = apply_mix(images[:5], labels[:5], mixup, *mix)
+    torch.testing.assert_close(odd_images[2], images[2])
+    assert odd_targets[2].argmax() == 2 and odd_targets[2].sum().item() == pytest.approx(1.0)
+    assert odd_targets[2].max().item() == pytest.approx(0.9 + 0.1 / 5)
+
+
+def test_mix_is_drawn_once_per_optimizer_step(tmp_path, monkeypatch):
+    import moejet.train.engine as engine
+
+    draws = []
+    original = engine.draw_mix
+    monkeypatch.setattr(engine, "draw_mix", lambda *a: draws.append(original(*a)) or draws[-1])
+    augment = {"mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "label_smoothing": 0.1}
+    config = tiny_config(augment=augment, train={"batch_size": 8, "micro_batch_size": 2}, schedule={"epochs": 1})
+    rows = train(config, tmp_path / "run", progress=False)
+    assert len(draws) == rows[-1]["step"] == 4  # 32 images / 8, each step of 4 micro-batches
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
