@@ -366,6 +366,21 @@ def test_layer_decay_scales_the_scheduled_lr():
     assert lrs[0.5 ** 5] == pytest.approx(lrs[1.0] * 0.5 ** 5)
 
 
+def test_eval_transform_is_resize_256_centre_crop_224_and_global_pool_reaches_the_model():
+    from torchvision import transforms as T
+
+    config = tiny_config(data={"img_size": 224, "crop_pct": 0.875},
+                         model={"kwargs": {**TINY_VIT, "patch_size": 16, "global_pool": "avg"}})
+    name, kwargs = build.model_kwargs(config, 4)
+    model = build.create_model(name, kwargs, pretrained=False)
+    assert kwargs["global_pool"] == "avg" and model.global_pool == "avg"
+    _, val = build.build_transforms(config, model)
+    resize, crop = (next(t for t in val.transforms if isinstance(t, cls)) for cls in (T.Resize, T.CenterCrop))
+    assert resize.size == 256 and tuple(crop.size) == (224, 224)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    assert val(image).shape == (3, 224, 224)
+
+
 def test_variant_goes_to_moe_models_only(monkeypatch):
     monkeypatch.setattr(build, "_takes_variant", lambda model: True)  # the MoE models' variant kwarg
     for variant in ("paper", "release"):
