@@ -191,14 +191,20 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     names = [n for n, _ in model.named_parameters()]
     if isinstance(getattr(model, "blocks", None), nn.Sequential) and hasattr(model, "patch_embed"):
         top = len(model.blocks) + 1
-        ids = {n: 0 if n.split(".")[0] in STEM_PARAMS else int(n.split(".")[1]) + 1 if n.startswith("blocks.")
-               else top for n in names}
-        return ids, top
+        return {n: _vit_layer_id(n, top) for n in names}, top
     if not hasattr(model, "group_matcher"):
         return {n: 0 for n in names}, 0
     ids = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
     top = max(ids.values()) + 1 if any(n not in ids for n in names) else max(ids.values())
     return {n: ids.get(n, top) for n in names}, top
+
+
+def _vit_layer_id(name: str, top: int) -> int:
+    if name.split(".")[0] in STEM_PARAMS:
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return top
 
 
 def moe_param_names(model: nn.Module) -> set[str]:
