@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import group_parameters
+from timm.models import get_pretrained_cfg_value, group_parameters, model_entrypoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
@@ -50,12 +50,12 @@ def model_kwargs(config: Config, num_classes: int) -> tuple[str, dict[str, Any]]
     if img_size is not None and img_size not in (config.data.img_size, [config.data.img_size] * 2):
         raise UserError(f"config key model.kwargs.img_size = {img_size} differs from data.img_size = "
                         f"{config.data.img_size}: set them equal (or drop model.kwargs.img_size)")
-    with torch.device("meta"):
-        meta = create_model(m.name, kwargs, pretrained=False)
-    if "img_size" not in m.kwargs and meta.pretrained_cfg.get("fixed_input_size", False):
+    _check_model_name(m.name)
+    if "img_size" not in m.kwargs and get_pretrained_cfg_value(m.name, "fixed_input_size"):
         kwargs["img_size"] = config.data.img_size  # ViTs size their position embedding from it
-    if "variant" not in m.kwargs and _is_moejet_moe(meta):
-        if _takes_variant(meta):
+    cls = _moe_class(m.name)
+    if "variant" not in m.kwargs and cls is not None:
+        if _takes_variant(cls):
             kwargs["variant"] = config.variant
         elif config.variant != "paper":
             raise UserError(f"config key variant = {config.variant!r}: model {m.name!r} has no variant switch "
@@ -63,25 +63,31 @@ def model_kwargs(config: Config, num_classes: int) -> tuple[str, dict[str, Any]]
     return m.name, kwargs
 
 
-def _is_moejet_moe(model: nn.Module) -> bool:
-    """moejet's MoE models (V-JetMoE / Soft MoE ViTs, C-JetMoE) take the config's ``variant``; dense ones do not."""
+def _moe_class(name: str) -> type | None:
+    """The class of a moejet model (V-JetMoE / Soft MoE ViTs, C-JetMoE and its dense d18 twin), which take the
+    config's ``variant``; None for timm's own models."""
     from ..models.cjetmoe import MoEConvNeXt
     from ..models.vjetmoe import MoEVisionTransformer
 
-    return isinstance(model, (MoEVisionTransformer, MoEConvNeXt))
+    module = model_entrypoint(name.split(".")[0]).__module__
+    return {"moejet.models.vjetmoe": MoEVisionTransformer, "moejet.models.cjetmoe": MoEConvNeXt}.get(module)
 
 
-def _takes_variant(model: nn.Module) -> bool:
-    return "variant" in inspect.signature(type(model).__init__).parameters
+def _takes_variant(cls: type) -> bool:
+    return "variant" in inspect.signature(cls.__init__).parameters
 
 
-def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
-    """``timm.create_model`` with config errors (unknown name, bad kwargs) as UserErrors."""
+def _check_model_name(name: str) -> None:
     import moejet.models  # noqa: F401  (registers our models with timm)
 
     if not timm.is_model(name):
         raise UserError(f"config key model.name = {name!r} is not a timm model: see `moejet models` or "
                         "timm.list_models()")
+
+
+def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    """``timm.create_model`` with config errors (unknown name, bad kwargs) as UserErrors."""
+    _check_model_name(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (TypeError, ValueError, IndexError, KeyError, AssertionError) as err:
