@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torchvision
 from PIL import Image
 
 import moejet  # noqa: F401  (registers the models)
@@ -179,6 +180,46 @@ def test_missing_torchvision_data_names_the_directory(name, tmp_path):
     assert str(err.value) == (f"{name} not found in {tmp_path} (looked for {tmp_path / folder}): pass --data-root "
                               f"DIR (moejet train: --set data.root=DIR) holding {folder}/, or enable downloading "
                               "with data.download=true")
+
+
+def _fake_dtd(root, files_per_split):
+    """``root/dtd/dtd/{images/<class>/*.jpg, labels/<split>1.txt}`` as torchvision's DTD reads it."""
+    base = root / "dtd" / "dtd"
+    (base / "labels").mkdir(parents=True)
+    for split, n in files_per_split.items():
+        names = [f"banded/{split}_{i}.jpg" for i in range(n)]
+        for name in names:
+            (base / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(base / "images" / name)
+        (base / "labels" / f"{split}1.txt").write_text("".join(f"{name}\n" for name in names))
+
+
+def test_dtd_trains_on_train_plus_val_and_evaluates_on_test(tmp_path):
+    _fake_dtd(tmp_path, {"train": 3, "val": 2, "test": 4})
+    train, val = build_dataset("dtd", "train", root=tmp_path), build_dataset("dtd", "val", root=tmp_path)
+    assert (len(train), len(val)) == (3 + 2, 4)
+    assert train.num_classes == val.num_classes == 47
+    assert [p.name for part in train.datasets for p in part._image_files] == [
+        *(f"train_{i}.jpg" for i in range(3)), *(f"val_{i}.jpg" for i in range(2))]
+    image, label = train[4]
+    assert image.size == (8, 8) and label == 0
+
+
+def test_flowers_trains_on_train_plus_val_and_evaluates_on_test(tmp_path, monkeypatch):
+    scipy_io = pytest.importorskip("scipy.io")
+    base = tmp_path / "flowers-102"
+    (base / "jpg").mkdir(parents=True)
+    for i in range(1, 10):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(base / "jpg" / f"image_{i:05d}.jpg")
+    scipy_io.savemat(base / "imagelabels.mat", {"labels": np.array([1, 2, 3, 1, 2, 3, 1, 2, 3])})
+    scipy_io.savemat(base / "setid.mat", {"trnid": np.array([1, 2]), "valid": np.array([3, 4, 5]),
+                                          "tstid": np.array([6, 7, 8, 9])})
+    monkeypatch.setattr(torchvision.datasets.Flowers102, "_check_integrity", lambda self: True)  # fake files: no md5
+    train, val = build_dataset("flowers102", "train", root=tmp_path), build_dataset("flowers102", "val", root=tmp_path)
+    assert (len(train), len(val)) == (2 + 3, 4)
+    assert [p.name for part in train.datasets for p in part._image_files] == [
+        f"image_{i:05d}.jpg" for i in (1, 2, 3, 4, 5)]
+    assert [train[i][1] for i in range(5)] == [0, 1, 2, 0, 1]
 
 
 def test_default_root_comes_from_moejet_data(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from moejet.cli import main
 from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.config import batch_plan, config_from_dict
+from moejet.train.evaluation import BEST_NOTE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2, "moe_layers": [2, 3], "core_experts": 4,
@@ -46,7 +47,10 @@ def tiny_config(**sections):
         "train": {"batch_size": 8, "seed": 0, "deterministic": True},
     }
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
     return config_from_dict(raw)
 
 
@@ -105,17 +109,17 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     assert state["epoch"] == 2 and state["step"] == 18
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
 
-    # moejet eval --run evaluates the last epoch by default (the val split is the test split) and writes eval.json
+    # moejet eval --run evaluates the last epoch by default and writes eval.json
     capsys.readouterr()
     assert main(["eval", "--run", str(run)]) == 0
-    out = capsys.readouterr().out
-    assert "top-1" in out and "selected" not in out
+    assert "top-1" in capsys.readouterr().out
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
-    assert "selected_on_val" not in result
-    assert main(["eval", "--run", str(run), "--which", "best"]) == 0  # a best-epoch number says what it is
-    assert "[best epoch, selected on this val split]" in capsys.readouterr().out
-    assert json.loads((run / "eval.json").read_text())["selected_on_val"] is True
+    assert result["which"] == "last" and "note" not in result
+    # the best epoch was chosen on the val (= official test) split: its result says so
+    assert main(["eval", "--run", str(run), "--which", "best", "--out", str(tmp_path / "run_best.json")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"[{BEST_NOTE}]")
+    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == BEST_NOTE
     # any checkpoint file on a config's dataset
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
                  "--out", str(tmp_path / "best.json")]) == 0
@@ -155,8 +159,8 @@ def test_torchrun_two_processes_keep_the_global_batch(tmp_path):
     # no per-process randomness left (no noise, dropout, mixup or crops), so 2 x 2 x accumulation 2 must
     # follow the same trajectory as 1 process x 8
     sections = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
-                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=4,val_per_class=3"},
-                    schedule={"epochs": 1})
+                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=3"},
+                    schedule={"epochs": 1})  # 20 images: global batches of 8, 8 and 4
     single = train(tiny_config(**sections), tmp_path / "single", progress=False)
     raw = yaml.safe_load((tmp_path / "single" / "config.yaml").read_text())
     raw["train"]["micro_batch_size"] = 2
@@ -171,12 +175,67 @@ def test_torchrun_two_processes_keep_the_global_batch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("global batch 8 = 2 x 2 x 2 accumulation") == 1  # only rank 0 prints
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [2]
+    assert [(r["step"], r["train_images"]) for r in ddp] == [(r["step"], r["train_images"]) for r in single] == [
+        (3, 20)]
     assert ddp[0]["val_top1"] == pytest.approx(single[0]["val_top1"])
     assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=1e-5)
     a, b = load_file(tmp_path / "single" / "last.safetensors"), load_file(tmp_path / "ddp" / "last.safetensors")
     # Adam moves every weight by up to lr = 2e-3 per step; float summation order differs by ~1e-6
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_every_image_every_epoch_and_a_partial_last_step_matches_one_big_batch(tmp_path):
+    # 20 images at global batch 8: steps of 8, 8 and 4 images; micro 2 accumulates 4, 4 and 2 micro-batches
+    sections = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
+                    data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=2"},
+                    schedule={"epochs": 1})
+    whole = train(tiny_config(**sections), tmp_path / "whole", progress=False)
+    split = train(tiny_config(**sections, train={"batch_size": 8, "micro_batch_size": 2}), tmp_path / "split",
+                  progress=False)
+    for rows in (whole, split):
+        assert [(r["step"], r["train_images"]) for r in rows] == [(3, 20)]
+    assert split[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-5)
+    a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def _timm_mixup(**kwargs):
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1, num_classes=5,
+                 **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(4))  # both mixup and cutmix draws
+def test_one_mix_draw_per_step_reproduces_timm_on_the_whole_batch(seed):
+    from moejet.train.engine import apply_mix, draw_mix
+
+    images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    mixup = _timm_mixup()
+    np.random.seed(seed)
+    expected_images, expected_targets = mixup(images.clone(), labels)
+    np.random.seed(seed)
+    mix = draw_mix(mixup, images.shape)
+    got_images, got_targets = apply_mix(images, labels, mixup, *mix)
+    torch.testing.assert_close(got_images, expected_images)
+    torch.testing.assert_close(got_targets, expected_targets)
+    # an odd micro-batch: the middle image pairs with itself, so it stays as it is with its own smoothed target
+    odd_images, odd_targets = apply_mix(images[:5], labels[:5], mixup, *mix)
+    torch.testing.assert_close(odd_images[2], images[2])
+    assert odd_targets[2].argmax() == 2 and odd_targets[2].sum().item() == pytest.approx(1.0)
+    assert odd_targets[2].max().item() == pytest.approx(0.9 + 0.1 / 5)
+
+
+def test_mix_is_drawn_once_per_optimizer_step(tmp_path, monkeypatch):
+    import moejet.train.engine as engine
+
+    draws = []
+    original = engine.draw_mix
+    monkeypatch.setattr(engine, "draw_mix", lambda *a: draws.append(original(*a)) or draws[-1])
+    augment = {"mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "label_smoothing": 0.1}
+    config = tiny_config(augment=augment, train={"batch_size": 8, "micro_batch_size": 2}, schedule={"epochs": 1})
+    rows = train(config, tmp_path / "run", progress=False)
+    assert len(draws) == rows[-1]["step"] == 4  # 32 images / 8, each step of 4 micro-batches
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path):
@@ -235,56 +294,105 @@ def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tmp_path):
         build.build_model(pretrained, num_classes=4)
 
 
-def test_optimizer_groups_follow_the_recipe():
+def release_table(model, depth, layer_decay, weight_decay):
+    """``{name: (lr scale, weight decay)}`` by the release's get_layer_depth (num_layers = depth + 2; stem 0,
+    blocks.i i + 1, rest and every 'experts' / router parameter top; scale decay ** (num_layers - id - 1)) and the
+    recipe's no-decay list, with the MoE block's norm2 and router query norm in the top group (SPEC §4)."""
+    num_layers = depth + 2
+    moe_blocks = {f"blocks.{i}." for i in TINY_VIT["moe_layers"]}
+    table = {}
+    for name, param in model.named_parameters():
+        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = num_layers - 1
+        if name.startswith(tuple(moe_blocks)) and (".mlp." in name or ".norm2." in name):
+            layer = num_layers - 1
+        no_decay = (param.ndim <= 1 or name.endswith(("bias", "queries", "temperature"))
+                    or name in ("cls_token", "pos_embed"))
+        table[name] = (layer_decay ** (num_layers - layer - 1), 0.0 if no_decay else weight_decay)
+    return table
+
+
+def optimizer_table(optimizer, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g.get("lr_scale", 1.0), g["weight_decay"]) for g in optimizer.param_groups
+            for p in g["params"]}
+
+
+def test_optimizer_groups_reproduce_the_release_per_parameter():
     config = tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05})
     model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
-    optimizer = build.build_optimizer(config, model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    decay = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
-    for name in ("pos_embed", "cls_token", "blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature",
-                 "blocks.3.mlp.core_experts.fc1_bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
-        assert decay[name]["weight_decay"] == 0.0, name
-    for name in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.core_experts.fc1_weight", "head.weight"):
-        assert decay[name]["weight_decay"] == 0.05, name
-    # layer-wise decay: 4 blocks + embeddings + head -> head 1, last block 0.5, patch embed 0.5 ** 5
-    assert decay["head.weight"]["lr_scale"] == 1.0
-    assert decay["blocks.3.attn.qkv.weight"]["lr_scale"] == 0.5
-    assert decay["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 5
+    table = optimizer_table(build.build_optimizer(config, model), model)
+    expected = release_table(model, TINY_VIT["depth"], 0.5, 0.05)
+    assert table.keys() == expected.keys()
+    for name, value in expected.items():
+        assert table[name] == pytest.approx(value), name
+    # spot checks of the rule itself
+    assert table["blocks.3.mlp.core_experts.fc1_weight"] == (1.0, 0.05)
+    assert table["blocks.2.mlp.core_experts.fc1_bias"] == (1.0, 0.0)  # 2-D expert bias: no decay
+    assert table["blocks.2.norm2.weight"] == (1.0, 0.0) and table["blocks.1.norm2.weight"] == (0.5 ** 3, 0.0)
+    assert table["norm.weight"] == (1.0, 0.0) and table["patch_embed.proj.weight"] == (0.5 ** 5, 0.05)
+    # depth: MoE parameters scale with their block like the rest of it
+    depth = optimizer_table(build.build_optimizer(
+        tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05, "moe_lr_scale": "depth"}), model), model)
+    assert depth["blocks.2.mlp.queries"] == (0.5 ** 2, 0.0) and depth["blocks.3.mlp.univ_experts.fc2_weight"] == (
+        0.5, 0.05)
 
 
-def release_lr_scale(name: str, depth: int, moe_blocks: tuple[int, ...], decay: float, moe_top: bool) -> float:
-    """The released optimiser's lr scale (mmpretrain LearningRateDecayOptimWrapperConstructor with
-    VisionTransformerMoe.get_layer_depth): embeddings depth 0, block i depth i + 1, the rest (final norm,
-    head) depth + 1; MoE parameters ('phi', 'scale(s)', 'slot', 'experts' in our names: queries, temperatures,
-    query_norm, experts) and the MoE blocks' norm2 at the top; scale = decay ** (depth + 1 - layer depth)."""
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        layer = 0
-    elif name.startswith("norm."):  # timm: the final norm shares the last block's scale (release: top). The
-        layer = depth  # release's configs pool with avg, where `norm` is Identity and fc_norm is at the top
-    elif name.startswith("blocks."):
-        layer = int(name.split(".")[1]) + 1
-    else:
-        layer = depth + 1
-    moe_names = ("queries", "temperature", "query_norm", "experts")
-    moe_norm = any(name.startswith(f"blocks.{i}.norm2.") for i in moe_blocks)
-    if moe_top and (any(k in name for k in moe_names) or moe_norm):
-        layer = depth + 1
-    return decay ** (depth + 1 - layer)
-
-
-@pytest.mark.parametrize("moe_lr_scale", ["top", "depth"])
-def test_layer_decay_puts_moe_parameters_where_the_release_does(moe_lr_scale):
-    config = tiny_config(optim={"layer_decay": 0.6, "moe_lr_scale": moe_lr_scale})
+def test_no_layer_decay_means_every_lr_scale_is_one_and_no_decay_groups_hold():
     model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    optimizer = build.build_optimizer(tiny_config(optim={"layer_decay": None, "weight_decay": 0.05}), model)
+    table = optimizer_table(optimizer, model)
+    assert {scale for scale, _ in table.values()} == {1.0}
+    assert all("lr_scale" not in g for g in optimizer.param_groups)
+    for name in ("pos_embed", "cls_token", "blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature",
+                 "blocks.3.mlp.combine_temperature", "blocks.3.mlp.core_experts.fc1_bias",
+                 "blocks.3.mlp.univ_experts.fc2_bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"):
+        assert table[name][1] == 0.0, name
+    for name in ("blocks.0.attn.qkv.weight", "blocks.3.mlp.core_experts.fc1_weight", "head.weight"):
+        assert table[name][1] == 0.05, name
+
+
+def test_layer_decay_scales_the_scheduled_lr():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TINY_VIT)
+    config = tiny_config(optim={"layer_decay": 0.5})
     optimizer = build.build_optimizer(config, model)
-    names = {id(p): n for n, p in model.named_parameters()}
-    got = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
-    assert len(got) == len(names)
-    depth, moe_blocks = len(model.blocks), tuple(model.moe_layers)
-    for name, scale in got.items():
-        expected = release_lr_scale(name, depth, moe_blocks, 0.6, moe_lr_scale == "top")
-        assert scale == pytest.approx(expected), name
-    assert got["blocks.3.mlp.core_experts.fc1_weight"] == (1.0 if moe_lr_scale == "top" else 0.6)
+    scheduler = build.build_scheduler(config, optimizer, steps_per_epoch=4)
+    scheduler.step_update(3)
+    lrs = {g["lr_scale"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs[0.5 ** 5] == pytest.approx(lrs[1.0] * 0.5 ** 5)
+
+
+def test_eval_transform_is_resize_256_centre_crop_224_and_global_pool_reaches_the_model():
+    from torchvision import transforms as T
+
+    config = tiny_config(data={"img_size": 224, "crop_pct": 0.875},
+                         model={"kwargs": {**TINY_VIT, "patch_size": 16, "global_pool": "avg"}})
+    name, kwargs = build.model_kwargs(config, 4)
+    model = build.create_model(name, kwargs, pretrained=False)
+    assert kwargs["global_pool"] == "avg" and model.global_pool == "avg"
+    _, val = build.build_transforms(config, model)
+    resize, crop = (next(t for t in val.transforms if isinstance(t, cls)) for cls in (T.Resize, T.CenterCrop))
+    assert resize.size == 256 and tuple(crop.size) == (224, 224)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    assert val(image).shape == (3, 224, 224)
+
+
+def test_config_variant_sets_the_moe_model_switches():
+    from moejet.variants import MODEL_SWITCHES
+
+    for variant in ("paper", "release"):
+        name, kwargs = build.model_kwargs(tiny_config(variant=variant), 4)
+        layer = next(b.mlp for b in build.create_model(name, kwargs, pretrained=False).blocks
+                     if hasattr(b.mlp, "combine"))
+        for switch in MODEL_SWITCHES:
+            if switch.name in ("key_l2norm", "combine", "noise_after_temperature", "noise_in_eval"):
+                assert getattr(layer, switch.name) == getattr(switch, variant), (variant, switch.name)
+    dense = tiny_config(variant="release", model={"name": "vit_tiny_patch16_224", "kwargs": {"depth": 2}})
+    assert "variant" not in build.model_kwargs(dense, 4)[1]
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -358,6 +466,8 @@ def _with_root(config, root):
     ("model.init=checkpoint", "config key model.init_checkpoint = None is invalid: model.init is 'checkpoint'"),
     ("train.micro_batch_size=3", "config key train.micro_batch_size = 3 is invalid: must divide train.batch_size=8"),
     ("optim", "override 'optim' is not of the form section.key=value"),
+    ("model.kwargs.img_size=48", "config key model.kwargs.img_size = 48 differs from data.img_size = 32: set them "
+                                 "equal (or drop model.kwargs.img_size)"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, override, message):
     cfg = write_config(tmp_path / "c.yaml", yaml.safe_load(_tiny_yaml()))

@@ -5,9 +5,11 @@ Specs: a name from :data:`DATASET_NAMES`, ``folder:PATH``, or a synthetic name w
 and has ``num_classes``.
 
 Splits: our ``train`` / ``val`` map onto each dataset's official splits as ``train`` -> the official
-training split (``trainval`` for Pets, which has no separate train split) and ``val`` -> the official
-*test* split (CIFAR, Flowers-102, Pets, STL-10, Food-101, DTD partition 1). Flowers-102 and DTD also have
-an official val split; it is not used. ImageNet and ``folder:PATH`` read ``ROOT/train`` and ``ROOT/val``.
+training split, or train + val where the dataset has a val split (Pets ``trainval``; Flowers-102 train + val =
+2,040 images and DTD partition 1 train + val = 3,760 images, as the release's dataset configs
+``moejet/configs/_base_/datasets/{flowers102,dtd}_bs64.py`` train on ``trainval``) and ``val`` -> the official
+*test* split (CIFAR, Flowers-102, Pets, STL-10, Food-101, DTD partition 1). ImageNet and ``folder:PATH`` read
+``ROOT/train`` and ``ROOT/val``.
 
 Roots: an explicit ``root`` is used as is (torchvision datasets create their own sub-folder in it, e.g.
 ``ROOT/cifar-10-batches-py``); otherwise ``$MOEJET_DATA/<name>``, or ``~/.cache/moejet/data/<name>``.
@@ -33,14 +35,16 @@ from torchvision import datasets as tvd
 from ..errors import UserError
 from .synthetic import SyntheticShapes
 
-TORCHVISION = {  # name -> (class, num_classes, kwargs for our train split, for our val split, folder it creates)
-    "cifar10": (tvd.CIFAR10, 10, {"train": True}, {"train": False}, "cifar-10-batches-py"),
-    "cifar100": (tvd.CIFAR100, 100, {"train": True}, {"train": False}, "cifar-100-python"),
-    "flowers102": (tvd.Flowers102, 102, {"split": "train"}, {"split": "test"}, "flowers-102"),
-    "pets": (tvd.OxfordIIITPet, 37, {"split": "trainval"}, {"split": "test"}, "oxford-iiit-pet"),
-    "stl10": (tvd.STL10, 10, {"split": "train"}, {"split": "test"}, "stl10_binary"),
-    "food101": (tvd.Food101, 101, {"split": "train"}, {"split": "test"}, "food-101"),
-    "dtd": (tvd.DTD, 47, {"split": "train"}, {"split": "test"}, "dtd"),
+# name -> (class, num_classes, kwargs of the official split(s) our train split concatenates, kwargs for our val
+# split, folder it creates)
+TORCHVISION = {
+    "cifar10": (tvd.CIFAR10, 10, ({"train": True},), {"train": False}, "cifar-10-batches-py"),
+    "cifar100": (tvd.CIFAR100, 100, ({"train": True},), {"train": False}, "cifar-100-python"),
+    "flowers102": (tvd.Flowers102, 102, ({"split": "train"}, {"split": "val"}), {"split": "test"}, "flowers-102"),
+    "pets": (tvd.OxfordIIITPet, 37, ({"split": "trainval"},), {"split": "test"}, "oxford-iiit-pet"),
+    "stl10": (tvd.STL10, 10, ({"split": "train"},), {"split": "test"}, "stl10_binary"),
+    "food101": (tvd.Food101, 101, ({"split": "train"},), {"split": "test"}, "food-101"),
+    "dtd": (tvd.DTD, 47, ({"split": "train"}, {"split": "val"}), {"split": "test"}, "dtd"),
 }
 SYNTHETIC = ("synthetic", "synthetic-upstream", "synthetic-downstream")  # 'synthetic' = 'synthetic-downstream'
 DATASET_NAMES = (*TORCHVISION, "imagenet", "folder", *SYNTHETIC)
@@ -124,10 +128,10 @@ def build_dataset(
 
 
 def torchvision_dataset(name: str, root: Path, split: str, transform: Callable | None, download: bool):
-    cls, num_classes, train_kwargs, val_kwargs, folder = TORCHVISION[name]
-    kwargs = train_kwargs if split == "train" else val_kwargs
+    cls, num_classes, train_splits, val_kwargs, folder = TORCHVISION[name]
     try:
-        dataset = cls(root=str(root), transform=transform, download=download, **kwargs)
+        parts = [cls(root=str(root), transform=transform, download=download, **kwargs)
+                 for kwargs in (train_splits if split == "train" else (val_kwargs,))]
     except ModuleNotFoundError as err:
         raise UserError(f"{name} needs the {err.name!r} package to read its files: pip install {err.name}") from err
     except (RuntimeError, OSError) as err:
@@ -139,6 +143,7 @@ def torchvision_dataset(name: str, root: Path, split: str, transform: Callable |
         raise UserError(f"{name} not found in {root} (looked for {root / folder}): pass --data-root DIR "
                         f"(moejet train: --set data.root=DIR) holding "
                         f"{folder}/, or enable downloading with data.download=true") from err
+    dataset = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     dataset.num_classes = num_classes
     return dataset
 

@@ -11,15 +11,16 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.models import get_pretrained_cfg_value, group_parameters, model_entrypoint
+from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..checkpoint import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata
 from ..errors import UserError
+from ..models import moe_modules
 from .config import Config
 
-# Expert biases are 2-D ((E, h) / (E, d)), so timm's "1-D or .bias" rule misses them.
-EXTRA_NO_WEIGHT_DECAY = ("*_bias",)
+STEM_PARAMS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed")  # layer id 0 under layer decay
 FUSED_ADAM_ON_CPU = torch.torch_version.TorchVersion(torch.__version__) >= (2, 4)  # CUDA had it earlier
 # kwargs that describe a training run rather than an architecture: a checkpoint header's value is not a default
 RUN_KWARGS = ("num_classes", "drop_path_rate", "pretrained", "pretrained_cfg_overlay")
@@ -44,24 +45,35 @@ def model_kwargs(config: Config, num_classes: int) -> tuple[str, dict[str, Any]]
             kwargs = {k: v for k, v in json.loads(header.get(KWARGS_KEY, "{}")).items() if k not in RUN_KWARGS}
     kwargs.update(m.kwargs)
     kwargs.update(num_classes=num_classes, drop_path_rate=m.drop_path_rate)
-    if "img_size" not in m.kwargs and _fixed_input_size(m.name, kwargs):
+    img_size = m.kwargs.get("img_size")
+    if img_size is not None and img_size not in (config.data.img_size, [config.data.img_size] * 2):
+        raise UserError(f"config key model.kwargs.img_size = {img_size} differs from data.img_size = "
+                        f"{config.data.img_size}: set them equal (or drop model.kwargs.img_size)")
+    _check_model_name(m.name)
+    if "img_size" not in m.kwargs and get_pretrained_cfg_value(m.name, "fixed_input_size"):
         kwargs["img_size"] = config.data.img_size  # ViTs size their position embedding from it
+    if "variant" not in m.kwargs and _is_moejet_model(m.name):
+        kwargs["variant"] = config.variant
     return m.name, kwargs
 
 
-def _fixed_input_size(name: str, kwargs: dict[str, Any]) -> bool:
-    with torch.device("meta"):
-        model = create_model(name, kwargs, pretrained=False)
-    return bool(model.pretrained_cfg.get("fixed_input_size", False))
+def _is_moejet_model(name: str) -> bool:
+    """moejet's models (V-JetMoE / Soft MoE ViTs, C-JetMoE and its dense d18 twin) take the config's ``variant``;
+    timm's own models do not."""
+    return model_entrypoint(name.split(".")[0]).__module__.startswith("moejet.models.")
 
 
-def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
-    """``timm.create_model`` with config errors (unknown name, bad kwargs) as UserErrors."""
+def _check_model_name(name: str) -> None:
     import moejet.models  # noqa: F401  (registers our models with timm)
 
     if not timm.is_model(name):
         raise UserError(f"config key model.name = {name!r} is not a timm model: see `moejet models` or "
                         "timm.list_models()")
+
+
+def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
+    """``timm.create_model`` with config errors (unknown name, bad kwargs) as UserErrors."""
+    _check_model_name(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (TypeError, ValueError, IndexError, KeyError, AssertionError) as err:
@@ -160,17 +172,80 @@ def num_classes_of(dataset: Any, config: Config) -> int:
 # ------------------------------------------------------------------------------------------ optimisation
 
 
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """``({param name: layer id}, top id)`` for layer-wise lr decay (lr scale ``decay ** (top - id)``).
+
+    ViTs follow the release's ``get_layer_depth`` (moejet/models/layer_decay_optim_wrapper_constructor.py):
+    cls token, position embedding and patch embedding 0, ``blocks.i`` i + 1, everything else (final norm,
+    fc_norm, head) top = depth + 1. timm's ``param_groups_layer_decay`` differs only in putting the final norm
+    with the last block. Other models (ConvNeXt) use timm's ``group_matcher``; unmatched parameters (the head) top.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if isinstance(getattr(model, "blocks", None), nn.Sequential) and hasattr(model, "patch_embed"):
+        top = len(model.blocks) + 1
+        return {n: _vit_layer_id(n, top) for n in names}, top
+    if not hasattr(model, "group_matcher"):
+        return {n: 0 for n in names}, 0
+    ids = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    top = max(ids.values()) + 1 if any(n not in ids for n in names) else max(ids.values())
+    return {n: ids.get(n, top) for n in names}, top
+
+
+def _vit_layer_id(name: str, top: int) -> int:
+    if name.split(".")[0] in STEM_PARAMS:
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return top
+
+
+def moe_param_names(model: nn.Module) -> set[str]:
+    """Every parameter of the MoE layers (experts, router queries, temperatures, query norm) and the norm in
+    front of each (the MoE block's ``norm2``; ``norm`` in a ConvNeXt block)."""
+    names = set()
+    params = dict(model.named_parameters())
+    for prefix in moe_modules(model):
+        block = prefix.rsplit(".", 1)[0]
+        norm = f"{block}.norm2" if any(n.startswith(f"{block}.norm2.") for n in params) else f"{block}.norm"
+        names |= {n for n in params if n.startswith((f"{prefix}.", f"{norm}."))}
+    return names
+
+
+def no_weight_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+    """Norm weights, biases (2-D expert biases included), scalars and the model's ``no_weight_decay()`` names."""
+    return param.ndim <= 1 or name.endswith((".bias", "_bias")) or name in skip
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
+                 moe_lr_scale: str = "top") -> list[dict[str, Any]]:
+    """Optimizer param groups with ``weight_decay`` and ``lr_scale`` (timm's schedulers multiply the lr by it).
+
+    ``moe_lr_scale``: ``"top"`` puts every MoE parameter (:func:`moe_param_names`) in the top layer (lr scale 1)
+    as the release's ``get_layer_depth`` does for its ``experts`` / ``phi`` (queries) / ``scale`` (temperature)
+    names; ``"depth"`` scales them with their block.
+    """
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    ids, top = layer_ids(model) if layer_decay is not None else ({}, 0)
+    moe = moe_param_names(model) if layer_decay is not None and moe_lr_scale == "top" else set()
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = top if name in moe else ids.get(name, top)
+        decay = not no_weight_decay(name, param, skip)
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0,
+            **({"lr_scale": layer_decay ** (top - layer)} if layer_decay is not None else {}),
+        })
+        group["params"].append(param)
+    return list(groups.values())
+
+
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """timm optimizer; layer-wise lr decay; no weight decay on norms, biases, pos-embed, router parameters."""
+    """timm optimizer over :func:`param_groups`: layer-wise lr decay, no weight decay on norms, biases, pos-embed,
+    cls token, router queries and temperatures."""
     o = config.optim
-    skip = set(getattr(model, "no_weight_decay", lambda: set())()) | set(EXTRA_NO_WEIGHT_DECAY)
-    if o.layer_decay is not None:
-        def group_fn(m: nn.Module) -> list[dict[str, Any]]:
-            groups = param_groups_layer_decay(m, o.weight_decay, no_weight_decay_list=skip,
-                                              layer_decay=o.layer_decay)
-            return moe_at_top_scale(groups, moe_parameter_ids(m)) if o.moe_lr_scale == "top" else groups
-    else:
-        group_fn = lambda m: param_groups_weight_decay(m, o.weight_decay, no_weight_decay_list=skip)
+    groups = param_groups(model, o.weight_decay, o.layer_decay, o.moe_lr_scale)
     kwargs: dict[str, Any] = {}
     if o.opt.lower().removeprefix("fused").endswith(("adam", "adamw", "lamb", "nadamw", "adamp")):
         kwargs.update(betas=tuple(o.betas), eps=o.eps)
@@ -179,41 +254,9 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         # expert parameters make the optimizer step a large share of a training step
         kwargs["fused"] = True
     try:
-        return create_optimizer_v2(model, opt=o.opt, lr=config.lr, weight_decay=o.weight_decay,
-                                   param_group_fn=group_fn, **kwargs)
+        return create_optimizer_v2(groups, opt=o.opt, lr=config.lr, weight_decay=o.weight_decay, **kwargs)
     except (AssertionError, ValueError) as err:
         raise UserError(f"config key optim.opt = {o.opt!r}: {err}") from None
-
-
-def moe_parameter_ids(model: nn.Module) -> set[int]:
-    """``id``s of what the released optimiser trains at the top lr scale under layer decay: every parameter of
-    every MoE layer (experts, router queries, temperatures, query norm) and of the norm that feeds it (a ViT
-    block's ``norm2``, a ConvNeXt block's ``norm``). Release: moejet/models/vit_softmoe_timm.py,
-    VisionTransformerMoe.get_layer_depth (MoE keywords and ``{i}.norm2`` of the MoE blocks -> top depth)."""
-    from ..models import moe_modules
-
-    modules = dict(model.named_modules())
-    ids: set[int] = set()
-    for name, layer in moe_modules(model).items():
-        ids |= {id(p) for p in layer.parameters()}
-        block = modules.get(name.rpartition(".")[0])
-        norm = getattr(block, "norm2", None) or getattr(block, "norm", None)
-        if isinstance(norm, nn.Module):
-            ids |= {id(p) for p in norm.parameters()}
-    return ids
-
-
-def moe_at_top_scale(groups: list[dict[str, Any]], ids: set[int]) -> list[dict[str, Any]]:
-    """timm's layer-decay groups with the parameters in ``ids`` moved to the largest lr scale (1.0)."""
-    top = max(g["lr_scale"] for g in groups)
-    out = []
-    for g in groups:
-        rest, moe = [p for p in g["params"] if id(p) not in ids], [p for p in g["params"] if id(p) in ids]
-        if rest:
-            out.append({**g, "params": rest})
-        if moe:
-            out.append({**g, "params": moe, "lr_scale": top})
-    return out
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> CosineLRScheduler:

@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--config", type=Path, help="config naming the dataset (with --checkpoint)")
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (e.g. --set data.root=/data)")
-    e.add_argument("--which", choices=("last", "best"), default="last",
-                   help="checkpoint of the run (default last: our val splits are the datasets' official test splits, "
-                        "so 'best' is selected on the test set and is labelled so)")
+    e.add_argument("--which", choices=("best", "last"), default="last",
+                   help="checkpoint of the run (default last; best is selected on the val split, which for our "
+                   "datasets is the official test split)")
     e.add_argument("--batch-size", type=int, help="images per process and batch")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's train.device")
     e.add_argument("--out", type=Path, help="eval.json path (default: RUN_DIR/eval.json or next to --checkpoint)")

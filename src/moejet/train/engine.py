@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.data import Mixup
+from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -117,19 +119,17 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=t.seed)
     loader_rng = torch.Generator()
     train_loader = DataLoader(
-        train_ds, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_rng,
+        train_ds, batch_size=micro, sampler=sampler, drop_last=False, generator=loader_rng,
         num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and d.device.type == "cuda",
         worker_init_fn=_seed_worker, persistent_workers=False,
     )
     val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, d)
-    steps_per_epoch = len(train_loader) // accum
+    # every image every epoch: the sampler pads the ranks to equal length, the last global batch is smaller
+    steps_per_epoch = -(-len(train_loader) // accum)
     if config.debug.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.debug.max_steps_per_epoch)
     if steps_per_epoch == 0:
-        raise UserError(
-            f"dataset {config.data.dataset!r} has {len(train_ds)} training images, fewer than one global batch "
-            f"(train.batch_size = {t.batch_size}): lower train.batch_size"
-        )
+        raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
 
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0}
@@ -172,7 +172,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         )
         train_time = time.perf_counter() - start
         last_epoch = epoch + 1 == config.schedule.epochs
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss}
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+                               "train_images": images}
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
             row.update(_prefixed(evaluate(model, val_loader, d, amp_dtype, t.channels_last), "val_"))
             if ema is not None:
@@ -214,7 +215,13 @@ def _train_epoch(
     ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
     run_dir: Path, d: Dist, progress: bool,
 ) -> tuple[float, int]:
-    """One epoch of ``steps`` optimizer steps of ``accum`` micro-batches; returns (mean train loss, images seen)."""
+    """One epoch of ``steps`` optimizer steps of up to ``accum`` micro-batches; returns (mean train loss, images).
+
+    The last step takes what is left (fewer or smaller micro-batches). Each micro-batch's mean loss is weighted by
+    its share of the step's images, so a step's gradient is that of the mean loss over its global batch (every
+    rank holds the same number of images per step, the sampler pads them equal, and DDP averages over ranks).
+    Mixup / cutmix draw lambda and the cutmix box once per step (:func:`draw_mix`).
+    """
     t = config.train
     train_model.train()
     scheduler.step_update(state["step"])
@@ -222,18 +229,25 @@ def _train_epoch(
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False, dynamic_ncols=True,
                disable=not (progress and d.is_main))
     batches = iter(loader)
+    micro, rank_images = loader.batch_size, len(loader.sampler)
     for step_in_epoch in range(steps):
         step_loss = torch.zeros(2, device=d.device, dtype=torch.float64)
-        for micro_step in range(accum):
+        first = step_in_epoch * accum * micro
+        step_images = min(accum * micro, rank_images - first)  # this rank's images in this step
+        micro_steps = -(-step_images // micro)
+        mix = None
+        for micro_step in range(micro_steps):
             images, targets = _to_device(next(batches), d.device, t.channels_last)
             if mixup is not None:
-                images, targets = mixup(images, targets)
-            sync = micro_step == accum - 1
+                mix = mix or draw_mix(mixup, images.shape)
+                images, targets = apply_mix(images, targets, mixup, *mix)
+            sync = micro_step == micro_steps - 1
             with _no_sync(train_model, sync), _autocast(d.device, amp_dtype):
                 loss = loss_fn(train_model(images).float(), targets)
                 if config.debug.nan_at_step == state["step"] + 1:  # test hook: simulate a diverging run
                     loss = loss * float("nan")
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                weighted = loss * (images.shape[0] / step_images)
+                (scaler.scale(weighted) if scaler else weighted).backward()
             step_loss += torch.stack([loss.detach().double() * images.shape[0],
                                       torch.tensor(images.shape[0], device=d.device, dtype=torch.float64)])
         bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), d)
@@ -271,6 +285,33 @@ def _train_epoch(
 
 
 @torch.no_grad()
+def draw_mix(mixup: Mixup, image_shape: torch.Size) -> tuple[float, tuple[int, int, int, int] | None]:
+    """``(lambda, cutmix box (y0, y1, x0, x1) or None)``: timm's per-batch draw, made once per optimizer step so the
+    mixing strength does not depend on the micro batch."""
+    lam, use_cutmix = mixup._params_per_batch()
+    if lam == 1.0 or not use_cutmix:
+        return float(lam), None
+    box, lam = cutmix_bbox_and_lam(image_shape, lam, ratio_minmax=mixup.cutmix_minmax, correct_lam=mixup.correct_lam)
+    return float(lam), box
+
+
+def apply_mix(images: torch.Tensor, targets: torch.Tensor, mixup: Mixup, lam: float,
+              box: tuple[int, int, int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's batch-mode mix of (B, C, H, W) ``images`` with their reverse (``flip(0)``) under a given draw.
+
+    Unlike timm's ``Mixup.__call__`` an odd B works: the middle image pairs with itself (it stays unmixed and
+    its target is its own label-smoothed one-hot), so a smaller last micro-batch needs no special case.
+    """
+    if lam != 1.0:
+        if box is None:
+            images = images * lam + images.flip(0) * (1.0 - lam)
+        else:
+            y0, y1, x0, x1 = box
+            images = images.clone()
+            images[:, :, y0:y1, x0:x1] = images.flip(0)[:, :, y0:y1, x0:x1]
+    return images, mixup_target(targets, mixup.num_classes, lam, mixup.label_smoothing)
+
+
 def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over every rank's shard of the data."""

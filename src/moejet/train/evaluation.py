@@ -53,11 +53,16 @@ def evaluate_checkpoint(
         teardown(d)
 
 
+# our val split is each dataset's official test split, so the best epoch is chosen on the test set
+BEST_NOTE = "best epoch selected on the val split (the official test split): not a held-out result"
+
+
 def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | None = None,
                  device: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Evaluate a run's last (or best-epoch) checkpoint on the val split of its own config (``overrides``
-    applied). A best-epoch result carries ``"selected_on_val": True``: on our datasets the val split is the
-    official test split, so that number was selected on the test set."""
+    """Evaluate a run's last (or best) checkpoint on the val split of its own config (``overrides`` applied).
+
+    The result records ``which``; a best-epoch result carries ``note`` (:data:`BEST_NOTE`).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG}): check the path")
@@ -65,9 +70,7 @@ def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | Non
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
     result = evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
-    if which == "best":
-        result["selected_on_val"] = True
-    return result
+    return {**result, "which": which, **({"note": BEST_NOTE} if which == "best" else {})}
 
 
 def _scratch(config: Config) -> Config:
@@ -78,9 +81,9 @@ def _scratch(config: Config) -> Config:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    label = " [best epoch, selected on this val split]" if result.get("selected_on_val") else ""
     return (f"{result['model']} on {result['dataset']}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-            f"loss {result['loss']:.4f}  ({result['images']} images){label}")
+            f"loss {result['loss']:.4f}  ({result['images']} images)"
+            + (f"  [{result['note']}]" if "note" in result else ""))
 
 
 def result_json(result: dict[str, Any]) -> str:
