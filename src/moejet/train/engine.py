@@ -8,7 +8,7 @@ Run directory (read by the analysis tools and the demo)::
                             temperatures {moe module: {"dispatch", "combine"}} (+ val_top1_ema / val_top5_ema)
     RUN/last.safetensors    model weights (moejet.checkpoint.save_model: rebuild with build_from_checkpoint)
     RUN/best.safetensors    weights of the epoch with the best val_top1
-    RUN/last.state.pt       optimizer, scheduler, grad scaler, EMA, RNG states, epoch, step (weights_only-loadable)
+    RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
 
 Every epoch starts from RNG states derived from (seed, epoch, rank), and checkpoints are written at
 epoch ends, so ``--resume`` continues bit-exactly in deterministic mode.
@@ -30,10 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..checkpoint import atomic_output, read_metadata, save_model
+from ..checkpoint import atomic_output, build_from_checkpoint, read_metadata
 from ..errors import UserError
 from ..models import moe_modules
 from . import build
+from .checkpointing import BEST, LAST, POINTER, is_run_dir, load_state, read_pointer, save_checkpoint, sync_last
 from .config import Config, batch_plan, dump_config, load_config
 from .distributed import (
     Dist,
@@ -48,8 +49,8 @@ from .distributed import (
     teardown,
 )
 
-CONFIG, METRICS, LAST, BEST, STATE = "config.yaml", "metrics.jsonl", "last.safetensors", "best.safetensors", \
-    "last.state.pt"
+CONFIG, METRICS = "config.yaml", "metrics.jsonl"
+__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "evaluate", "read_metrics", "train"]  # run-directory names
 
 
 def train(
@@ -71,8 +72,8 @@ def train(
     """
     run_dir = Path(run_dir)
     if resume:
-        if not (run_dir / STATE).is_file() or not (run_dir / CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {STATE}): check the path")
+        if not is_run_dir(run_dir) or not (run_dir / CONFIG).is_file():
+            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {POINTER}): check the path")
         config = load_config(run_dir / CONFIG, overrides)
     elif config is None:
         raise UserError("give a config to train (or resume a run directory)")
@@ -104,7 +105,10 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     num_classes = build.num_classes_of(train_ds, config)
 
     seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
-    model, model_name, model_kwargs = build.build_model(config, num_classes)
+    if resume:
+        model, model_name, model_kwargs = _resume_model(run_dir)
+    else:
+        model, model_name, model_kwargs = build.build_model(config, num_classes)
     model.to(d.device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -135,8 +139,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0}
     metrics: list[dict[str, Any]] = []
     if resume:
-        state, metrics = _load_state(run_dir, model, optimizer, scheduler, scaler, ema)
-        model.to(d.device)
+        state, metrics = _load_state(run_dir, optimizer, scheduler, scaler, ema)
     elif d.is_main:
         with atomic_output(run_dir / CONFIG) as tmp:
             tmp.write_text(dump_config(config))
@@ -373,13 +376,9 @@ def _tensorboard(run_dir: Path, enabled: bool) -> Any:
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
           scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
           metrics: list[dict[str, Any]], is_best: bool) -> None:
-    """metrics, best, last weights, then last state; each file atomically. Weights and state carry the epoch."""
-    with atomic_output(run_dir / METRICS) as tmp:
+    """metrics, then the epoch's weights + state committed together (see :mod:`.checkpointing`)."""
+    with atomic_output(run_dir / METRICS) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    header = {"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])}
-    if is_best:
-        save_model(model, run_dir / BEST, name, kwargs, metadata=header)
-    save_model(model, run_dir / LAST, name, kwargs, metadata=header)
     payload = {
         **state,
         "optimizer": optimizer.state_dict(),
@@ -388,8 +387,7 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
         "ema": ema.state_dict() if ema is not None else None,
         "rng": rng_state(),
     }
-    with atomic_output(run_dir / STATE) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint(run_dir, model, name, kwargs, payload, is_best)
 
 
 def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -397,36 +395,39 @@ def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
                                                                               type(None)))}
 
 
-def _load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+def _resume_model(run_dir: Path) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The run's model rebuilt from its committed weights alone (no init checkpoint, no hub download)."""
+    sync_last(run_dir)
+    return build_from_checkpoint(run_dir / read_pointer(run_dir)["weights"])
+
+
+def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
                 ema: ModelEmaV3 | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from safetensors.torch import load_file
-
-    from ..checkpoint import load_into
-
+    pointer = read_pointer(run_dir)
+    payload = load_state(run_dir / pointer["state"])
+    if payload["epoch"] != pointer["epoch"]:
+        raise UserError(f"{run_dir / pointer['state']} holds epoch {payload['epoch']} but {run_dir / POINTER} "
+                        f"names epoch {pointer['epoch']}: restore the run directory's files")
     try:
-        payload = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read {run_dir / STATE} ({type(err).__name__}): the run cannot be resumed") from None
-    weights_epoch = read_metadata(run_dir / LAST).get("moejet.epoch")
-    if weights_epoch != str(payload["epoch"]):
-        raise UserError(
-            f"{run_dir / LAST} (epoch {weights_epoch}) and {run_dir / STATE} (epoch {payload['epoch']}) disagree "
-            "(the run was killed while saving): the run cannot be resumed exactly; start a new run from "
-            f"model.init=checkpoint model.init_checkpoint={run_dir / LAST}"
-        )
-    load_into(model, load_file(str(run_dir / LAST)), str(run_dir / LAST))
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload["scaler"] is not None:
-        scaler.load_state_dict(payload["scaler"])
-    if ema is not None:
-        if payload["ema"] is None:
-            raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
-        ema.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload["scaler"] is not None:
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None:
+            if payload["ema"] is None:
+                raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
+            ema.load_state_dict(payload["ema"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"{run_dir / pointer['state']} does not match the run's config ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160]}): resume without changing the model or optimizer") from None
     set_rng_state(payload["rng"])
-    metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    try:
+        metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir / METRICS} is damaged ({type(err).__name__}): restore it or delete it "
+                        "(the resumed run then lists only its new epochs)") from None
     state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
-    return state, [row for row in metrics if row["epoch"] <= state["epoch"]]
+    return state, [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

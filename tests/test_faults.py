@@ -1,0 +1,141 @@
+"""Fault injection: a crash at every write, a full disk, damaged files, a moved init checkpoint.
+
+Each case ends with a run that resumes to the same weights as an uninterrupted run, or a one-line UserError.
+"""
+
+import errno
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import moejet.checkpoint
+from moejet.checkpoint import save_model
+from moejet.errors import UserError
+from moejet.train import train
+from moejet.train.checkpointing import read_pointer
+from test_train import TINY_VIT, tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # module scope: the shared runs below must see the same thread count as the tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CONFIG = dict(debug={"max_steps_per_epoch": 2}, train={"batch_size": 8, "seed": 0, "deterministic": True,
+                                                       "ema": True, "ema_decay": 0.9})
+
+
+def same_weights(a, b):
+    a, b = load_file(a), load_file(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_config(**CONFIG), run, progress=False, verbose=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def after_one_epoch(tmp_path_factory):
+    run = tmp_path_factory.mktemp("one") / "run"
+    train(tiny_config(**CONFIG), run, stop_after=1, progress=False, verbose=False)
+    return run
+
+
+class Crash(BaseException):
+    """Stands for a kill: not an Exception, so nothing catches it on the way out."""
+
+
+def crash_at_fsync(monkeypatch, k):
+    """Raise at the k-th fsync: every file's data is fsynced before its rename, every rename's directory after."""
+    calls = {"n": 0}
+    real = moejet.checkpoint.fsync_path
+
+    def fsync(path):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise Crash(path)
+        real(path)
+
+    monkeypatch.setattr(moejet.checkpoint, "fsync_path", fsync)
+    return calls
+
+
+def test_a_crash_at_every_write_of_a_save_leaves_the_run_resumable(after_one_epoch, straight, tmp_path, monkeypatch):
+    k, crashed = 1, True
+    while crashed:
+        run = tmp_path / f"k{k}"
+        shutil.copytree(after_one_epoch, run)
+        calls = crash_at_fsync(monkeypatch, k)
+        try:
+            train(run_dir=run, resume=True, progress=False, verbose=False)
+            crashed = False  # k is past the last write of the epoch-2 save
+        except Crash:
+            pass
+        monkeypatch.undo()
+        assert read_pointer(run)["epoch"] in (1, 2)
+        if crashed:
+            train(run_dir=run, resume=True, progress=False, verbose=False)
+        assert read_pointer(run)["epoch"] == 2
+        assert same_weights(run / "last.safetensors", straight / "last.safetensors"), f"crash at fsync {k}"
+        assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+            "epoch-0002.safetensors", "epoch-0002.state.pt"]
+        k += 1
+    assert calls["n"] >= 10  # metrics, weights, state, pointer, last (and best): file + directory each
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(after_one_epoch, straight, tmp_path,
+                                                                    monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(after_one_epoch, run)
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"^cannot write .*epoch-0002.state.pt: No space left on device; the last "
+                                        r"complete checkpoint \(epoch 1\) is intact") as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(torch, "save", real)
+    assert read_pointer(run)["epoch"] == 1
+    train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert same_weights(run / "last.safetensors", straight / "last.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random"])
+@pytest.mark.parametrize("which", ["state", "weights", "pointer"])
+def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_path, which, damage):
+    run = tmp_path / "run"
+    shutil.copytree(after_one_epoch, run)
+    pointer = read_pointer(run)
+    path = run / {"state": pointer["state"], "weights": pointer["weights"], "pointer": "checkpoint.json"}[which]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else torch.randint(0, 256, (len(data),),
+                     generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(UserError) as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_needs_nothing_but_the_run_directory(tmp_path):
+    init = tmp_path / "init.safetensors"
+    model = moejet.checkpoint.timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
+    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TINY_VIT})
+    config = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(init)}, **CONFIG)
+    straight = train(config, tmp_path / "straight", progress=False, verbose=False)
+    train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
+    init.rename(tmp_path / "moved.safetensors")
+    resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
+    assert [r["val_top1"] for r in resumed] == [r["val_top1"] for r in straight]
+    assert same_weights(tmp_path / "run" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
