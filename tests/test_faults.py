@@ -4,6 +4,7 @@ Each case ends with a run that resumes to the same weights as an uninterrupted r
 """
 
 import errno
+import math
 import shutil
 
 import pytest
@@ -12,8 +13,9 @@ from safetensors.torch import load_file
 
 import moejet.checkpoint
 from moejet.checkpoint import save_model
+from moejet.cli import main
 from moejet.errors import UserError
-from moejet.train import train
+from moejet.train import build, load_config, train
 from moejet.train.checkpointing import read_pointer
 from test_train import TINY_VIT, tiny_config
 
@@ -128,7 +130,7 @@ def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_p
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_resume_needs_nothing_but_the_run_directory(tmp_path):
+def test_resume_needs_nothing_but_the_run_directory(tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
     model = moejet.checkpoint.timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
     save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TINY_VIT})
@@ -136,6 +138,51 @@ def test_resume_needs_nothing_but_the_run_directory(tmp_path):
     straight = train(config, tmp_path / "straight", progress=False, verbose=False)
     train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
     init.rename(tmp_path / "moved.safetensors")
+
+    def no_init(*args):  # e.g. model.init=pretrained on an offline machine: resuming must not build the init
+        raise AssertionError("resume rebuilt the initial weights")
+
+    monkeypatch.setattr(build, "build_model", no_init)
     resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
     assert [r["val_top1"] for r in resumed] == [r["val_top1"] for r in straight]
     assert same_weights(tmp_path / "run" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
+
+
+def test_resuming_a_finished_run_says_so_and_exits_0(straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert f"{run} is finished (2 of 2 epochs): nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def lrs(rows):
+    return [row["lr"] for row in rows]
+
+
+def test_extending_a_run_needs_a_schedule_mode(straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    with pytest.raises(UserError, match=r"^schedule.epochs changed from 2 to 4: say how the schedule continues with "
+                                        r"--extend continue"):
+        train(run_dir=run, resume=True, overrides=["schedule.epochs=4"], progress=False, verbose=False)
+    # continue: the run equals one planned for 4 epochs from the start, from epoch 3 on (same state, same LR curve)
+    planned4 = train(tiny_config(**CONFIG, schedule={"epochs": 4, "warmup_epochs": 0}), tmp_path / "four",
+                     progress=False, verbose=False)
+    cont = tmp_path / "cont"
+    shutil.copytree(straight, cont)
+    rows = train(run_dir=cont, resume=True, extend="continue", overrides=["schedule.epochs=4"], progress=False,
+                 verbose=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and lrs(rows[2:]) == pytest.approx(lrs(planned4[2:]))
+    # cosine-restart: optim.lr again at the restart, then a cosine to the minimum over the 2 added epochs (4 steps)
+    restart = tmp_path / "restart"
+    shutil.copytree(straight, restart)
+    rows = train(run_dir=restart, resume=True, extend="cosine-restart", overrides=["schedule.epochs=4"],
+                 progress=False, stop_after=1, verbose=False)
+    lr, lr_min = 2e-3, 2e-3 * load_config(restart / "config.yaml").schedule.min_lr_ratio
+    # a row's lr is the LR set after the epoch's last step: step 2 of the 4 after the restart
+    assert rows[-1]["lr"] == pytest.approx(lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * 2 / 4)))
+    rows = train(run_dir=restart, resume=True, progress=False, verbose=False)  # the restart survives a resume
+    assert rows[-1]["lr"] == pytest.approx(lr_min)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -50,6 +51,7 @@ from .distributed import (
 )
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
+EXTEND_MODES = (None, "continue", "cosine-restart")
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "evaluate", "read_metrics", "train"]  # run-directory names
 
 
@@ -57,6 +59,7 @@ def train(
     config: Config | None = None,
     run_dir: str | Path = "runs/run",
     resume: bool = False,
+    extend: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     stop_after: int | None = None,
     progress: bool = True,
@@ -66,7 +69,10 @@ def train(
     """Train ``config`` into ``run_dir`` (or continue the run there when ``resume``); returns all epochs' metrics.
 
     ``stop_after``: leave after this many epochs of this invocation (the run stays resumable).
-    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming.
+    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming; a changed
+    ``schedule.epochs`` needs ``extend``: ``"continue"`` (the cosine is recomputed for the new length and
+    followed from the current step: the LR rises to that curve) or ``"cosine-restart"`` (a new cosine, no
+    warmup, from ``optim.lr`` at the current step down to the minimum at the new last epoch).
     ``progress``: a tqdm bar per epoch; ``verbose``: the header and one summary line per epoch;
     ``on_epoch(row)``: called on rank 0 with each epoch's metrics once its checkpoints are written.
     """
@@ -75,6 +81,16 @@ def train(
         if not is_run_dir(run_dir) or not (run_dir / CONFIG).is_file():
             raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {POINTER}): check the path")
         config = load_config(run_dir / CONFIG, overrides)
+        planned = load_config(run_dir / CONFIG).schedule.epochs
+        if extend not in EXTEND_MODES:
+            raise UserError(f"--extend {extend}: use one of {', '.join(m for m in EXTEND_MODES if m)}")
+        if config.schedule.epochs != planned and extend is None:
+            raise UserError(
+                f"schedule.epochs changed from {planned} to {config.schedule.epochs}: say how the schedule continues "
+                "with --extend continue (the cosine recomputed for the new length) or --extend cosine-restart "
+                "(a new cosine from optim.lr)")
+        if config.schedule.epochs == planned:
+            extend = None
     elif config is None:
         raise UserError("give a config to train (or resume a run directory)")
     elif (run_dir / CONFIG).exists():
@@ -82,13 +98,14 @@ def train(
 
     d = setup(config.train.device)
     try:
-        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose)
+        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose, extend)
     finally:
         teardown(d)
 
 
 def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, d: Dist,
-           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool) -> list[dict[str, Any]]:
+           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool,
+           extend: str | None = None) -> list[dict[str, Any]]:
     t = config.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
@@ -136,10 +153,25 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         )
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
 
-    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0}
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0, "restart_step": None}
     metrics: list[dict[str, Any]] = []
     if resume:
-        state, metrics = _load_state(run_dir, optimizer, scheduler, scaler, ema)
+        state, metrics = _load_state(run_dir, optimizer, scaler, ema)
+        if state["epoch"] >= config.schedule.epochs:
+            if extend is not None:
+                raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
+                                f"above {state['epoch']}")
+            if d.is_main:
+                print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
+                      "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue",
+                      flush=True)
+            return metrics
+        if extend == "cosine-restart":
+            state["restart_step"] = state["step"]
+        elif extend == "continue":
+            state["restart_step"] = None
+        if state["restart_step"] is not None:
+            scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
     elif d.is_main:
         with atomic_output(run_dir / CONFIG) as tmp:
             tmp.write_text(dump_config(config))
@@ -401,7 +433,28 @@ def _resume_model(run_dir: Path) -> tuple[nn.Module, str, dict[str, Any]]:
     return build_from_checkpoint(run_dir / read_pointer(run_dir)["weights"])
 
 
-def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+class _Shifted:
+    """A scheduler whose step 0 is step ``offset`` of the run (``--extend cosine-restart``)."""
+
+    def __init__(self, scheduler: Any, offset: int):
+        self.scheduler, self.offset = scheduler, offset
+
+    def step_update(self, num_updates: int) -> None:
+        self.scheduler.step_update(num_updates - self.offset)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.scheduler.state_dict(), "offset": self.offset}
+
+
+def _restarted_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                         restart_step: int) -> _Shifted:
+    """Cosine from optim.lr (no warmup) at ``restart_step`` down to the minimum at the end of schedule.epochs."""
+    remaining = config.schedule.epochs * steps_per_epoch - restart_step
+    return _Shifted(CosineLRScheduler(optimizer, t_initial=max(remaining, 1), lr_min=config.lr * config.schedule
+                                      .min_lr_ratio, t_in_epochs=False), restart_step)
+
+
+def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any,
                 ema: ModelEmaV3 | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     pointer = read_pointer(run_dir)
     payload = load_state(run_dir / pointer["state"])
@@ -409,8 +462,7 @@ def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
         raise UserError(f"{run_dir / pointer['state']} holds epoch {payload['epoch']} but {run_dir / POINTER} "
                         f"names epoch {pointer['epoch']}: restore the run directory's files")
     try:
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
+        optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
         if scaler is not None and payload["scaler"] is not None:
             scaler.load_state_dict(payload["scaler"])
         if ema is not None:
@@ -427,6 +479,7 @@ def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scheduler: Any,
         raise UserError(f"{run_dir / METRICS} is damaged ({type(err).__name__}): restore it or delete it "
                         "(the resumed run then lists only its new epochs)") from None
     state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
+    state["restart_step"] = payload.get("restart_step")
     return state, [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
 
 
