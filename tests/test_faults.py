@@ -5,7 +5,11 @@ Each case ends with a run that resumes to the same weights as an uninterrupted r
 
 import errno
 import math
+import os
 import shutil
+import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from safetensors.torch import load_file
 import moejet.checkpoint
 from moejet.checkpoint import save_model
 from moejet.cli import main
+from moejet.data import datasets
 from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.checkpointing import read_pointer
@@ -186,3 +191,38 @@ def test_extending_a_run_needs_a_schedule_mode(straight, tmp_path):
     assert rows[-1]["lr"] == pytest.approx(lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * 2 / 4)))
     rows = train(run_dir=restart, resume=True, progress=False, verbose=False)  # the restart survives a resume
     assert rows[-1]["lr"] == pytest.approx(lr_min)
+
+
+class FakeDownloadable:
+    """Stands for a torchvision dataset: download=True writes its files (slowly); without them it fails."""
+
+    def __init__(self, root, transform=None, download=False, train=True):
+        log = Path(root) / f"calls-{os.environ['RANK']}.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(f"{download}\n")
+        if download:
+            time.sleep(0.5)  # the other rank must wait for this, not race it
+            (Path(root) / "fake").mkdir(exist_ok=True)
+        elif not (Path(root) / "fake").is_dir():
+            raise RuntimeError("Dataset not found")
+
+
+def _download_worker(rank, root):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ["TEST_PORT"])
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        datasets.TORCHVISION["cifar10"] = (FakeDownloadable, 10, {"train": True}, {"train": False}, "fake")
+        assert datasets.build_dataset("cifar10", "train", root=root, download=True).num_classes == 10
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_torchrun_only_rank_0_downloads_and_the_others_wait(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    torch.multiprocessing.spawn(_download_worker, args=(str(tmp_path),), nprocs=2)
+    assert (tmp_path / "calls-0.txt").read_text() == "True\nFalse\n"  # downloads, then opens with the transform
+    assert (tmp_path / "calls-1.txt").read_text() == "False\n"
