@@ -303,7 +303,7 @@ moejet eval --run runs/table1_vit_t_jetpack_cifar100
 ```
 
 Each run writes `runs/<config name>/` (`--out DIR` to change): `config.yaml`, `metrics.jsonl`,
-`last.safetensors`, `best.safetensors`, `last.state.pt`.
+`last.safetensors`, `best.safetensors`, `checkpoint.json` + `checkpoints/` (the committed epoch for `--resume`).
 
 ## Step 0: the dense ViT-T in21k checkpoint (for the dense part of recycled ViT successors)
 

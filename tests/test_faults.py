@@ -6,8 +6,13 @@ Each case ends with a run that resumes to the same weights as an uninterrupted r
 import errno
 import math
 import os
+import random
+import resource
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from moejet.data import datasets
 from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.checkpointing import read_pointer
+from moejet.train.config import dump_config
 from test_train import TINY_VIT, tiny_config
 
 
@@ -121,12 +127,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(after_one_epo
 
 
 @pytest.mark.parametrize("damage", ["truncate", "random"])
-@pytest.mark.parametrize("which", ["state", "weights", "pointer"])
+@pytest.mark.parametrize("which", ["state", "weights", "pointer", "config", "metrics"])
 def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_path, which, damage):
     run = tmp_path / "run"
     shutil.copytree(after_one_epoch, run)
     pointer = read_pointer(run)
-    path = run / {"state": pointer["state"], "weights": pointer["weights"], "pointer": "checkpoint.json"}[which]
+    path = run / {"state": pointer["state"], "weights": pointer["weights"], "pointer": "checkpoint.json",
+                  "config": "config.yaml", "metrics": "metrics.jsonl"}[which]
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else torch.randint(0, 256, (len(data),),
                      generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
@@ -226,3 +233,58 @@ def test_under_torchrun_only_rank_0_downloads_and_the_others_wait(tmp_path, monk
     torch.multiprocessing.spawn(_download_worker, args=(str(tmp_path),), nprocs=2)
     assert (tmp_path / "calls-0.txt").read_text() == "True\nFalse\n"  # downloads, then opens with the transform
     assert (tmp_path / "calls-1.txt").read_text() == "False\n"
+
+
+def cli(*args, fsize=None, **popen):
+    """``python -m moejet`` in a subprocess (one thread); ``fsize``: RLIMIT_FSIZE in bytes (a full disk)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(moejet.checkpoint.__file__).parents[1])}
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.Popen([sys.executable, "-m", "moejet", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit if fsize else None, **popen)
+
+
+def tiny_yaml(path):
+    config = tiny_config(**CONFIG, schedule={"epochs": 3, "warmup_epochs": 0})
+    path.write_text(dump_config(config))
+    return path
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
+    config = tiny_yaml(tmp_path / "tiny.yaml")
+    straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
+    assert straight.wait() == 0, straight.stderr.read()
+    rng = random.Random(0)
+    for attempt in range(3):
+        run = tmp_path / f"killed{attempt}"
+        proc = cli("train", "--config", config, "--out", run, "--no-progress")
+        time.sleep(rng.uniform(2.0, 8.0))  # imports take a few seconds: some kills land mid-run, some before
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        again = ("train", "--resume", run) if (run / "checkpoint.json").exists() else ("train", "--config", config,
+                                                                                        "--out", run)
+        resumed = cli(*again, "--no-progress")
+        assert resumed.wait() == 0, resumed.stderr.read()
+        assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors"), attempt
+
+
+def test_a_file_size_limit_is_exit_2_with_a_one_line_error_and_the_run_resumes(tmp_path):
+    config = tiny_yaml(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    assert cli("train", "--config", config, "--out", run, "--no-progress", "--stop-after", "1").wait() == 0
+    state = run / read_pointer(run)["state"]
+    weights = run / read_pointer(run)["weights"]
+    assert weights.stat().st_size < state.stat().st_size  # so a limit between them stops the state write
+    full = cli("train", "--resume", run, "--no-progress", fsize=(weights.stat().st_size + state.stat().st_size) // 2)
+    assert full.wait() == 2
+    err = full.stderr.read().strip()
+    assert err.startswith("moejet train: error: cannot write") and "epoch-0002.state.pt: " in err
+    assert "the last complete checkpoint (epoch 1) is intact" in err and "\n" not in err
+    assert read_pointer(run)["epoch"] == 1
+    assert cli("train", "--resume", run, "--no-progress").wait() == 0
+    straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
+    assert straight.wait() == 0
+    assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors")

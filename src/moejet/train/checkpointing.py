@@ -16,7 +16,6 @@ therefore leaves the pointer naming a complete pair: the new one or the previous
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
@@ -67,14 +66,14 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, name: str, kwargs: di
                                        "state": str(state.relative_to(run_dir))})
         target = run_dir / LAST
         _publish(weights, run_dir / LAST)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
-            raise UserError(
-                f"cannot write {target}: {os.strerror(err.errno)}; the last complete checkpoint ({kept}) is intact: "
-                f"free disk space, then continue with --resume {run_dir}"
-            ) from None
-        raise
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
+            f"{str(err).splitlines()[0][:160]}: is the disk full or a file-size limit reached?"
+        kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
+        raise UserError(
+            f"cannot write {target}: {reason}; the last complete checkpoint ({kept}) is intact: "
+            f"free disk space, then continue with --resume {run_dir}"
+        ) from None
     if previous is not None and previous["epoch"] != epoch:
         for rel in (previous["weights"], previous["state"]):
             with contextlib.suppress(FileNotFoundError):

@@ -52,6 +52,7 @@ from .distributed import (
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 EXTEND_MODES = (None, "continue", "cosine-restart")
+CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
 __all__ = ["BEST", "CONFIG", "LAST", "METRICS", "evaluate", "read_metrics", "train"]  # run-directory names
 
 
@@ -78,10 +79,13 @@ def train(
     """
     run_dir = Path(run_dir)
     if resume:
+        if (run_dir / CONFIG).is_file() and not is_run_dir(run_dir):
+            raise UserError(f"{run_dir} has no committed checkpoint (it stopped before its first save): start it "
+                            f"again with moejet train --config {run_dir / CONFIG} --out {run_dir}")
         if not is_run_dir(run_dir) or not (run_dir / CONFIG).is_file():
             raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {POINTER}): check the path")
-        config = load_config(run_dir / CONFIG, overrides)
-        planned = load_config(run_dir / CONFIG).schedule.epochs
+        config = _read_run_config(run_dir, overrides)
+        planned = _read_run_config(run_dir).schedule.epochs
         if extend not in EXTEND_MODES:
             raise UserError(f"--extend {extend}: use one of {', '.join(m for m in EXTEND_MODES if m)}")
         if config.schedule.epochs != planned and extend is None:
@@ -93,7 +97,7 @@ def train(
             extend = None
     elif config is None:
         raise UserError("give a config to train (or resume a run directory)")
-    elif (run_dir / CONFIG).exists():
+    elif is_run_dir(run_dir):  # a config alone (killed before the first save) is started over
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
 
     d = setup(config.train.device)
@@ -174,11 +178,11 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
     elif d.is_main:
         with atomic_output(run_dir / CONFIG) as tmp:
-            tmp.write_text(dump_config(config))
+            tmp.write_text(dump_config(config) + CONFIG_END)
         _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False)
     if resume and d.is_main:  # overrides given with --resume are part of the run from now on
         with atomic_output(run_dir / CONFIG) as tmp:
-            tmp.write_text(dump_config(config))
+            tmp.write_text(dump_config(config) + CONFIG_END)
 
     train_model: nn.Module = model
     if t.compile:
@@ -420,6 +424,18 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
         "rng": rng_state(),
     }
     save_checkpoint(run_dir, model, name, kwargs, payload, is_best)
+
+
+def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = run_dir / CONFIG
+    try:
+        whole = path.read_text().endswith(CONFIG_END)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}): restore it to resume the run") from None
+    if not whole:
+        raise UserError(f"{path} is truncated or damaged (its last line is not {CONFIG_END.strip()!r}): restore it "
+                        "to resume the run")
+    return load_config(path, overrides)
 
 
 def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
