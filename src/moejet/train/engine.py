@@ -127,7 +127,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
 
     seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
     if resume:
-        model, model_name, model_kwargs = _resume_model(run_dir)
+        model, model_name, model_kwargs = _resume_model(run_dir, d.is_main)
     else:
         model, model_name, model_kwargs = build.build_model(config, num_classes)
     model.to(d.device)
@@ -443,9 +443,10 @@ def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
                                                                               type(None)))}
 
 
-def _resume_model(run_dir: Path) -> tuple[nn.Module, str, dict[str, Any]]:
+def _resume_model(run_dir: Path, is_main: bool) -> tuple[nn.Module, str, dict[str, Any]]:
     """The run's model rebuilt from its committed weights alone (no init checkpoint, no hub download)."""
-    sync_last(run_dir)
+    if is_main:  # the other ranks only read the committed files, which this leaves alone
+        sync_last(run_dir)
     return build_from_checkpoint(run_dir / read_pointer(run_dir)["weights"])
 
 
