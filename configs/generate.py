@@ -316,7 +316,7 @@ moejet eval --run runs/table1_vit_t_jetpack_cifar100
 ```
 
 Each run writes `runs/<config name>/` (`--out DIR` to change): `config.yaml`, `metrics.jsonl`,
-`last.safetensors`, `best.safetensors`, `last.state.pt`.
+`last.safetensors`, `best.safetensors`, `checkpoint.json` + `checkpoints/` (the committed epoch for `--resume`).
 
 ## Step 0: the dense ViT-T and ViT-S in21k checkpoints (the dense part of recycled V-JetMoE-T / -S)
 

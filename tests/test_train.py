@@ -82,7 +82,7 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     metrics = train(config, run, progress=False)
 
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.safetensors", "config.yaml", "last.safetensors", "last.state.pt", "metrics.jsonl"]
+        "best.safetensors", "checkpoint.json", "checkpoints", "config.yaml", "last.safetensors", "metrics.jsonl"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(metrics))
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [9, 18]
@@ -105,7 +105,7 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     assert read_metadata(run / "best.safetensors")["moejet.epoch"] == str(best_epoch)
     assert {k: v.item() for k, v in model.state_dict().items() if k.endswith("temperature")} == pytest.approx(
         {f"{m}.{t}_temperature": v for m, temps in rows[-1]["temperatures"].items() for t, v in temps.items()})
-    state = torch.load(run / "last.state.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / "epoch-0002.state.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 18
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
 
@@ -148,8 +148,8 @@ def test_resume_continues_bit_exactly(tmp_path):
     assert {"val_top1_ema", "val_top5_ema"} <= set(straight[-1])
     a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(tmp_path / "resumed" / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ema_a = torch.load(tmp_path / "straight" / "last.state.pt", weights_only=True)["ema"]
-    ema_b = torch.load(tmp_path / "resumed" / "last.state.pt", weights_only=True)["ema"]
+    ema_a = torch.load(tmp_path / "straight" / "checkpoints" / "epoch-0002.state.pt", weights_only=True)["ema"]
+    ema_b = torch.load(tmp_path / "resumed" / "checkpoints" / "epoch-0002.state.pt", weights_only=True)["ema"]
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
         train(config, tmp_path / "straight", progress=False)

@@ -6,6 +6,7 @@ truncated file behind. User files are read with safetensors or ``torch.load(weig
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -35,11 +36,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        fsync_path(tmp)  # the data is on disk before the name points at it (else a power cut leaves 0 bytes)
         os.replace(tmp, path)
+        fsync_path(path.parent)  # ... and the rename itself is durable
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -112,23 +124,46 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         ) from None
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Weights from ``.safetensors`` or ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``)."""
+# objects a timm train.py checkpoint holds besides tensors: its command-line arguments
+TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
+WEIGHTS_KEYS = {"model": ("state_dict", "model", "model_state", "module"), "ema": ("state_dict_ema", "model_ema")}
+
+
+def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors`` or ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``).
+
+    Training checkpoints (timm ``train.py``: ``{'state_dict', 'state_dict_ema', 'args', ...}``, and other
+    ``{'model': ...}`` wrappers) give their model weights, or their EMA weights with ``weights="ema"``.
+    """
     path = Path(path)
+    if weights not in WEIGHTS_KEYS:
+        raise UserError(f"weights={weights!r}: use one of {', '.join(WEIGHTS_KEYS)}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: check the path")
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as err:
+            obj = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything; every case is the user's file)
+        msg = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(
-            f"cannot read checkpoint {path} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); "
             "it may be truncated or not a weights file: re-create or re-download it"
         ) from None
-    for key in ("state_dict", "model", "model_state", "module"):  # common training-script wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = [k for k in WEIGHTS_KEYS[weights] if isinstance(obj.get(k), dict)]
+        if not found:
+            if weights == "ema":
+                raise UserError(f"checkpoint {path} holds no EMA weights (no {' / '.join(WEIGHTS_KEYS['ema'])}): "
+                                "use its model weights (model.init_checkpoint_weights=model)")
+            raise UserError(f"checkpoint {path} holds no state dict (keys: {', '.join(map(str, list(obj)[:8]))}): "
+                            "pass a weights file")
+        obj = obj[found[0]]
+    elif weights == "ema":
+        raise UserError(f"checkpoint {path} is a plain weights file without EMA weights: "
+                        "use model.init_checkpoint_weights=model")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors: pass a weights file")
     return {k.removeprefix("module."): v for k, v in obj.items()}

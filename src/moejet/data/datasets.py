@@ -128,6 +128,24 @@ def build_dataset(
 
 
 def torchvision_dataset(name: str, root: Path, split: str, transform: Callable | None, download: bool):
+    """A torchvision dataset; under torch.distributed only local rank 0 of each node downloads, the others wait."""
+    if download and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        error = None
+        if int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank())) == 0:
+            try:
+                _open_torchvision(name, root, split, None, download=True)
+            except UserError as err:
+                error = str(err)
+        errors = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(errors, error)  # the barrier: every node's download has finished
+        if any(errors):
+            raise UserError(next(e for e in errors if e))
+        download = False
+    return _open_torchvision(name, root, split, transform, download)
+
+
+def _open_torchvision(name: str, root: Path, split: str, transform: Callable | None, download: bool):
     cls, num_classes, train_splits, val_kwargs, folder = TORCHVISION[name]
     try:
         parts = [cls(root=str(root), transform=transform, download=download, **kwargs)

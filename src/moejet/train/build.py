@@ -99,17 +99,17 @@ def build_model(config: Config, num_classes: int) -> tuple[nn.Module, str, dict[
         return model, name, kwargs
     model = create_model(name, kwargs, pretrained=False)
     if m.init == "checkpoint":
-        load_init_checkpoint(model, m.init_checkpoint)
+        load_init_checkpoint(model, m.init_checkpoint, m.init_checkpoint_weights)
     return model, name, kwargs
 
 
-def load_init_checkpoint(model: nn.Module, path: str) -> None:
+def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") -> None:
     """Load ``path`` strictly except the classifier, which stays freshly initialised when its shape differs.
 
     Checkpoints go through the model family's timm ``checkpoint_filter_fn`` (original-format keys,
     position embeddings resized to the model's image size).
     """
-    state = load_state_dict(path)
+    state = load_state_dict(path, weights)
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. --set optim.lr=1e-3 --set model.kwargs.depth=6 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--extend", choices=("continue", "cosine-restart"),
+                   help="with --resume and a larger schedule.epochs: continue = the cosine recomputed for the new "
+                        "length; cosine-restart = a new cosine from optim.lr over the added epochs")
     p.add_argument("--stop-after", type=int, metavar="EPOCHS",
                    help="leave after this many epochs of this invocation (the run stays resumable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one summary line per epoch)")
@@ -52,9 +55,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.config is not None:
             raise UserError("--resume uses the run's own config.yaml: drop --config (use --set to change values)")
-        train(run_dir=args.resume, resume=True, overrides=args.overrides, stop_after=args.stop_after,
-              progress=not args.no_progress)
+        train(run_dir=args.resume, resume=True, extend=args.extend, overrides=args.overrides,
+              stop_after=args.stop_after, progress=not args.no_progress)
         return 0
+    if args.extend is not None:
+        raise UserError("--extend lengthens a resumed run: use it with --resume RUN_DIR --set schedule.epochs=N")
     if args.config is None:
         raise UserError("give --config FILE (see configs/) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)

@@ -38,6 +38,7 @@ class ModelConfig:
     # moejet safetensors (recycled or trained; its header's kwargs are the defaults) or a dense timm
     # checkpoint (.safetensors/.pth/.bin); the classifier is re-initialised when the class count differs
     init_checkpoint: str | None = None
+    init_checkpoint_weights: str = "model"  # model | ema: which weights of a training checkpoint (timm train.py)
     drop_path_rate: float = 0.1
 
 
@@ -297,6 +298,7 @@ def validate(config: Config) -> None:
     need(m.init in INIT_MODES, "model.init", f"use one of {', '.join(INIT_MODES)}")
     need(m.init != "checkpoint" or bool(m.init_checkpoint), "model.init_checkpoint",
          "model.init is 'checkpoint': give the checkpoint file")
+    need(m.init_checkpoint_weights in ("model", "ema"), "model.init_checkpoint_weights", "use model or ema")
     need(m.init == "checkpoint" or m.init_checkpoint is None, "model.init_checkpoint",
          "set model.init=checkpoint to start from a checkpoint file (or drop init_checkpoint)")
     need("num_classes" not in m.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")

@@ -8,7 +8,7 @@ Run directory (read by the analysis tools and the demo)::
                             temperatures {moe module: {"dispatch", "combine"}} (+ val_top1_ema / val_top5_ema)
     RUN/last.safetensors    model weights (moejet.checkpoint.save_model: rebuild with build_from_checkpoint)
     RUN/best.safetensors    weights of the epoch with the best val_top1
-    RUN/last.state.pt       optimizer, scheduler, grad scaler, EMA, RNG states, epoch, step (weights_only-loadable)
+    RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
 
 Every epoch starts from RNG states derived from (seed, epoch, rank), and checkpoints are written at
 epoch ends, so ``--resume`` continues bit-exactly in deterministic mode.
@@ -27,15 +27,17 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..checkpoint import atomic_output, read_metadata, save_model
+from ..checkpoint import atomic_output, build_from_checkpoint, read_metadata
 from ..errors import UserError
 from ..models import moe_modules
 from . import build
+from .checkpointing import BEST, LAST, POINTER, is_run_dir, load_state, read_pointer, save_checkpoint, sync_last
 from .config import Config, batch_plan, dump_config, load_config
 from .distributed import (
     Dist,
@@ -50,14 +52,17 @@ from .distributed import (
     teardown,
 )
 
-CONFIG, METRICS, LAST, BEST, STATE = "config.yaml", "metrics.jsonl", "last.safetensors", "best.safetensors", \
-    "last.state.pt"
+CONFIG, METRICS = "config.yaml", "metrics.jsonl"
+EXTEND_MODES = (None, "continue", "cosine-restart")
+CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
+__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "evaluate", "read_metrics", "train"]  # run-directory names
 
 
 def train(
     config: Config | None = None,
     run_dir: str | Path = "runs/run",
     resume: bool = False,
+    extend: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     stop_after: int | None = None,
     progress: bool = True,
@@ -67,29 +72,46 @@ def train(
     """Train ``config`` into ``run_dir`` (or continue the run there when ``resume``); returns all epochs' metrics.
 
     ``stop_after``: leave after this many epochs of this invocation (the run stays resumable).
-    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming.
+    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming; a changed
+    ``schedule.epochs`` needs ``extend``: ``"continue"`` (the cosine is recomputed for the new length and
+    followed from the current step: the LR rises to that curve) or ``"cosine-restart"`` (a new cosine, no
+    warmup, from ``optim.lr`` at the current step down to the minimum at the new last epoch).
     ``progress``: a tqdm bar per epoch; ``verbose``: the header and one summary line per epoch;
     ``on_epoch(row)``: called on rank 0 with each epoch's metrics once its checkpoints are written.
     """
     run_dir = Path(run_dir)
     if resume:
-        if not (run_dir / STATE).is_file() or not (run_dir / CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {STATE}): check the path")
-        config = load_config(run_dir / CONFIG, overrides)
+        if (run_dir / CONFIG).is_file() and not is_run_dir(run_dir):
+            raise UserError(f"{run_dir} has no committed checkpoint (it stopped before its first save): start it "
+                            f"again with moejet train --config {run_dir / CONFIG} --out {run_dir}")
+        if not is_run_dir(run_dir) or not (run_dir / CONFIG).is_file():
+            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {POINTER}): check the path")
+        config = _read_run_config(run_dir, overrides)
+        planned = _read_run_config(run_dir).schedule.epochs
+        if extend not in EXTEND_MODES:
+            raise UserError(f"--extend {extend}: use one of {', '.join(m for m in EXTEND_MODES if m)}")
+        if config.schedule.epochs != planned and extend is None:
+            raise UserError(
+                f"schedule.epochs changed from {planned} to {config.schedule.epochs}: say how the schedule continues "
+                "with --extend continue (the cosine recomputed for the new length) or --extend cosine-restart "
+                "(a new cosine from optim.lr)")
+        if config.schedule.epochs == planned:
+            extend = None
     elif config is None:
         raise UserError("give a config to train (or resume a run directory)")
-    elif (run_dir / CONFIG).exists():
+    elif is_run_dir(run_dir):  # a config alone (killed before the first save) is started over
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
 
     d = setup(config.train.device)
     try:
-        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose)
+        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose, extend)
     finally:
         teardown(d)
 
 
 def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, d: Dist,
-           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool) -> list[dict[str, Any]]:
+           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool,
+           extend: str | None = None) -> list[dict[str, Any]]:
     t = config.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
@@ -106,7 +128,10 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     num_classes = build.num_classes_of(train_ds, config)
 
     seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
-    model, model_name, model_kwargs = build.build_model(config, num_classes)
+    if resume:
+        model, model_name, model_kwargs = _resume_model(run_dir, d.is_main)
+    else:
+        model, model_name, model_kwargs = build.build_model(config, num_classes)
     model.to(d.device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -132,18 +157,32 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
 
-    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0}
+    state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0, "restart_step": None}
     metrics: list[dict[str, Any]] = []
     if resume:
-        state, metrics = _load_state(run_dir, model, optimizer, scheduler, scaler, ema)
-        model.to(d.device)
+        state, metrics = _load_state(run_dir, optimizer, scaler, ema)
+        if state["epoch"] >= config.schedule.epochs:
+            if extend is not None:
+                raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
+                                f"above {state['epoch']}")
+            if d.is_main:
+                print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
+                      "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue",
+                      flush=True)
+            return metrics
+        if extend == "cosine-restart":
+            state["restart_step"] = state["step"]
+        elif extend == "continue":
+            state["restart_step"] = None
+        if state["restart_step"] is not None:
+            scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
     elif d.is_main:
         with atomic_output(run_dir / CONFIG) as tmp:
-            tmp.write_text(dump_config(config))
+            tmp.write_text(dump_config(config) + CONFIG_END)
         _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False)
     if resume and d.is_main:  # overrides given with --resume are part of the run from now on
         with atomic_output(run_dir / CONFIG) as tmp:
-            tmp.write_text(dump_config(config))
+            tmp.write_text(dump_config(config) + CONFIG_END)
 
     train_model: nn.Module = model
     if t.compile:
@@ -414,13 +453,9 @@ def _tensorboard(run_dir: Path, enabled: bool) -> Any:
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
           scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
           metrics: list[dict[str, Any]], is_best: bool) -> None:
-    """metrics, best, last weights, then last state; each file atomically. Weights and state carry the epoch."""
-    with atomic_output(run_dir / METRICS) as tmp:
+    """metrics, then the epoch's weights + state committed together (see :mod:`.checkpointing`)."""
+    with atomic_output(run_dir / METRICS) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    header = {"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])}
-    if is_best:
-        save_model(model, run_dir / BEST, name, kwargs, metadata=header)
-    save_model(model, run_dir / LAST, name, kwargs, metadata=header)
     payload = {
         **state,
         "optimizer": optimizer.state_dict(),
@@ -429,8 +464,19 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
         "ema": ema.state_dict() if ema is not None else None,
         "rng": rng_state(),
     }
-    with atomic_output(run_dir / STATE) as tmp:
-        torch.save(payload, tmp)
+    save_checkpoint(run_dir, model, name, kwargs, payload, is_best)
+
+
+def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = run_dir / CONFIG
+    try:
+        whole = path.read_text().endswith(CONFIG_END)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}): restore it to resume the run") from None
+    if not whole:
+        raise UserError(f"{path} is truncated or damaged (its last line is not {CONFIG_END.strip()!r}): restore it "
+                        "to resume the run")
+    return load_config(path, overrides)
 
 
 def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
@@ -438,36 +484,61 @@ def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
                                                                               type(None)))}
 
 
-def _load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+def _resume_model(run_dir: Path, is_main: bool) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The run's model rebuilt from its committed weights alone (no init checkpoint, no hub download)."""
+    if is_main:  # the other ranks only read the committed files, which this leaves alone
+        sync_last(run_dir)
+    return build_from_checkpoint(run_dir / read_pointer(run_dir)["weights"])
+
+
+class _Shifted:
+    """A scheduler whose step 0 is step ``offset`` of the run (``--extend cosine-restart``)."""
+
+    def __init__(self, scheduler: Any, offset: int):
+        self.scheduler, self.offset = scheduler, offset
+
+    def step_update(self, num_updates: int) -> None:
+        self.scheduler.step_update(num_updates - self.offset)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.scheduler.state_dict(), "offset": self.offset}
+
+
+def _restarted_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                         restart_step: int) -> _Shifted:
+    """Cosine from optim.lr (no warmup) at ``restart_step`` down to the minimum at the end of schedule.epochs."""
+    remaining = config.schedule.epochs * steps_per_epoch - restart_step
+    return _Shifted(CosineLRScheduler(optimizer, t_initial=max(remaining, 1), lr_min=config.lr * config.schedule
+                                      .min_lr_ratio, t_in_epochs=False), restart_step)
+
+
+def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any,
                 ema: ModelEmaV3 | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from safetensors.torch import load_file
-
-    from ..checkpoint import load_into
-
+    pointer = read_pointer(run_dir)
+    payload = load_state(run_dir / pointer["state"])
+    if payload["epoch"] != pointer["epoch"]:
+        raise UserError(f"{run_dir / pointer['state']} holds epoch {payload['epoch']} but {run_dir / POINTER} "
+                        f"names epoch {pointer['epoch']}: restore the run directory's files")
     try:
-        payload = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise UserError(f"cannot read {run_dir / STATE} ({type(err).__name__}): the run cannot be resumed") from None
-    weights_epoch = read_metadata(run_dir / LAST).get("moejet.epoch")
-    if weights_epoch != str(payload["epoch"]):
-        raise UserError(
-            f"{run_dir / LAST} (epoch {weights_epoch}) and {run_dir / STATE} (epoch {payload['epoch']}) disagree "
-            "(the run was killed while saving): the run cannot be resumed exactly; start a new run from "
-            f"model.init=checkpoint model.init_checkpoint={run_dir / LAST}"
-        )
-    load_into(model, load_file(str(run_dir / LAST)), str(run_dir / LAST))
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload["scaler"] is not None:
-        scaler.load_state_dict(payload["scaler"])
-    if ema is not None:
-        if payload["ema"] is None:
-            raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
-        ema.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
+        if scaler is not None and payload["scaler"] is not None:
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None:
+            if payload["ema"] is None:
+                raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
+            ema.load_state_dict(payload["ema"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"{run_dir / pointer['state']} does not match the run's config ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160]}): resume without changing the model or optimizer") from None
     set_rng_state(payload["rng"])
-    metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    try:
+        metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir / METRICS} is damaged ({type(err).__name__}): restore it or delete it "
+                        "(the resumed run then lists only its new epochs)") from None
     state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
-    return state, [row for row in metrics if row["epoch"] <= state["epoch"]]
+    state["restart_step"] = payload.get("restart_step")
+    return state, [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

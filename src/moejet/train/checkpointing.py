@@ -1,0 +1,139 @@
+"""Crash-safe run checkpoints: epoch-tagged files committed by an atomic pointer written last.
+
+Layout of a run directory's checkpoints::
+
+    RUN/checkpoints/epoch-0003.safetensors   weights of epoch 3 (moejet header: model name, kwargs, epoch, step)
+    RUN/checkpoints/epoch-0003.state.pt      optimizer, scheduler, grad scaler, EMA, RNG, epoch, step, best_top1
+    RUN/checkpoint.json                      {"epoch": 3, "weights": ..., "state": ...}: the committed checkpoint
+    RUN/last.safetensors                     the committed weights (a hard link to them where the filesystem can)
+    RUN/best.safetensors                     weights of the epoch with the best val_top1
+
+A save writes the new epoch's two files (each fsynced, renamed into place, directory fsynced), best, then the
+pointer (same), and only then refreshes ``last.safetensors`` and deletes the previous epoch's files. A crash at any byte
+therefore leaves the pointer naming a complete pair: the new one or the previous one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_output, read_metadata, save_model, write_json
+from ..errors import UserError
+
+POINTER, CKPT_DIR, LAST, BEST = "checkpoint.json", "checkpoints", "last.safetensors", "best.safetensors"
+
+
+def weights_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / CKPT_DIR / f"epoch-{epoch:04d}.safetensors"
+
+
+def state_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / CKPT_DIR / f"epoch-{epoch:04d}.state.pt"
+
+
+def is_run_dir(run_dir: Path) -> bool:
+    return (run_dir / POINTER).is_file()
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, name: str, kwargs: dict[str, Any],
+                    payload: dict[str, Any], is_best: bool) -> None:
+    """Write epoch ``payload["epoch"]``'s weights and state, commit them, then drop the previous epoch's files.
+
+    A full disk (or a file-size limit) is a one-line :class:`UserError` naming the file; the previous
+    checkpoint is left committed and intact.
+    """
+    epoch = payload["epoch"]
+    header = {"moejet.epoch": str(epoch), "moejet.step": str(payload["step"])}
+    previous = read_pointer(run_dir) if is_run_dir(run_dir) else None
+    weights, state = weights_path(run_dir, epoch), state_path(run_dir, epoch)
+    target = weights
+    try:
+        save_model(model, weights, name, kwargs, metadata=header)
+        target = state
+        with atomic_output(state) as tmp:
+            torch.save(payload, tmp)
+        if is_best:  # before the pointer: a crash before it commits redoes this epoch, which rewrites best
+            target = run_dir / BEST
+            _publish(weights, run_dir / BEST, link=False)  # best outlives the epoch files: its own copy
+        target = run_dir / POINTER
+        write_json(run_dir / POINTER, {"epoch": epoch, "weights": str(weights.relative_to(run_dir)),
+                                       "state": str(state.relative_to(run_dir))})
+        target = run_dir / LAST
+        _publish(weights, run_dir / LAST)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
+            f"{str(err).splitlines()[0][:160]}: is the disk full or a file-size limit reached?"
+        kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
+        raise UserError(
+            f"cannot write {target}: {reason}; the last complete checkpoint ({kept}) is intact: "
+            f"free disk space, then continue with --resume {run_dir}"
+        ) from None
+    if previous is not None and previous["epoch"] != epoch:
+        for rel in (previous["weights"], previous["state"]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(run_dir / rel)
+
+
+def _publish(src: Path, dst: Path, link: bool = True) -> None:
+    """Atomically make ``dst`` hold ``src``'s bytes: a hard link where possible, else a copy."""
+    with atomic_output(dst) as tmp:
+        if link:
+            try:
+                os.unlink(tmp)
+                os.link(src, tmp)
+                return
+            except OSError:
+                pass
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 24):
+                fout.write(chunk)
+
+
+def sync_last(run_dir: Path) -> None:
+    """Finish an interrupted save: ``last.safetensors`` = the committed weights; drop uncommitted epoch files."""
+    pointer = read_pointer(run_dir)
+    last = run_dir / LAST
+    if not last.is_file() or read_metadata(last).get("moejet.epoch") != str(pointer["epoch"]):
+        _publish(run_dir / pointer["weights"], last)
+    keep = {run_dir / pointer["weights"], run_dir / pointer["state"]}
+    for path in (run_dir / CKPT_DIR).iterdir():
+        if path not in keep and path.name.startswith(("epoch-", ".epoch-")):
+            path.unlink()
+
+
+def read_pointer(run_dir: Path) -> dict[str, Any]:
+    """The committed checkpoint of ``run_dir`` (errors name the file and what to do)."""
+    path = run_dir / POINTER
+    try:
+        pointer = json.loads(path.read_text())
+        if not isinstance(pointer, dict) or not {"epoch", "weights", "state"} <= set(pointer):
+            raise ValueError("missing keys")
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a resumable run directory (no {POINTER}): check the path") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}): the run cannot be resumed from it; "
+                        f"restore the file or start a new run from {run_dir / LAST}") from None
+    for key in ("weights", "state"):
+        if not (run_dir / pointer[key]).is_file():
+            raise UserError(f"{run_dir / pointer[key]} (named by {path}) is missing: restore it to resume the run")
+    return pointer
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A run's state file, read with ``weights_only=True``; any damage is a one-line error naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: restore it to resume the run") from None
+    except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything)
+        raise UserError(f"{path} is damaged ({type(err).__name__}): the run cannot be resumed from it; "
+                        "restore the file from a backup") from None
+    if not isinstance(payload, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng"} <= set(payload):
+        raise UserError(f"{path} is not a moejet run state file: the run cannot be resumed from it")
+    return payload

@@ -1,0 +1,290 @@
+"""Fault injection: a crash at every write, a full disk, damaged files, a moved init checkpoint.
+
+Each case ends with a run that resumes to the same weights as an uninterrupted run, or a one-line UserError.
+"""
+
+import errno
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import moejet.checkpoint
+from moejet.checkpoint import save_model
+from moejet.cli import main
+from moejet.data import datasets
+from moejet.errors import UserError
+from moejet.train import build, load_config, train
+from moejet.train.checkpointing import read_pointer
+from moejet.train.config import dump_config
+from test_train import TINY_VIT, tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():  # module scope: the shared runs below must see the same thread count as the tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CONFIG = dict(debug={"max_steps_per_epoch": 2}, train={"batch_size": 8, "seed": 0, "deterministic": True,
+                                                       "ema": True, "ema_decay": 0.9})
+
+
+def same_weights(a, b):
+    a, b = load_file(a), load_file(b)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_config(**CONFIG), run, progress=False, verbose=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def after_one_epoch(tmp_path_factory):
+    run = tmp_path_factory.mktemp("one") / "run"
+    train(tiny_config(**CONFIG), run, stop_after=1, progress=False, verbose=False)
+    return run
+
+
+class Crash(BaseException):
+    """Stands for a kill: not an Exception, so nothing catches it on the way out."""
+
+
+def crash_at_fsync(monkeypatch, k):
+    """Raise at the k-th fsync: every file's data is fsynced before its rename, every rename's directory after."""
+    calls = {"n": 0}
+    real = moejet.checkpoint.fsync_path
+
+    def fsync(path):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise Crash(path)
+        real(path)
+
+    monkeypatch.setattr(moejet.checkpoint, "fsync_path", fsync)
+    return calls
+
+
+def test_a_crash_at_every_write_of_a_save_leaves_the_run_resumable(after_one_epoch, straight, tmp_path, monkeypatch):
+    k, crashed = 1, True
+    while crashed:
+        run = tmp_path / f"k{k}"
+        shutil.copytree(after_one_epoch, run)
+        calls = crash_at_fsync(monkeypatch, k)
+        try:
+            train(run_dir=run, resume=True, progress=False, verbose=False)
+            crashed = False  # k is past the last write of the epoch-2 save
+        except Crash:
+            pass
+        monkeypatch.undo()
+        assert read_pointer(run)["epoch"] in (1, 2)
+        if crashed:
+            train(run_dir=run, resume=True, progress=False, verbose=False)
+        assert read_pointer(run)["epoch"] == 2
+        assert same_weights(run / "last.safetensors", straight / "last.safetensors"), f"crash at fsync {k}"
+        assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+            "epoch-0002.safetensors", "epoch-0002.state.pt"]
+        k += 1
+    assert calls["n"] >= 10  # metrics, weights, state, pointer, last (and best): file + directory each
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(after_one_epoch, straight, tmp_path,
+                                                                    monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(after_one_epoch, run)
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"^cannot write .*epoch-0002.state.pt: No space left on device; the last "
+                                        r"complete checkpoint \(epoch 1\) is intact") as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(torch, "save", real)
+    assert read_pointer(run)["epoch"] == 1
+    train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert same_weights(run / "last.safetensors", straight / "last.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random"])
+@pytest.mark.parametrize("which", ["state", "weights", "pointer", "config", "metrics"])
+def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_path, which, damage):
+    run = tmp_path / "run"
+    shutil.copytree(after_one_epoch, run)
+    pointer = read_pointer(run)
+    path = run / {"state": pointer["state"], "weights": pointer["weights"], "pointer": "checkpoint.json",
+                  "config": "config.yaml", "metrics": "metrics.jsonl"}[which]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else torch.randint(0, 256, (len(data),),
+                     generator=torch.Generator().manual_seed(0), dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(UserError) as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resume_needs_nothing_but_the_run_directory(tmp_path, monkeypatch):
+    init = tmp_path / "init.safetensors"
+    model = moejet.checkpoint.timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
+    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TINY_VIT})
+    config = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(init)}, **CONFIG)
+    straight = train(config, tmp_path / "straight", progress=False, verbose=False)
+    train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
+    init.rename(tmp_path / "moved.safetensors")
+
+    def no_init(*args):  # e.g. model.init=pretrained on an offline machine: resuming must not build the init
+        raise AssertionError("resume rebuilt the initial weights")
+
+    monkeypatch.setattr(build, "build_model", no_init)
+    resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
+    assert [r["val_top1"] for r in resumed] == [r["val_top1"] for r in straight]
+    assert same_weights(tmp_path / "run" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
+
+
+def test_resuming_a_finished_run_says_so_and_exits_0(straight, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert f"{run} is finished (2 of 2 epochs): nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def lrs(rows):
+    return [row["lr"] for row in rows]
+
+
+def test_extending_a_run_needs_a_schedule_mode(straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    with pytest.raises(UserError, match=r"^schedule.epochs changed from 2 to 4: say how the schedule continues with "
+                                        r"--extend continue"):
+        train(run_dir=run, resume=True, overrides=["schedule.epochs=4"], progress=False, verbose=False)
+    # continue: the run equals one planned for 4 epochs from the start, from epoch 3 on (same state, same LR curve)
+    planned4 = train(tiny_config(**CONFIG, schedule={"epochs": 4, "warmup_epochs": 0}), tmp_path / "four",
+                     progress=False, verbose=False)
+    cont = tmp_path / "cont"
+    shutil.copytree(straight, cont)
+    rows = train(run_dir=cont, resume=True, extend="continue", overrides=["schedule.epochs=4"], progress=False,
+                 verbose=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and lrs(rows[2:]) == pytest.approx(lrs(planned4[2:]))
+    # cosine-restart: optim.lr again at the restart, then a cosine to the minimum over the 2 added epochs (4 steps)
+    restart = tmp_path / "restart"
+    shutil.copytree(straight, restart)
+    rows = train(run_dir=restart, resume=True, extend="cosine-restart", overrides=["schedule.epochs=4"],
+                 progress=False, stop_after=1, verbose=False)
+    lr, lr_min = 2e-3, 2e-3 * load_config(restart / "config.yaml").schedule.min_lr_ratio
+    # a row's lr is the LR set after the epoch's last step: step 2 of the 4 after the restart
+    assert rows[-1]["lr"] == pytest.approx(lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * 2 / 4)))
+    rows = train(run_dir=restart, resume=True, progress=False, verbose=False)  # the restart survives a resume
+    assert rows[-1]["lr"] == pytest.approx(lr_min)
+
+
+class FakeDownloadable:
+    """Stands for a torchvision dataset: download=True writes its files (slowly); without them it fails."""
+
+    def __init__(self, root, transform=None, download=False, train=True):
+        log = Path(root) / f"calls-{os.environ['RANK']}.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            f.write(f"{download}\n")
+        if download:
+            time.sleep(0.5)  # the other rank must wait for this, not race it
+            (Path(root) / "fake").mkdir(exist_ok=True)
+        elif not (Path(root) / "fake").is_dir():
+            raise RuntimeError("Dataset not found")
+
+
+def _download_worker(rank, root):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ["TEST_PORT"])
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        datasets.TORCHVISION["cifar10"] = (FakeDownloadable, 10, ({"train": True},), {"train": False}, "fake")
+        assert datasets.build_dataset("cifar10", "train", root=root, download=True).num_classes == 10
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_torchrun_only_rank_0_downloads_and_the_others_wait(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("TEST_PORT", str(s.getsockname()[1]))
+    torch.multiprocessing.spawn(_download_worker, args=(str(tmp_path),), nprocs=2)
+    assert (tmp_path / "calls-0.txt").read_text() == "True\nFalse\n"  # downloads, then opens with the transform
+    assert (tmp_path / "calls-1.txt").read_text() == "False\n"
+
+
+def cli(*args, fsize=None, **popen):
+    """``python -m moejet`` in a subprocess (one thread); ``fsize``: RLIMIT_FSIZE in bytes (a full disk)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(moejet.checkpoint.__file__).parents[1])}
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    return subprocess.Popen([sys.executable, "-m", "moejet", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=limit if fsize else None, **popen)
+
+
+def tiny_yaml(path):
+    config = tiny_config(**CONFIG, schedule={"epochs": 3, "warmup_epochs": 0})
+    path.write_text(dump_config(config))
+    return path
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
+    config = tiny_yaml(tmp_path / "tiny.yaml")
+    straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
+    assert straight.wait() == 0, straight.stderr.read()
+    rng = random.Random(0)
+    for attempt in range(3):
+        run = tmp_path / f"killed{attempt}"
+        proc = cli("train", "--config", config, "--out", run, "--no-progress")
+        time.sleep(rng.uniform(2.0, 8.0))  # imports take a few seconds: some kills land mid-run, some before
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        again = ("train", "--resume", run) if (run / "checkpoint.json").exists() else ("train", "--config", config,
+                                                                                        "--out", run)
+        resumed = cli(*again, "--no-progress")
+        assert resumed.wait() == 0, resumed.stderr.read()
+        assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors"), attempt
+
+
+def test_a_file_size_limit_is_exit_2_with_a_one_line_error_and_the_run_resumes(tmp_path):
+    config = tiny_yaml(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    assert cli("train", "--config", config, "--out", run, "--no-progress", "--stop-after", "1").wait() == 0
+    state = run / read_pointer(run)["state"]
+    weights = run / read_pointer(run)["weights"]
+    assert weights.stat().st_size < state.stat().st_size  # so a limit between them stops the state write
+    full = cli("train", "--resume", run, "--no-progress", fsize=(weights.stat().st_size + state.stat().st_size) // 2)
+    assert full.wait() == 2
+    err = full.stderr.read().strip()
+    assert err.startswith("moejet train: error: cannot write") and "epoch-0002.state.pt: " in err
+    assert "the last complete checkpoint (epoch 1) is intact" in err and "\n" not in err
+    assert read_pointer(run)["epoch"] == 1
+    assert cli("train", "--resume", run, "--no-progress").wait() == 0
+    straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
+    assert straight.wait() == 0
+    assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors")
