@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "moejet.demo.cli",
     "moejet.hub",
     "moejet.export",
+    "moejet.convert",
 )
 
 
