@@ -19,6 +19,7 @@ from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.config import batch_plan, config_from_dict
 from moejet.train.evaluation import BEST_NOTE
+from moejet.train.telemetry import routing_telemetry
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 4, "num_heads": 2, "moe_layers": [2, 3], "core_experts": 4,
@@ -91,6 +92,7 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
         assert set(row["temperatures"]) == {"blocks.2.mlp", "blocks.3.mlp"}
         assert set(row["temperatures"]["blocks.2.mlp"]) == {"dispatch", "combine"}
     assert rows[1]["wall_time_s"] > rows[0]["wall_time_s"]
+    assert set(rows[-1]["routing"]) == {"blocks.2.mlp", "blocks.3.mlp"}  # telemetry on the 36 val images
     assert rows[-1]["val_top1"] > 60.0, rows  # chance is 33.3%
     assert rows[-1]["val_top5"] == 100.0  # 3 classes
     assert rows[-1]["lr"] == pytest.approx(3e-3 * 0.01)  # cosine ends at 1% of lr
@@ -105,6 +107,12 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     assert read_metadata(run / "best.safetensors")["moejet.epoch"] == str(best_epoch)
     assert {k: v.item() for k, v in model.state_dict().items() if k.endswith("temperature")} == pytest.approx(
         {f"{m}.{t}_temperature": v for m, temps in rows[-1]["temperatures"].items() for t, v in temps.items()})
+    _, val_transform = build.build_transforms(config, model)
+    val_images = [image for image, _ in build.build_dataset(config, "val", val_transform)]
+    expected = routing_telemetry(model, [torch.stack(val_images[:20]), torch.stack(val_images[20:])])
+    assert rows[-1]["routing"].keys() == expected.keys()
+    for layer, stats in expected.items():
+        assert rows[-1]["routing"][layer] == pytest.approx(stats, rel=1e-5), layer
     state = torch.load(run / "checkpoints" / "epoch-0002.state.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 18
     assert {"optimizer", "scheduler", "scaler", "ema", "rng", "best_top1", "wall_time_s"} <= set(state)
@@ -130,6 +138,15 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
 def comparable(rows):
     drop = {"images_per_s", "epoch_time_s", "wall_time_s"}
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+def test_routing_telemetry_leaves_training_untouched(tmp_path):
+    config = tiny_config(variant="release", schedule={"epochs": 2, "warmup_epochs": 0})  # release: noise in eval
+    off = train(tiny_config(variant="release", train={"telemetry_images": 0}), tmp_path / "off", progress=False)
+    on = train(config, tmp_path / "on", progress=False)
+    assert "routing" not in off[-1] and set(on[-1]["routing"]) == {"blocks.2.mlp", "blocks.3.mlp"}
+    weights = [build_from_checkpoint(tmp_path / run / "last.safetensors")[0].state_dict() for run in ("off", "on")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_resume_continues_bit_exactly(tmp_path):

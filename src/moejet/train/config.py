@@ -109,6 +109,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     tensorboard: bool = False  # also log to RUN/tb (needs the tensorboard package)
+    # routing telemetry (metrics.jsonl key 'routing', moejet.train.telemetry) at every evaluation, measured on
+    # the first telemetry_images validation images in eval mode (~that many images' forward pass); 0 = off
+    telemetry_images: int = 256
 
 
 @dataclass

@@ -51,6 +51,7 @@ from .distributed import (
     setup,
     teardown,
 )
+from .telemetry import routing_telemetry
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 EXTEND_MODES = (None, "continue", "cosine-restart")
@@ -149,6 +150,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         worker_init_fn=_seed_worker, persistent_workers=False,
     )
     val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, d)
+    telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
+                                  batch_size=t.eval_batch_size or micro, num_workers=config.data.num_workers)
     # every image every epoch: the sampler pads the ranks to equal length, the last global batch is smaller
     steps_per_epoch = -(-len(train_loader) // accum)
     if config.debug.max_steps_per_epoch:
@@ -218,6 +221,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             if ema is not None:
                 ema_eval = evaluate(ema.module, val_loader, d, amp_dtype, t.channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
+            if d.is_main and t.telemetry_images > 0 and moe_modules(model):
+                row["routing"] = _routing(model, telemetry_loader, d, amp_dtype, t.channels_last)
         epoch_time = time.perf_counter() - start
         state["wall_time_s"] += epoch_time
         row.update(
@@ -239,6 +244,9 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
                 for key, value in row.items():
                     if isinstance(value, float):
                         writer.add_scalar(key, value, epoch + 1)
+                for layer, stats in row.get("routing", {}).items():
+                    for stat, value in stats.items():
+                        writer.add_scalar(f"routing/{layer}/{stat}", value, epoch + 1)
                 writer.flush()
             if on_epoch is not None:
                 on_epoch(row)
@@ -372,6 +380,19 @@ def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dty
     n = max(sums[3].item(), 1.0)
     return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
             "images": int(sums[3].item())}
+
+
+def _routing(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None,
+             channels_last: bool) -> dict[str, dict[str, float]]:
+    """Routing telemetry of every MoE layer on ``loader``'s images; the RNG streams of training are untouched
+    (a layer with eval-mode noise draws from a forked generator)."""
+    def images():
+        for batch in loader:
+            yield _to_device(batch, d.device, channels_last)[0]
+
+    with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []), \
+            _autocast(d.device, amp_dtype):
+        return routing_telemetry(model, images())
 
 
 # ------------------------------------------------------------------------------------------------- helpers
