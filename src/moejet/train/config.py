@@ -109,6 +109,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     tensorboard: bool = False  # also log to RUN/tb (needs the tensorboard package)
+    wandb: bool = False  # also log to Weights & Biases (needs the wandb package; one W&B run per run directory)
+    wandb_project: str = "moejet"
     # routing telemetry (metrics.jsonl key 'routing', moejet.train.telemetry) at every evaluation, measured on
     # the first telemetry_images validation images in eval mode (~that many images' forward pass); 0 = off
     telemetry_images: int = 256

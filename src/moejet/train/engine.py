@@ -51,6 +51,7 @@ from .distributed import (
     setup,
     teardown,
 )
+from .loggers import open_loggers, scalars
 from .telemetry import routing_telemetry
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
@@ -193,7 +194,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if d.enabled:
         train_model = DistributedDataParallel(train_model, device_ids=[d.device.index] if d.device.type == "cuda"
                                               else None)
-    writer = _tensorboard(run_dir, t.tensorboard and d.is_main)
+    logs, closes = open_loggers(run_dir, config) if d.is_main else ([], [])
     if d.is_main and verbose:
         print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
               f"{len(val_ds)} val images, {num_classes} classes); {d.world_size} process(es) on {d.device}; "
@@ -240,19 +241,13 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best)
             if verbose:
                 print(_summary(row, config.schedule.epochs), flush=True)
-            if writer is not None:
-                for key, value in row.items():
-                    if isinstance(value, float):
-                        writer.add_scalar(key, value, epoch + 1)
-                for layer, stats in row.get("routing", {}).items():
-                    for stat, value in stats.items():
-                        writer.add_scalar(f"routing/{layer}/{stat}", value, epoch + 1)
-                writer.flush()
+            for log in logs:
+                log(scalars(row), epoch + 1)
             if on_epoch is not None:
                 on_epoch(row)
         epochs_run += 1
-    if writer is not None:
-        writer.close()
+    for close in closes:
+        close()
     return metrics
 
 
@@ -454,21 +449,6 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
         parts.append(f"ema_top1 {row['val_top1_ema']:.2f}")
     parts += [f"lr {row['lr']:.3g}", f"{row['images_per_s']:.1f} img/s", f"{row['epoch_time_s']:.1f} s"]
     return "  ".join(parts)
-
-
-def _tensorboard(run_dir: Path, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        print("moejet train: warning: train.tensorboard is on but tensorboard is not installed "
-              "(pip install 'moe-jetpack[tensorboard]'); logging to metrics.jsonl only")
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
 
 
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,

@@ -1,0 +1,67 @@
+"""Where a run's per-epoch numbers go besides ``metrics.jsonl``: TensorBoard and Weights & Biases, each only when
+asked for in the config and installed (a missing package is a warning, never an error)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+Log = Callable[[dict[str, float], int], None]  # (scalars, epoch) -> None
+
+
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    """A metrics row as flat scalars: its float values, ``routing/<layer>/<stat>`` and ``temperature/<layer>/<t>``."""
+    flat = {key: value for key, value in row.items() if isinstance(value, float)}
+    for layer, stats in row.get("routing", {}).items():
+        flat.update({f"routing/{layer}/{stat}": float(value) for stat, value in stats.items()})
+    for layer, temps in row.get("temperatures", {}).items():
+        flat.update({f"temperature/{layer}/{name}": float(value) for name, value in temps.items()})
+    return flat
+
+
+def open_loggers(run_dir: Path, config: Config) -> tuple[list[Log], list[Callable[[], None]]]:
+    """The run's extra loggers (``train.tensorboard``, ``train.wandb``) as ``(log functions, close functions)``."""
+    logs: list[Log] = []
+    closes: list[Callable[[], None]] = []
+    if config.train.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            _warn("train.tensorboard", "tensorboard", "moe-jetpack[tensorboard]")
+        else:
+            writer = SummaryWriter(str(run_dir / "tb"))
+
+            def log_tensorboard(values: dict[str, float], epoch: int) -> None:
+                for key, value in values.items():
+                    writer.add_scalar(key, value, epoch)
+                writer.flush()
+
+            logs.append(log_tensorboard)
+            closes.append(writer.close)
+    if config.train.wandb:
+        try:
+            import wandb
+        except ImportError:
+            _warn("train.wandb", "wandb", "wandb")
+        else:
+            run = wandb.init(project=config.train.wandb_project, name=config.name, id=wandb_run_id(run_dir),
+                             resume="allow", dir=str(run_dir), config=json.loads(json.dumps(asdict(config))))
+            logs.append(lambda values, epoch: run.log({**values, "epoch": epoch}, step=epoch))
+            closes.append(run.finish)
+    return logs, closes
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The same W&B run id for every resume of one run directory."""
+    return "moejet-" + hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def _warn(key: str, package: str, pip: str) -> None:
+    print(f"moejet train: warning: {key} is on but {package} is not installed (pip install '{pip}'); "
+          "logging to metrics.jsonl only", flush=True)

@@ -1,0 +1,62 @@
+"""moejet.train.loggers: TensorBoard / W&B receive each epoch's metrics row, flattened; missing packages warn."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from moejet.train import train
+from moejet.train.loggers import scalars, wandb_run_id
+from test_train import tiny_config
+
+
+def test_scalars_flatten_routing_and_temperatures():
+    row = {"epoch": 3, "train_loss": 1.5, "train_images": 64, "routing": {"blocks.2.mlp": {"core_share": 0.25,
+           "low_experts": 1}}, "temperatures": {"blocks.2.mlp": {"dispatch": 0.9}}}
+    assert scalars(row) == {"train_loss": 1.5, "routing/blocks.2.mlp/core_share": 0.25,
+                            "routing/blocks.2.mlp/low_experts": 1.0, "temperature/blocks.2.mlp/dispatch": 0.9}
+
+
+class FakeWandb(types.ModuleType):
+    """Records what moejet hands to ``wandb``."""
+
+    def __init__(self):
+        super().__init__("wandb")
+        self.inits, self.logged, self.finished = [], [], 0
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return types.SimpleNamespace(log=lambda values, step: self.logged.append((step, values)),
+                                     finish=self.finish)
+
+    def finish(self):
+        self.finished += 1
+
+
+def test_wandb_gets_every_epoch_row_and_one_run_id_across_resumes(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    config = tiny_config(train={"wandb": True, "wandb_project": "jetpack"})
+    run = tmp_path / "run"
+    train(config, run, progress=False, stop_after=1)
+    train(config, run, resume=True, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _ in fake.logged] == [1, 2] and fake.finished == 2
+    for (step, values), row in zip(fake.logged, rows):
+        assert values == {**scalars(row), "epoch": step}
+        assert "routing/blocks.3.mlp/combine_entropy" in values
+    assert [i["id"] for i in fake.inits] == [wandb_run_id(run)] * 2
+    assert fake.inits[0]["project"] == "jetpack" and fake.inits[0]["resume"] == "allow"
+    assert fake.inits[0]["config"]["model"]["name"] == "vjetmoe_tiny_patch16_224"
+
+
+@pytest.mark.parametrize(("key", "package"), [("wandb", "wandb"), ("tensorboard", "tensorboard")])
+def test_a_missing_logger_package_warns_and_the_run_goes_on(key, package, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    rows = train(tiny_config(train={key: True}, schedule={"epochs": 1}), tmp_path / "run", progress=False)
+    assert len(rows) == 1
+    assert (f"moejet train: warning: train.{key} is on but {package} is not installed" in capsys.readouterr().out)
