@@ -288,9 +288,9 @@ the model and recycling code live in `src/moejet/variants.py` (every config sets
   GPUs; `train.micro_batch_size` is what one GPU runs per forward pass (128, ImageNet 256);
   gradient accumulation makes up the rest (512 = 128 x 1 GPU x 4 accumulation = 128 x 4 GPUs x 1).
   Lowering the micro batch (a GPU out of memory) keeps the optimizer, lr and schedule identical but
-  does change the training signal slightly: timm's Mixup / CutMix pair images within a micro batch
-  and draw one mixing ratio (and mixup-or-cutmix choice) per micro batch, so smaller micro batches
-  mix different pairs with more draws per step. Everything else (the loss averaged over the global
+  does change the training signal slightly: the mixing ratio, the mixup-or-cutmix choice and the
+  cutmix box are drawn once per optimizer step, but Mixup / CutMix pair images within a micro batch,
+  so smaller micro batches mix different pairs. Everything else (the loss averaged over the global
   batch, weight decay, grad clipping on the accumulated gradient) does not change.
 - **Data**: datasets are read from `$MOEJET_DATA/<name>` (default `~/.cache/moejet/data/<name>`) or
   `--set data.root=DIR`; `--set data.download=true` lets torchvision fetch the small ones. ImageNet
