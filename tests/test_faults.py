@@ -247,14 +247,15 @@ def cli(*args, fsize=None, **popen):
                             stderr=subprocess.PIPE, text=True, preexec_fn=limit if fsize else None, **popen)
 
 
-def tiny_yaml(path):
-    config = tiny_config(**CONFIG, schedule={"epochs": 3, "warmup_epochs": 0})
+def tiny_yaml(path, **train_keys):
+    config = tiny_config(**{**CONFIG, "train": {**CONFIG["train"], **train_keys}},
+                         schedule={"epochs": 3, "warmup_epochs": 0})
     path.write_text(dump_config(config))
     return path
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
-    config = tiny_yaml(tmp_path / "tiny.yaml")
+    config = tiny_yaml(tmp_path / "tiny.yaml", recovery_every=1)  # kills land before, between and in recovery writes
     straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
     assert straight.wait() == 0, straight.stderr.read()
     rng = random.Random(0)
