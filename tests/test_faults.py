@@ -247,14 +247,15 @@ def cli(*args, fsize=None, **popen):
                             stderr=subprocess.PIPE, text=True, preexec_fn=limit if fsize else None, **popen)
 
 
-def tiny_yaml(path):
-    config = tiny_config(**CONFIG, schedule={"epochs": 3, "warmup_epochs": 0})
+def tiny_yaml(path, **train_keys):
+    config = tiny_config(**{**CONFIG, "train": {**CONFIG["train"], **train_keys}},
+                         schedule={"epochs": 3, "warmup_epochs": 0})
     path.write_text(dump_config(config))
     return path
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
-    config = tiny_yaml(tmp_path / "tiny.yaml")
+    config = tiny_yaml(tmp_path / "tiny.yaml", recovery_every=1)  # kills land before, between and in recovery writes
     straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
     assert straight.wait() == 0, straight.stderr.read()
     rng = random.Random(0)
@@ -288,3 +289,171 @@ def test_a_file_size_limit_is_exit_2_with_a_one_line_error_and_the_run_resumes(t
     straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
     assert straight.wait() == 0
     assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors")
+
+
+# ------------------------------------------------------------------------------ mid-epoch recovery points
+
+AUGMENT = {"auto_augment": "rand-m9-mstd0.5-inc1", "scale": [0.08, 1.0], "hflip": 0.5, "random_erasing": 0.25,
+           "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}  # every random draw of the paper's recipe
+
+
+def mid_config(workers=0, recovery_every=3, **train_keys):
+    """8 steps per epoch (32 images, 4 per step as 2 micro-batches of 2), drop path, full augmentation."""
+    return tiny_config(model={"drop_path_rate": 0.1}, augment=AUGMENT, data={"num_workers": workers},
+                       train={"batch_size": 4, "micro_batch_size": 2, "seed": 0, "deterministic": True, "ema": True,
+                              "ema_decay": 0.9, "recovery_every": recovery_every, **train_keys})
+
+
+def run_files(run):
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def mid_straight(tmp_path_factory):
+    """Uninterrupted runs without recovery points, by number of workers: (run dir, metrics)."""
+    runs = {}
+    for workers in (0, 2):
+        run = tmp_path_factory.mktemp(f"mid{workers}") / "run"
+        runs[workers] = run, train(mid_config(workers, recovery_every=0), run, progress=False, verbose=False)
+    return runs
+
+
+def test_augmentations_do_not_depend_on_the_number_of_workers(mid_straight):
+    (run0, rows0), (run2, rows2) = mid_straight[0], mid_straight[2]
+    assert same_weights(run0 / "last.safetensors", run2 / "last.safetensors")
+    assert [r["train_loss"] for r in rows0] == [r["train_loss"] for r in rows2]
+
+
+def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_straight, tmp_path, monkeypatch):
+    from moejet.train import engine
+
+    seen, real = [], engine.save_recovery
+
+    def spy(run_dir, model, name, kwargs, payload):
+        real(run_dir, model, name, kwargs, payload)
+        pointer = read_pointer(run_dir)
+        state = torch.load(run_dir / pointer["recovery"]["state"], weights_only=True)
+        seen.append((pointer["epoch"], pointer["recovery"]["step_in_epoch"], state["step"], len(state["rng"]),
+                     run_files(run_dir)))
+
+    monkeypatch.setattr(engine, "save_recovery", spy)
+    run = tmp_path / "run"
+    rows = train(mid_config(), run, progress=False, verbose=False)
+    assert [s[:4] for s in seen] == [(0, 3, 3, 1), (0, 6, 6, 1), (1, 3, 11, 1), (1, 6, 14, 1)]
+    assert seen[0][4] == ["epoch-0000.safetensors", "epoch-0000.state.pt", "recovery-0000-00000003.safetensors",
+                          "recovery-0000-00000003.state.pt"]  # the previous recovery pair is gone once committed
+    assert seen[3][4] == ["epoch-0001.safetensors", "epoch-0001.state.pt", "recovery-0001-00000014.safetensors",
+                          "recovery-0001-00000014.state.pt"]
+    assert run_files(run) == ["epoch-0002.safetensors", "epoch-0002.state.pt"]
+    assert "recovery" not in read_pointer(run)
+    straight, straight_rows = mid_straight[0]
+    assert same_weights(run / "last.safetensors", straight / "last.safetensors")
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in straight_rows]
+
+
+def crash_at_recovery(monkeypatch, n):
+    """A kill just before the n-th recovery point is written: the steps since the previous one are lost."""
+    from moejet.train import engine
+
+    calls, real = {"n": 0}, engine.save_recovery
+
+    def save(*args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash("killed")
+        real(*args)
+
+    monkeypatch.setattr(engine, "save_recovery", save)
+
+
+def count_train_images(monkeypatch):
+    """Images the training split renders in this process (num_workers 0)."""
+    loaded = {"n": 0}
+    real = datasets.SyntheticShapes.__getitem__
+
+    def getitem(self, index):
+        loaded["n"] += self.split == "train"
+        return real(self, index)
+
+    monkeypatch.setattr(datasets.SyntheticShapes, "__getitem__", getitem)
+    return loaded
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("crash", [2, 4])  # epoch 1 after step 5 (recovery point at 3) / epoch 2 after 13 (at 11)
+def test_a_crash_mid_epoch_resumes_from_the_recovery_point_bit_exactly(mid_straight, tmp_path, monkeypatch, workers,
+                                                                       crash):
+    run = tmp_path / "run"
+    crash_at_recovery(monkeypatch, crash)
+    with pytest.raises(Crash):
+        train(mid_config(workers), run, progress=False, verbose=False)
+    monkeypatch.undo()
+    pointer = read_pointer(run)
+    assert (pointer["epoch"], pointer["recovery"]["step_in_epoch"]) == (crash // 2 - 1, 3)
+    loaded = count_train_images(monkeypatch)
+    rows = train(run_dir=run, resume=True, progress=False, verbose=False)
+    if workers == 0:  # the 3 steps done (12 images) are skipped without rendering them
+        assert loaded["n"] == (32 - 12) + 32 * (2 - crash // 2)
+    straight, straight_rows = mid_straight[workers]
+    assert same_weights(run / "last.safetensors", straight / "last.safetensors")
+    assert same_weights(run / "best.safetensors", straight / "best.safetensors")
+    keys = ("epoch", "step", "train_loss", "train_images", "val_top1", "val_loss", "val_top1_ema", "lr")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in straight_rows]
+    assert run_files(run) == ["epoch-0002.safetensors", "epoch-0002.state.pt"]
+
+
+@pytest.fixture(scope="module")
+def mid_recovery(tmp_path_factory):
+    """A run killed in epoch 1 after step 5: its recovery point is step 3."""
+    run = tmp_path_factory.mktemp("recovery") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        crash_at_recovery(monkeypatch, 2)
+        with pytest.raises(Crash):
+            train(mid_config(), run, progress=False, verbose=False)
+    return run
+
+
+def test_a_crash_at_every_write_of_a_recovery_point_leaves_the_run_resumable(mid_recovery, mid_straight, tmp_path,
+                                                                            monkeypatch):
+    from moejet.train import engine
+
+    for k in range(3, 9):  # after config.yaml (2): the recovery weights, state, pointer, file and directory each
+        run = tmp_path / f"k{k}"
+        shutil.copytree(mid_recovery, run)
+        crash_at_fsync(monkeypatch, k)
+        monkeypatch.setattr(engine, "_save", lambda *args: pytest.fail("the recovery write was not interrupted"))
+        with pytest.raises(Crash):
+            train(run_dir=run, resume=True, progress=False, verbose=False)
+        monkeypatch.undo()
+        pointer = read_pointer(run)
+        assert (pointer["epoch"], pointer["recovery"]["step_in_epoch"]) == (0, 6 if k == 8 else 3), k
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+        assert same_weights(run / "last.safetensors", mid_straight[0][0] / "last.safetensors"), f"crash at fsync {k}"
+        assert run_files(run) == ["epoch-0002.safetensors", "epoch-0002.state.pt"]
+
+
+def test_a_recovery_point_resumes_only_with_its_batch_layout(mid_recovery, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(mid_recovery, run)
+    with pytest.raises(UserError, match=r"^the run's mid-epoch recovery point was written with \{'processes': 1, "
+                                        r"'micro_batch': 2, 'accumulation': 2, 'steps_per_epoch': 8\}, this resume "
+                                        r"has .*'micro_batch': 4, 'accumulation': 1.*: resume with the same number"):
+        train(run_dir=run, resume=True, overrides=["train.micro_batch_size=4"], progress=False, verbose=False)
+
+
+def test_a_full_disk_during_a_recovery_write_keeps_the_previous_point(mid_recovery, mid_straight, tmp_path,
+                                                                      monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(mid_recovery, run)
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match=r"^cannot write .*recovery-0000-00000006.state.pt: No space left on device; "
+                                        r"the last complete checkpoint \(epoch 0 \+ 3 steps\) is intact"):
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    monkeypatch.undo()
+    assert read_pointer(run)["recovery"]["step_in_epoch"] == 3
+    train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert same_weights(run / "last.safetensors", mid_straight[0][0] / "last.safetensors")

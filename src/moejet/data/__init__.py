@@ -15,6 +15,7 @@ from .datasets import (
     find_unreadable,
     parse_dataset_spec,
 )
+from .seeding import SeededSamples, sample_seed
 from .synthetic import SyntheticShapes
 from .transforms import RAND_AUGMENT, build_transform, data_config_for
 
@@ -22,6 +23,7 @@ __all__ = [
     "DATASET_NAMES",
     "RAND_AUGMENT",
     "SYNTHETIC_KEYS",
+    "SeededSamples",
     "ImageFolderSkipUnreadable",
     "SyntheticShapes",
     "build_dataset",
@@ -30,4 +32,5 @@ __all__ = [
     "default_root",
     "find_unreadable",
     "parse_dataset_spec",
+    "sample_seed",
 ]

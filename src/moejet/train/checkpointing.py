@@ -11,6 +11,18 @@ Layout of a run directory's checkpoints::
 A save writes the new epoch's two files (each fsynced, renamed into place, directory fsynced), best, then the
 pointer (same), and only then refreshes ``last.safetensors`` and deletes the previous epoch's files. A crash at any byte
 therefore leaves the pointer naming a complete pair: the new one or the previous one.
+
+Mid-epoch recovery points (``train.recovery_every``) go through the same commit::
+
+    RUN/checkpoints/recovery-0003-00001200.safetensors   weights after global step 1200, inside epoch 4
+    RUN/checkpoints/recovery-0003-00001200.state.pt      the epoch's state plus step_in_epoch, every rank's RNG
+                                                         states and partial train-loss sums
+    RUN/checkpoint.json                                  {"epoch": 3, ..., "recovery": {"step_in_epoch", "weights",
+                                                         "state"}}
+
+The pointer keeps naming the last complete epoch (``last.safetensors`` stays that epoch's weights); the previous
+recovery pair is deleted only after the new pointer is durable, and the next epoch's commit drops the recovery entry,
+then its files.
 """
 
 from __future__ import annotations
@@ -35,6 +47,12 @@ def weights_path(run_dir: Path, epoch: int) -> Path:
 
 def state_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / CKPT_DIR / f"epoch-{epoch:04d}.state.pt"
+
+
+def recovery_paths(run_dir: Path, epoch: int, step: int) -> tuple[Path, Path]:
+    """(weights, state) of the recovery point after global ``step``, inside the epoch after ``epoch``."""
+    stem = run_dir / CKPT_DIR / f"recovery-{epoch:04d}-{step:08d}"
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
 def is_run_dir(run_dir: Path) -> bool:
@@ -67,17 +85,55 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, name: str, kwargs: di
         target = run_dir / LAST
         _publish(weights, run_dir / LAST)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
-        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
-            f"{str(err).splitlines()[0][:160]}: is the disk full or a file-size limit reached?"
-        kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
-        raise UserError(
-            f"cannot write {target}: {reason}; the last complete checkpoint ({kept}) is intact: "
-            f"free disk space, then continue with --resume {run_dir}"
-        ) from None
-    if previous is not None and previous["epoch"] != epoch:
-        for rel in (previous["weights"], previous["state"]):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(run_dir / rel)
+        raise _write_error(run_dir, target, err, previous) from None
+    if previous is not None:
+        stale = [previous["weights"], previous["state"]] if previous["epoch"] != epoch else []
+        _unlink(run_dir, stale + _recovery_files(previous))
+
+
+def save_recovery(run_dir: Path, model: torch.nn.Module, name: str, kwargs: dict[str, Any],
+                  payload: dict[str, Any]) -> None:
+    """Commit a mid-epoch recovery point (``payload`` has ``step_in_epoch``), then drop the previous one's files.
+
+    The pointer's epoch entry is kept as it is: a crash at any byte leaves it naming the previous recovery point
+    (or none) and the last complete epoch.
+    """
+    pointer = read_pointer(run_dir)
+    weights, state = recovery_paths(run_dir, payload["epoch"], payload["step"])
+    header = {"moejet.epoch": str(payload["epoch"]), "moejet.step": str(payload["step"])}
+    target = weights
+    try:
+        save_model(model, weights, name, kwargs, metadata=header)
+        target = state
+        with atomic_output(state) as tmp:
+            torch.save(payload, tmp)
+        target = run_dir / POINTER
+        write_json(run_dir / POINTER, {**pointer, "recovery": {
+            "step_in_epoch": payload["step_in_epoch"], "weights": str(weights.relative_to(run_dir)),
+            "state": str(state.relative_to(run_dir))}})
+    except (OSError, RuntimeError) as err:
+        raise _write_error(run_dir, target, err, pointer) from None
+    _unlink(run_dir, [rel for rel in _recovery_files(pointer) if run_dir / rel not in (weights, state)])
+
+
+def _write_error(run_dir: Path, target: Path, err: Exception, previous: dict[str, Any] | None) -> UserError:
+    reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
+        f"{str(err).splitlines()[0][:160]}: is the disk full or a file-size limit reached?"
+    kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
+    if previous and "recovery" in previous:
+        kept += f" + {previous['recovery']['step_in_epoch']} steps"
+    return UserError(f"cannot write {target}: {reason}; the last complete checkpoint ({kept}) is intact: "
+                     f"free disk space, then continue with --resume {run_dir}")
+
+
+def _recovery_files(pointer: dict[str, Any]) -> list[str]:
+    return [pointer["recovery"]["weights"], pointer["recovery"]["state"]] if "recovery" in pointer else []
+
+
+def _unlink(run_dir: Path, relative_paths: list[str]) -> None:
+    for rel in relative_paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(run_dir / rel)
 
 
 def _publish(src: Path, dst: Path, link: bool = True) -> None:
@@ -96,14 +152,15 @@ def _publish(src: Path, dst: Path, link: bool = True) -> None:
 
 
 def sync_last(run_dir: Path) -> None:
-    """Finish an interrupted save: ``last.safetensors`` = the committed weights; drop uncommitted epoch files."""
+    """Finish an interrupted save: ``last.safetensors`` = the committed weights; drop uncommitted epoch and
+    recovery files."""
     pointer = read_pointer(run_dir)
     last = run_dir / LAST
     if not last.is_file() or read_metadata(last).get("moejet.epoch") != str(pointer["epoch"]):
         _publish(run_dir / pointer["weights"], last)
-    keep = {run_dir / pointer["weights"], run_dir / pointer["state"]}
+    keep = {run_dir / rel for rel in [pointer["weights"], pointer["state"], *_recovery_files(pointer)]}
     for path in (run_dir / CKPT_DIR).iterdir():
-        if path not in keep and path.name.startswith(("epoch-", ".epoch-")):
+        if path not in keep and path.name.startswith(("epoch-", ".epoch-", "recovery-", ".recovery-")):
             path.unlink()
 
 
@@ -119,9 +176,13 @@ def read_pointer(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is damaged ({type(err).__name__}): the run cannot be resumed from it; "
                         f"restore the file or start a new run from {run_dir / LAST}") from None
-    for key in ("weights", "state"):
-        if not (run_dir / pointer[key]).is_file():
-            raise UserError(f"{run_dir / pointer[key]} (named by {path}) is missing: restore it to resume the run")
+    recovery = pointer.get("recovery", {"step_in_epoch": 0, "weights": pointer["weights"], "state": pointer["state"]})
+    if not isinstance(recovery, dict) or not {"step_in_epoch", "weights", "state"} <= set(recovery):
+        raise UserError(f"{path} is damaged (its recovery entry lacks keys): the run cannot be resumed from it; "
+                        f"restore the file or start a new run from {run_dir / LAST}")
+    for rel in (pointer["weights"], pointer["state"], recovery["weights"], recovery["state"]):
+        if not (run_dir / rel).is_file():
+            raise UserError(f"{run_dir / rel} (named by {path}) is missing: restore it to resume the run")
     return pointer
 
 

@@ -114,6 +114,7 @@ class TrainConfig:
     # routing telemetry (metrics.jsonl key 'routing', moejet.train.telemetry) at every evaluation, measured on
     # the first telemetry_images validation images in eval mode (~that many images' forward pass); 0 = off
     telemetry_images: int = 256
+    recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
 
 
 @dataclass
@@ -343,6 +344,7 @@ def validate(config: Config) -> None:
     need(t.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
     need(0.0 < t.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
     need(t.eval_every >= 1, "train.eval_every", "must be >= 1")
+    need(t.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")
     need(g.nan_at_step is None or g.nan_at_step >= 1, "debug.nan_at_step", "must be >= 1 or null")
     need(g.max_steps_per_epoch is None or g.max_steps_per_epoch >= 1, "debug.max_steps_per_epoch",
          "must be >= 1 or null")

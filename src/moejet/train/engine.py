@@ -10,16 +10,20 @@ Run directory (read by the analysis tools and the demo)::
     RUN/best.safetensors    weights of the epoch with the best val_top1
     RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
 
-Every epoch starts from RNG states derived from (seed, epoch, rank), and checkpoints are written at
-epoch ends, so ``--resume`` continues bit-exactly in deterministic mode.
+Every epoch starts from RNG states derived from (seed, epoch, rank), each training image's augmentation is seeded
+from (seed, epoch, image index) (:class:`moejet.data.SeededSamples`), and checkpoints are written at epoch ends and,
+with ``train.recovery_every``, every N optimizer steps (with every rank's RNG states and partial loss sums), so
+``--resume`` continues bit-exactly in deterministic mode, mid-epoch too, whatever ``data.num_workers``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +38,21 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from ..checkpoint import atomic_output, build_from_checkpoint, read_metadata
+from ..data import SeededSamples
 from ..errors import UserError
 from ..models import moe_modules
 from . import build
-from .checkpointing import BEST, LAST, POINTER, is_run_dir, load_state, read_pointer, save_checkpoint, sync_last
+from .checkpointing import (
+    BEST,
+    LAST,
+    POINTER,
+    is_run_dir,
+    load_state,
+    read_pointer,
+    save_checkpoint,
+    save_recovery,
+    sync_last,
+)
 from .config import Config, batch_plan, dump_config, load_config
 from .distributed import (
     Dist,
@@ -143,10 +158,11 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     mixup = build.build_mixup(config, num_classes)
     loss_fn = build.build_loss(config)
 
-    sampler = DistributedSampler(train_ds, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=t.seed)
+    train_samples = SeededSamples(train_ds, t.seed)
+    sampler = ResumableSampler(train_samples, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=t.seed)
     loader_rng = torch.Generator()
     train_loader = DataLoader(
-        train_ds, batch_size=micro, sampler=sampler, drop_last=False, generator=loader_rng,
+        train_samples, batch_size=micro, sampler=sampler, drop_last=False, generator=loader_rng,
         num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and d.device.type == "cuda",
         worker_init_fn=_seed_worker, persistent_workers=False,
     )
@@ -160,11 +176,18 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if steps_per_epoch == 0:
         raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
+    layout = {"processes": d.world_size, "micro_batch": micro, "accumulation": accum,
+              "steps_per_epoch": steps_per_epoch}  # what a mid-epoch recovery point is only valid for
 
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0, "restart_step": None}
     metrics: list[dict[str, Any]] = []
+    recovery = None  # the mid-epoch point a resume continues from
     if resume:
-        state, metrics = _load_state(run_dir, optimizer, scaler, ema)
+        state, metrics, recovery = _load_state(run_dir, optimizer, scaler, ema, mixup)
+        if recovery is not None and recovery["layout"] != layout:
+            raise UserError(
+                f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
+                f"{layout}: resume with the same number of processes and batch settings")
         if state["epoch"] >= config.schedule.epochs:
             if extend is not None:
                 raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
@@ -207,11 +230,23 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             break
         seed_everything(epoch_seed(t.seed, epoch, d.rank))
         loader_rng.manual_seed(epoch_seed(t.seed, epoch, d.rank))
+        train_samples.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        start = time.perf_counter()
+        start_step, loss_sum, done_s = 0, torch.zeros(2, dtype=torch.float64), 0.0
+        if recovery is not None:  # continue the epoch: its RNG streams and loss sums as they were, its images skipped
+            set_rng_state(recovery["rng"][d.rank])
+            start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][d.rank],
+                                            recovery["elapsed_s"])
+            recovery = None
+        sampler.start = start_step * accum * micro
+        start = time.perf_counter() - done_s
+        save_point = functools.partial(
+            _save_recovery, run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, mixup, state,
+            layout, d, start)
         train_loss, images = _train_epoch(
             config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
-            ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress,
+            ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress, start_step, loss_sum.to(d.device),
+            save_point if t.recovery_every else None,
         )
         train_time = time.perf_counter() - start
         last_epoch = epoch + 1 == config.schedule.epochs
@@ -255,9 +290,14 @@ def _train_epoch(
     config: Config, epoch: int, train_model: nn.Module, model: nn.Module, loader: DataLoader, steps: int,
     accum: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
     ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
-    run_dir: Path, d: Dist, progress: bool,
+    run_dir: Path, d: Dist, progress: bool, start_step: int = 0, loss_sum: torch.Tensor | None = None,
+    save_point: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[float, int]:
     """One epoch of ``steps`` optimizer steps of up to ``accum`` micro-batches; returns (mean train loss, images).
+
+    A resumed epoch starts at ``start_step`` with this rank's (loss sum, images) so far in ``loss_sum`` (the loader's
+    sampler already skips the images done). ``save_point(step_in_epoch, loss_sum)`` writes a recovery point every
+    ``train.recovery_every`` steps (not after the last step: the epoch checkpoint follows).
 
     The last step takes what is left (fewer or smaller micro-batches). Each micro-batch's mean loss is weighted by
     its share of the step's images, so a step's gradient is that of the mean loss over its global batch (every
@@ -267,12 +307,13 @@ def _train_epoch(
     t = config.train
     train_model.train()
     scheduler.step_update(state["step"])
-    loss_sum = torch.zeros(2, device=d.device, dtype=torch.float64)  # (sum of per-image losses, images)
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False, dynamic_ncols=True,
-               disable=not (progress and d.is_main))
+    if loss_sum is None:
+        loss_sum = torch.zeros(2, device=d.device, dtype=torch.float64)  # (sum of per-image losses, images)
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
+               dynamic_ncols=True, disable=not (progress and d.is_main))
     batches = iter(loader)
-    micro, rank_images = loader.batch_size, len(loader.sampler)
-    for step_in_epoch in range(steps):
+    micro, rank_images = loader.batch_size, loader.sampler.num_samples
+    for step_in_epoch in range(start_step, steps):
         step_loss = torch.zeros(2, device=d.device, dtype=torch.float64)
         first = step_in_epoch * accum * micro
         step_images = min(accum * micro, rank_images - first)  # this rank's images in this step
@@ -321,6 +362,9 @@ def _train_epoch(
         if progress and d.is_main:
             bar.set_postfix(loss=f"{(step_loss[0] / step_loss[1]).item():.4f}",
                             lr=f"{max(g['lr'] for g in optimizer.param_groups):.3g}")
+        every = config.train.recovery_every
+        if save_point is not None and (step_in_epoch + 1) % every == 0 and step_in_epoch + 1 < steps:
+            save_point(step_in_epoch + 1, loss_sum)
     bar.close()
     loss_sum = all_reduce_sum(loss_sum, d)
     return (loss_sum[0] / loss_sum[1]).item(), int(loss_sum[1].item())
@@ -400,6 +444,19 @@ def _eval_loader(dataset: Any, batch_size: int, config: Config, d: Dist) -> Data
                       pin_memory=config.data.pin_memory and d.device.type == "cuda")
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose epoch order can start at position ``start``: a mid-epoch resume skips the images
+    already trained on without loading them (the order itself is a function of (seed, epoch) only)."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
 def _seed_worker(worker_id: int) -> None:
     import random
 
@@ -457,15 +514,45 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
     """metrics, then the epoch's weights + state committed together (see :mod:`.checkpointing`)."""
     with atomic_output(run_dir / METRICS) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    payload = {
+    save_checkpoint(run_dir, model, name, kwargs, _payload(optimizer, scheduler, scaler, ema, state, rng_state()),
+                    is_best)
+
+
+def _save_recovery(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any],
+                   optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, mixup: Any,
+                   state: dict[str, Any], layout: dict[str, int], d: Dist, epoch_start: float, step_in_epoch: int,
+                   loss_sum: torch.Tensor) -> None:
+    """A mid-epoch recovery point after ``step_in_epoch`` steps: every rank's RNG states and (loss sum, images) go
+    to rank 0, which commits them with the shared state (see :func:`.checkpointing.save_recovery`)."""
+    ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, d)
+    if not d.is_main:
+        return
+    payload = _payload(optimizer, scheduler, scaler, ema, state, [r["rng"] for r in ranks])
+    payload.update(step_in_epoch=step_in_epoch, loss_sums=[r["loss_sum"] for r in ranks], layout=layout,
+                   elapsed_s=time.perf_counter() - epoch_start,
+                   mixup_enabled=mixup.mixup_enabled if mixup is not None else None)
+    save_recovery(run_dir, model, name, kwargs, payload)
+
+
+def _payload(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ema: ModelEmaV3 | None,
+             state: dict[str, Any], rng: Any) -> dict[str, Any]:
+    return {
         **state,
         "optimizer": optimizer.state_dict(),
         "scheduler": _plain_scheduler_state(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
-        "rng": rng_state(),
+        "rng": rng,
     }
-    save_checkpoint(run_dir, model, name, kwargs, payload, is_best)
+
+
+def _gather(obj: Any, d: Dist) -> list[Any]:
+    """``obj`` of every rank, in rank order (on every rank)."""
+    if not d.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * d.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -489,7 +576,8 @@ def _resume_model(run_dir: Path, is_main: bool) -> tuple[nn.Module, str, dict[st
     """The run's model rebuilt from its committed weights alone (no init checkpoint, no hub download)."""
     if is_main:  # the other ranks only read the committed files, which this leaves alone
         sync_last(run_dir)
-    return build_from_checkpoint(run_dir / read_pointer(run_dir)["weights"])
+    pointer = read_pointer(run_dir)
+    return build_from_checkpoint(run_dir / pointer.get("recovery", pointer)["weights"])
 
 
 class _Shifted:
@@ -513,13 +601,17 @@ def _restarted_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps
                                       .min_lr_ratio, t_in_epochs=False), restart_step)
 
 
-def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any,
-                ema: ModelEmaV3 | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any, ema: ModelEmaV3 | None,
+                mixup: Any) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """``(state, metrics rows of the committed epochs, the mid-epoch recovery point or None)``."""
     pointer = read_pointer(run_dir)
-    payload = load_state(run_dir / pointer["state"])
-    if payload["epoch"] != pointer["epoch"]:
-        raise UserError(f"{run_dir / pointer['state']} holds epoch {payload['epoch']} but {run_dir / POINTER} "
-                        f"names epoch {pointer['epoch']}: restore the run directory's files")
+    entry = pointer.get("recovery", pointer)
+    payload = load_state(run_dir / entry["state"])
+    if payload["epoch"] != pointer["epoch"] or payload.get("step_in_epoch", 0) != entry.get("step_in_epoch", 0):
+        raise UserError(f"{run_dir / entry['state']} holds epoch {payload['epoch']} + "
+                        f"{payload.get('step_in_epoch', 0)} steps but {run_dir / POINTER} names epoch "
+                        f"{pointer['epoch']} + {entry.get('step_in_epoch', 0)} steps: restore the run directory's "
+                        "files")
     try:
         optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
         if scaler is not None and payload["scaler"] is not None:
@@ -529,9 +621,15 @@ def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any,
                 raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
             ema.load_state_dict(payload["ema"])
     except (ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"{run_dir / pointer['state']} does not match the run's config ({type(err).__name__}: "
+        raise UserError(f"{run_dir / entry['state']} does not match the run's config ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:160]}): resume without changing the model or optimizer") from None
-    set_rng_state(payload["rng"])
+    recovery = None
+    if "recovery" in pointer:
+        recovery = {k: payload[k] for k in ("step_in_epoch", "rng", "loss_sums", "layout", "elapsed_s")}
+        if mixup is not None and payload["mixup_enabled"] is not None:
+            mixup.mixup_enabled = payload["mixup_enabled"]
+    else:
+        set_rng_state(payload["rng"])
     try:
         metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as err:
@@ -539,7 +637,8 @@ def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any,
                         "(the resumed run then lists only its new epochs)") from None
     state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
     state["restart_step"] = payload.get("restart_step")
-    return state, [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
+    rows = [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
+    return state, rows, recovery
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
