@@ -442,6 +442,21 @@ def test_a_recovery_point_resumes_only_with_its_batch_layout(mid_recovery, tmp_p
         train(run_dir=run, resume=True, overrides=["train.micro_batch_size=4"], progress=False, verbose=False)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("which", ["weights", "state"])
+def test_a_damaged_recovery_file_is_a_one_line_error_naming_it(mid_recovery, tmp_path, which, damage):
+    run = tmp_path / "run"
+    shutil.copytree(mid_recovery, run)
+    path = run / read_pointer(run)["recovery"][which]
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+    with pytest.raises(UserError) as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_full_disk_during_a_recovery_write_keeps_the_previous_point(mid_recovery, mid_straight, tmp_path,
                                                                       monkeypatch):
     run = tmp_path / "run"
