@@ -28,6 +28,7 @@ from moejet.errors import UserError
 from moejet.train import build, load_config, train
 from moejet.train.checkpointing import read_pointer
 from moejet.train.config import dump_config
+from moejet.train.engine import read_metrics
 from test_train import TINY_VIT, tiny_config
 
 
@@ -441,6 +442,21 @@ def test_a_recovery_point_resumes_only_with_its_batch_layout(mid_recovery, tmp_p
         train(run_dir=run, resume=True, overrides=["train.micro_batch_size=4"], progress=False, verbose=False)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("which", ["weights", "state"])
+def test_a_damaged_recovery_file_is_a_one_line_error_naming_it(mid_recovery, tmp_path, which, damage):
+    run = tmp_path / "run"
+    shutil.copytree(mid_recovery, run)
+    path = run / read_pointer(run)["recovery"][which]
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+    with pytest.raises(UserError) as err:
+        train(run_dir=run, resume=True, progress=False, verbose=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_full_disk_during_a_recovery_write_keeps_the_previous_point(mid_recovery, mid_straight, tmp_path,
                                                                       monkeypatch):
     run = tmp_path / "run"
@@ -457,3 +473,53 @@ def test_a_full_disk_during_a_recovery_write_keeps_the_previous_point(mid_recove
     assert read_pointer(run)["recovery"]["step_in_epoch"] == 3
     train(run_dir=run, resume=True, progress=False, verbose=False)
     assert same_weights(run / "last.safetensors", mid_straight[0][0] / "last.safetensors")
+
+
+def _recovery_worker(rank, ports, root):
+    """One of 2 gloo ranks: an uninterrupted run, then a run that crashes before its 2nd recovery point (epoch 1,
+    after step 5; the point kept is step 3), then its resume. Every rank crashes at the same step: none is left
+    waiting in a collective."""
+    from moejet.train import engine
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    calls, real = {"n": 0}, engine._save_recovery
+
+    def save(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash("killed")
+        real(*args)
+
+    os.environ["MASTER_PORT"] = str(ports[0])
+    train(mid_config(device="cpu"), root / "straight", progress=False, verbose=False)
+    os.environ["MASTER_PORT"] = str(ports[1])
+    engine._save_recovery = save
+    with pytest.raises(Crash):
+        train(mid_config(device="cpu"), root / "run", progress=False, verbose=False)
+    engine._save_recovery = real
+    os.environ["MASTER_PORT"] = str(ports[2])
+    if rank == 0:
+        pointer = read_pointer(root / "run")
+        state = torch.load(root / "run" / pointer["recovery"]["state"], weights_only=True)
+        assert (state["step_in_epoch"], len(state["rng"]), len(state["loss_sums"])) == (3, 2, 2)
+        assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each rank's own dropout stream
+    train(run_dir=root / "run", resume=True, progress=False, verbose=False)
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_processes_resume_mid_epoch_with_every_ranks_rng_and_loss_sums(tmp_path):
+    torch.multiprocessing.spawn(_recovery_worker, args=(free_ports(3), tmp_path), nprocs=2)
+    assert same_weights(tmp_path / "run" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
+    timing = ("images_per_s", "epoch_time_s", "wall_time_s")
+    rows = [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(tmp_path / "run")]
+    assert rows == [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(tmp_path / "straight")]
