@@ -5,15 +5,24 @@ The multi-process tests launch ``torchrun`` with 2 gloo processes on the CPU (FS
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
+from moejet.checkpoint import build_from_checkpoint
+from moejet.cli import main
+from moejet.errors import UserError
+from moejet.train import train
+from moejet.train.checkpointing import read_pointer, sync_last
 from moejet.train.config import dump_config
+from moejet.train.distributed import shard_units
 from test_train import TINY_VIT, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +32,9 @@ SECTIONS = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
                 train={"micro_batch_size": 2})
 
 
-def write_run_config(path, **train_keys):
-    config = tiny_config(**{**SECTIONS, "train": {**SECTIONS["train"], **train_keys}})
+def write_run_config(path, nan_at_step=None, **train_keys):
+    config = tiny_config(**{**SECTIONS, "train": {**SECTIONS["train"], **train_keys}},
+                         debug={"nan_at_step": nan_at_step})
     path.write_text(dump_config(config))
     return path
 
@@ -48,6 +58,18 @@ def runs(tmp_path_factory):
         proc = torchrun("train", "--config", write_run_config(tmp / f"{name}.yaml", **keys), "--out", tmp / name)
         assert proc.returncode == 0, proc.stderr[-3000:]
         done[name] = tmp / name
+    killed = tmp / "killed"
+    proc = torchrun("train", "--config", write_run_config(tmp / "killed.yaml", strategy="fsdp", recovery_every=1,
+                                                                nan_at_step=5), "--out", killed)
+    assert proc.returncode != 0 and "non-finite at epoch 2, step 2" in proc.stdout + proc.stderr
+    pointer = read_pointer(killed)  # stopped inside epoch 2: epoch 1 + its first step are committed, sharded
+    assert (pointer["epoch"], pointer["recovery"]["step_in_epoch"]) == (1, 1)
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
+        "epoch-0001.dcp", "epoch-0001.safetensors", "epoch-0001.state.pt", "recovery-0001-00000004.dcp",
+        "recovery-0001-00000004.safetensors", "recovery-0001-00000004.state.pt"]
+    proc = torchrun("train", "--resume", killed, "--set", "debug.nan_at_step=null")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done["killed"] = killed
     return done, tmp
 
 
@@ -62,3 +84,82 @@ def test_fsdp_follows_the_ddp_trajectory(runs):
     a, b = load_file(done["ddp"] / "last.safetensors"), load_file(done["fsdp"] / "last.safetensors")
     assert sorted(a) == sorted(b)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_interrupted_fsdp_run_resumes_to_the_uninterrupted_weights(runs):
+    done, _ = runs
+    a, b = load_file(done["fsdp"] / "last.safetensors"), load_file(done["killed"] / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pointer = read_pointer(done["killed"])
+    assert pointer["epoch"] == 2 and "recovery" not in pointer and pointer["sharded"] == "checkpoints/epoch-0002.dcp"
+    assert sorted(p.name for p in (done["killed"] / "checkpoints").iterdir()) == [
+        "epoch-0002.dcp", "epoch-0002.safetensors", "epoch-0002.state.pt"]  # earlier shards dropped once superseded
+    state = torch.load(done["killed"] / pointer["state"], weights_only=True)
+    assert state["optimizer"] is None  # it lives in the .dcp directory
+
+
+def test_fsdp_weights_are_one_full_file_that_eval_and_build_load(runs, tmp_path):
+    done, _ = runs
+    run = done["fsdp"]
+    reference = build_from_checkpoint(done["ddp"] / "last.safetensors")[0].state_dict()
+    model, name, kwargs = build_from_checkpoint(run / "last.safetensors")
+    assert name == "vjetmoe_tiny_patch16_224" and kwargs["embed_dim"] == 32
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.items()}
+    assert load_file(run / "best.safetensors").keys() == reference.keys()
+    assert main(["eval", "--run", str(run), "--out", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (result["images"], result["top1"]) == (12, pytest.approx(last["val_top1"]))
+    assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+def test_a_fsdp_run_does_not_resume_under_ddp(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0]["fsdp"], run)
+    with pytest.raises(UserError, match=r"was trained with train.strategy=fsdp: resume it with --set "
+                                        r"train.strategy=fsdp \(its optimizer state cannot be moved to ddp\)$"):
+        train(resume=True, run_dir=run, overrides=["train.strategy=ddp"], progress=False, verbose=False)
+
+
+def test_uncommitted_shard_directories_are_dropped_and_a_missing_one_is_named(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs[0]["fsdp"], run)
+    for leftover in ("epoch-0003.dcp", ".epoch-0003.dcp.partial", "recovery-0002-00000007.dcp"):
+        (run / "checkpoints" / leftover).mkdir()
+        (run / "checkpoints" / leftover / "__0_0.distcp").write_bytes(b"shard")
+    sync_last(run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch-0002.dcp", "epoch-0002.safetensors", "epoch-0002.state.pt"]
+    (run / "checkpoints" / "epoch-0002.dcp" / ".metadata").unlink()
+    with pytest.raises(UserError, match=r"epoch-0002.dcp \(named by .*checkpoint.json\) is missing or incomplete: "
+                                        r"restore it to resume the run$"):
+        read_pointer(run)
+
+
+def test_fsdp_needs_several_processes(tmp_path):
+    config = tiny_config(**{**SECTIONS, "train": {**SECTIONS["train"], "strategy": "fsdp"}})
+    with pytest.raises(UserError, match=r"^train.strategy=fsdp shards the model over processes: launch with torchrun "
+                                        r"--nproc_per_node N \(N > 1\), or use train.strategy=ddp for one process$"):
+        train(config, tmp_path / "run", progress=False, verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("keys", "what"), [
+    ({"strategy": "zero"}, "use one of ddp, fsdp"),
+    ({"strategy": "fsdp", "ema": True}, "fsdp does not keep an EMA of sharded weights"),
+    ({"strategy": "fsdp", "compile": True}, "fsdp is not combined with train.compile here"),
+    ({"strategy": "fsdp", "amp": "fp16"}, "fsdp has no sharded fp16 grad scaler here"),
+])
+def test_unsupported_fsdp_combinations_are_config_errors(keys, what):
+    with pytest.raises(UserError, match=rf"^config key train.strategy = '{keys['strategy']}' is invalid: {what}"):
+        tiny_config(train=keys)
+
+
+def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages():
+    with torch.device("meta"):
+        vit = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT)
+        convnext = timm.create_model("convnext_atto")
+        mlp = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert shard_units(vit) == list(vit.blocks) and len(shard_units(vit)) == 4
+    assert shard_units(convnext) == list(convnext.stages) and len(shard_units(convnext)) == 4
+    assert shard_units(mlp) == []  # only the root is sharded
