@@ -27,7 +27,7 @@ from test_train import TINY_VIT, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # 20 images, global batch 8 (2 processes x micro 2 x accumulation 2): 3 steps per epoch (8, 8, 4 images)
-SECTIONS = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}},
+SECTIONS = dict(model={"kwargs": {**TINY_VIT, "noise_std": 0.0}}, optim={"clip_grad": 0.05},  # clipping every step
                 data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=3"},
                 train={"micro_batch_size": 2})
 

@@ -426,7 +426,9 @@ def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dty
     model.eval()
     sums = torch.zeros(4, device=d.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
     # a sharded model's forward is collective: ranks with fewer batches repeat their last one, uncounted
-    repeats = int(all_reduce_max(torch.tensor(len(loader)), d).item()) - len(loader) if is_sharded(model) else 0
+    repeats = 0
+    if is_sharded(model):
+        repeats = int(all_reduce_max(torch.tensor(len(loader), device=d.device), d).item()) - len(loader)
     images = None
     for batch in loader:
         images, targets = _to_device(batch, d.device, channels_last)
@@ -673,6 +675,9 @@ def _load_state(
                         f"{payload.get('step_in_epoch', 0)} steps but {run_dir / POINTER} names epoch "
                         f"{pointer['epoch']} + {entry.get('step_in_epoch', 0)} steps: restore the run directory's "
                         "files")
+    if payload["optimizer"] is None and "sharded" not in entry:
+        raise UserError(f"{run_dir / entry['state']} has no optimizer state and {run_dir / POINTER} names no sharded "
+                        "one: restore the run directory's files")
     if ("sharded" in entry) != is_sharded(model) and ("sharded" in entry or payload["optimizer"]["state"]):
         was, now = ("fsdp", "ddp") if "sharded" in entry else ("ddp", "fsdp")
         raise UserError(f"{run_dir} was trained with train.strategy={was}: resume it with --set train.strategy={was} "
