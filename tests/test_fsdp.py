@@ -163,3 +163,19 @@ def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages():
     assert shard_units(vit) == list(vit.blocks) and len(shard_units(vit)) == 4
     assert shard_units(convnext) == list(convnext.stages) and len(shard_units(convnext)) == 4
     assert shard_units(mlp) == []  # only the root is sharded
+
+
+def test_fsdp_shards_convnext_stages_like_ddp(tmp_path):
+    kwargs = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 2), moe_layers=(2, 3, 4, 5), core_experts=(0, 0, 2, 2),
+                  univ_experts=(0, 0, 4, 4))
+    weights = {}
+    for strategy in ("ddp", "fsdp"):
+        config = tiny_config(**{**SECTIONS, "model": {"name": "cjetmoe_femto", "kwargs": kwargs},
+                                "train": {**SECTIONS["train"], "strategy": strategy}})
+        (tmp_path / f"{strategy}.yaml").write_text(dump_config(config))
+        proc = torchrun("train", "--config", tmp_path / f"{strategy}.yaml", "--out", tmp_path / strategy)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[strategy] = load_file(tmp_path / strategy / "last.safetensors")
+    a, b = weights["ddp"], weights["fsdp"]
+    assert sorted(a) == sorted(b)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
