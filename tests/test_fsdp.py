@@ -147,7 +147,6 @@ def test_fsdp_needs_several_processes(tmp_path):
 @pytest.mark.parametrize(("keys", "what"), [
     ({"strategy": "zero"}, "use one of ddp, fsdp"),
     ({"strategy": "fsdp", "ema": True}, "fsdp does not keep an EMA of sharded weights"),
-    ({"strategy": "fsdp", "compile": True}, "fsdp is not combined with train.compile here"),
     ({"strategy": "fsdp", "amp": "fp16"}, "fsdp has no sharded fp16 grad scaler here"),
 ])
 def test_unsupported_fsdp_combinations_are_config_errors(keys, what):

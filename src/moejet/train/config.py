@@ -345,8 +345,6 @@ def validate(config: Config) -> None:
     fsdp = t.strategy == "fsdp"
     need(not (fsdp and t.ema), "train.strategy", "fsdp does not keep an EMA of sharded weights: set train.ema=false "
          "or use train.strategy=ddp")
-    need(not (fsdp and t.compile), "train.strategy", "fsdp is not combined with train.compile here: set "
-         "train.compile=false or use train.strategy=ddp")
     need(not (fsdp and t.amp == "fp16"), "train.strategy", "fsdp has no sharded fp16 grad scaler here: use "
          "train.amp=bf16 (or none), or train.strategy=ddp")
     need(t.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")

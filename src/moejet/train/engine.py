@@ -510,8 +510,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on all but the last micro-batch of an accumulation."""
-    if is_sharded(model):
-        model.set_requires_gradient_sync(sync)
+    sharded = getattr(model, "_orig_mod", model)  # under torch.compile the FSDP module is the compiled one's original
+    if is_sharded(sharded):
+        sharded.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
     if sync or not isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext()
