@@ -20,6 +20,14 @@ Mid-epoch recovery points (``train.recovery_every``) go through the same commit:
     RUN/checkpoint.json                                  {"epoch": 3, ..., "recovery": {"step_in_epoch", "weights",
                                                          "state"}}
 
+Under ``train.strategy=fsdp`` the optimizer state is sharded: every process writes its shard through
+``torch.distributed.checkpoint`` into one directory per checkpoint, renamed into place before the pointer names it::
+
+    RUN/checkpoints/epoch-0003.dcp/          {"optimizer": ...} (the state file's "optimizer" is None)
+    RUN/checkpoint.json                      {"epoch": 3, "weights": ..., "state": ..., "sharded": ...}
+
+The weights stay one full safetensors file (gathered on rank 0).
+
 The pointer keeps naming the last complete epoch (``last.safetensors`` stays that epoch's weights); the previous
 recovery pair is deleted only after the new pointer is durable, and the next epoch's commit drops the recovery entry,
 then its files.
@@ -30,10 +38,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 
 from ..checkpoint import atomic_output, read_metadata, save_model, write_json
 from ..errors import UserError
@@ -55,13 +66,63 @@ def recovery_paths(run_dir: Path, epoch: int, step: int) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
+def sharded_path(weights: Path) -> Path:
+    """The sharded-state directory that goes with a checkpoint's weights file."""
+    return weights.with_suffix(".dcp")
+
+
+def save_sharded(run_dir: Path, path: Path, state_dict: dict[str, Any], is_main: bool) -> None:
+    """Every process writes its shards of ``state_dict`` into ``path`` (collective): a hidden directory first,
+    renamed into place by rank 0 once every shard is written and fsynced. It counts once a pointer names it."""
+    partial = path.with_name(f".{path.name}.partial")
+    previous = read_pointer(run_dir) if is_main and is_run_dir(run_dir) else None
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    try:
+        dcp.save(state_dict, checkpoint_id=partial)
+    except Exception as err:  # noqa: BLE001  (DCP reports any rank's failed write as a CheckpointException)
+        raise _write_error(run_dir, path, err, previous) from None
+    if not is_main:
+        return
+    try:
+        for file in partial.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        shutil.rmtree(path, ignore_errors=True)  # an uncommitted leftover of a crashed save of this checkpoint
+        os.replace(partial, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise _write_error(run_dir, path, err, previous) from None
+
+
+def load_sharded(path: Path, state_dict: dict[str, Any]) -> None:
+    """Fill ``state_dict`` (this process's shards, as laid out now) from ``path`` (collective)."""
+    try:
+        dcp.load(state_dict, checkpoint_id=path)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}): resume "
+                        "with the same model and optimizer, or restore the directory") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_run_dir(run_dir: Path) -> bool:
     return (run_dir / POINTER).is_file()
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, name: str, kwargs: dict[str, Any],
-                    payload: dict[str, Any], is_best: bool) -> None:
+def save_checkpoint(run_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor], name: str,
+                    kwargs: dict[str, Any], payload: dict[str, Any], is_best: bool) -> None:
     """Write epoch ``payload["epoch"]``'s weights and state, commit them, then drop the previous epoch's files.
+
+    ``payload["optimizer"]`` None: the optimizer state is sharded, in the epoch's :func:`sharded_path` directory,
+    already written (:func:`save_sharded`); the pointer names it too.
 
     A full disk (or a file-size limit) is a one-line :class:`UserError` naming the file; the previous
     checkpoint is left committed and intact.
@@ -80,19 +141,21 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, name: str, kwargs: di
             target = run_dir / BEST
             _publish(weights, run_dir / BEST, link=False)  # best outlives the epoch files: its own copy
         target = run_dir / POINTER
-        write_json(run_dir / POINTER, {"epoch": epoch, "weights": str(weights.relative_to(run_dir)),
-                                       "state": str(state.relative_to(run_dir))})
+        entry = {"epoch": epoch, "weights": str(weights.relative_to(run_dir)), "state": str(state.relative_to(run_dir))}
+        if payload["optimizer"] is None:
+            entry["sharded"] = str(sharded_path(weights).relative_to(run_dir))
+        write_json(run_dir / POINTER, entry)
         target = run_dir / LAST
         _publish(weights, run_dir / LAST)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
         raise _write_error(run_dir, target, err, previous) from None
     if previous is not None:
-        stale = [previous["weights"], previous["state"]] if previous["epoch"] != epoch else []
+        stale = _epoch_files(previous) if previous["epoch"] != epoch else []
         _unlink(run_dir, stale + _recovery_files(previous))
 
 
-def save_recovery(run_dir: Path, model: torch.nn.Module, name: str, kwargs: dict[str, Any],
-                  payload: dict[str, Any]) -> None:
+def save_recovery(run_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor], name: str,
+                  kwargs: dict[str, Any], payload: dict[str, Any]) -> None:
     """Commit a mid-epoch recovery point (``payload`` has ``step_in_epoch``), then drop the previous one's files.
 
     The pointer's epoch entry is kept as it is: a crash at any byte leaves it naming the previous recovery point
@@ -108,12 +171,15 @@ def save_recovery(run_dir: Path, model: torch.nn.Module, name: str, kwargs: dict
         with atomic_output(state) as tmp:
             torch.save(payload, tmp)
         target = run_dir / POINTER
-        write_json(run_dir / POINTER, {**pointer, "recovery": {
-            "step_in_epoch": payload["step_in_epoch"], "weights": str(weights.relative_to(run_dir)),
-            "state": str(state.relative_to(run_dir))}})
+        entry = {"step_in_epoch": payload["step_in_epoch"], "weights": str(weights.relative_to(run_dir)),
+                 "state": str(state.relative_to(run_dir))}
+        if payload["optimizer"] is None:
+            entry["sharded"] = str(sharded_path(weights).relative_to(run_dir))
+        write_json(run_dir / POINTER, {**pointer, "recovery": entry})
     except (OSError, RuntimeError) as err:
         raise _write_error(run_dir, target, err, pointer) from None
-    _unlink(run_dir, [rel for rel in _recovery_files(pointer) if run_dir / rel not in (weights, state)])
+    new = {weights, state, sharded_path(weights)}
+    _unlink(run_dir, [rel for rel in _recovery_files(pointer) if run_dir / rel not in new])
 
 
 def _write_error(run_dir: Path, target: Path, err: Exception, previous: dict[str, Any] | None) -> UserError:
@@ -126,14 +192,25 @@ def _write_error(run_dir: Path, target: Path, err: Exception, previous: dict[str
                      f"free disk space, then continue with --resume {run_dir}")
 
 
+def _epoch_files(entry: dict[str, Any]) -> list[str]:
+    return [entry["weights"], entry["state"]] + ([entry["sharded"]] if "sharded" in entry else [])
+
+
 def _recovery_files(pointer: dict[str, Any]) -> list[str]:
-    return [pointer["recovery"]["weights"], pointer["recovery"]["state"]] if "recovery" in pointer else []
+    return _epoch_files(pointer["recovery"]) if "recovery" in pointer else []
 
 
 def _unlink(run_dir: Path, relative_paths: list[str]) -> None:
     for rel in relative_paths:
+        _remove(run_dir / rel)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(run_dir / rel)
+            os.unlink(path)
 
 
 def _publish(src: Path, dst: Path, link: bool = True) -> None:
@@ -158,10 +235,10 @@ def sync_last(run_dir: Path) -> None:
     last = run_dir / LAST
     if not last.is_file() or read_metadata(last).get("moejet.epoch") != str(pointer["epoch"]):
         _publish(run_dir / pointer["weights"], last)
-    keep = {run_dir / rel for rel in [pointer["weights"], pointer["state"], *_recovery_files(pointer)]}
+    keep = {run_dir / rel for rel in [*_epoch_files(pointer), *_recovery_files(pointer)]}
     for path in (run_dir / CKPT_DIR).iterdir():
         if path not in keep and path.name.startswith(("epoch-", ".epoch-", "recovery-", ".recovery-")):
-            path.unlink()
+            _remove(path)
 
 
 def read_pointer(run_dir: Path) -> dict[str, Any]:
@@ -183,6 +260,10 @@ def read_pointer(run_dir: Path) -> dict[str, Any]:
     for rel in (pointer["weights"], pointer["state"], recovery["weights"], recovery["state"]):
         if not (run_dir / rel).is_file():
             raise UserError(f"{run_dir / rel} (named by {path}) is missing: restore it to resume the run")
+    for entry in (pointer, recovery):
+        if "sharded" in entry and not (run_dir / entry["sharded"] / ".metadata").is_file():
+            raise UserError(f"{run_dir / entry['sharded']} (named by {path}) is missing or incomplete: restore it "
+                            "to resume the run")
     return pointer
 
 

@@ -28,6 +28,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 INIT_MODES = ("scratch", "checkpoint", "pretrained")
 MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TrainConfig:
     # the first telemetry_images validation images in eval mode (~that many images' forward pass); 0 = off
     telemetry_images: int = 256
     recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
+    strategy: str = "ddp"  # ddp (a full replica per process) | fsdp (FSDP2: weights, grads, optimizer state sharded)
 
 
 @dataclass
@@ -344,6 +346,12 @@ def validate(config: Config) -> None:
     need(t.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
     need(0.0 < t.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
     need(t.eval_every >= 1, "train.eval_every", "must be >= 1")
+    need(t.strategy in STRATEGIES, "train.strategy", f"use one of {', '.join(STRATEGIES)}")
+    fsdp = t.strategy == "fsdp"
+    need(not (fsdp and t.ema), "train.strategy", "fsdp does not keep an EMA of sharded weights: set train.ema=false "
+         "or use train.strategy=ddp")
+    need(not (fsdp and t.amp == "fp16"), "train.strategy", "fsdp has no sharded fp16 grad scaler here: use "
+         "train.amp=bf16 (or none), or train.strategy=ddp")
     need(t.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")
     need(g.nan_at_step is None or g.nan_at_step >= 1, "debug.nan_at_step", "must be >= 1 or null")
     need(g.max_steps_per_epoch is None or g.max_steps_per_epoch >= 1, "debug.max_steps_per_epoch",

@@ -1,4 +1,4 @@
-"""Process group set-up from torchrun's environment, device choice, seeding and reductions."""
+"""Process group set-up from torchrun's environment, device choice, FSDP2 sharding, seeding and reductions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from ..errors import UserError
 
@@ -61,6 +64,47 @@ def all_reduce_max(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards one by one: a ViT's transformer blocks, a ConvNeXt's stages."""
+    for attr in ("blocks", "stages"):
+        units = getattr(model, attr, None)
+        if isinstance(units, (nn.Sequential, nn.ModuleList)):
+            return list(units)
+    return []
+
+
+def shard_model(model: nn.Module, d: Dist, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
+    """FSDP2 in place: ``fully_shard`` every block / stage, then the root; returns the parameters left whole.
+
+    Each process keeps 1 / world_size of every sharded parameter (dim 0), its gradient and so its optimizer state;
+    a unit's full weights exist only during its forward / backward. ``param_dtype`` (bf16 under ``train.amp``)
+    is FSDP2's compute dtype; gradients are reduced in float32. FSDP2 cannot shard 0-d parameters (the SpheroMoE
+    temperatures): they stay whole on every process, and :func:`average_grads` reduces their gradients.
+    """
+    whole = [p for p in model.parameters() if p.ndim == 0]
+    kwargs = {"mesh": init_device_mesh(d.device.type, (d.world_size,)), "ignored_params": set(whole),
+              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
+    for unit in shard_units(model):
+        fully_shard(unit, **kwargs)
+    fully_shard(model, **kwargs)
+    return whole
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def average_grads(params: list[nn.Parameter], d: Dist) -> None:
+    """Average the gradients of ``params`` over the processes (what DDP does for every parameter)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if d.enabled and grads:
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= d.world_size
+        for g, value in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(value.view_as(g))
 
 
 def seed_everything(seed: int) -> None:

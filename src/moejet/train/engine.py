@@ -33,6 +33,12 @@ from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
@@ -47,23 +53,31 @@ from .checkpointing import (
     LAST,
     POINTER,
     is_run_dir,
+    load_sharded,
     load_state,
     read_pointer,
+    recovery_paths,
     save_checkpoint,
     save_recovery,
+    save_sharded,
+    sharded_path,
     sync_last,
+    weights_path,
 )
 from .config import Config, batch_plan, dump_config, load_config
 from .distributed import (
     Dist,
     all_reduce_max,
     all_reduce_sum,
+    average_grads,
     epoch_seed,
+    is_sharded,
     rng_state,
     seed_everything,
     set_deterministic,
     set_rng_state,
     setup,
+    shard_model,
     teardown,
 )
 from .loggers import open_loggers, scalars
@@ -134,6 +148,10 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     seed_everything(t.seed)
     micro, accum = batch_plan(config, d.world_size)
     amp_dtype = _amp_dtype(t.amp, d.device)
+    fsdp = t.strategy == "fsdp"
+    if fsdp and not d.enabled:
+        raise UserError("train.strategy=fsdp shards the model over processes: launch with torchrun --nproc_per_node "
+                        "N (N > 1), or use train.strategy=ddp for one process")
 
     # data first: the dataset decides the number of classes
     meta_name, meta_kwargs = config.model.name, {**config.model.kwargs}
@@ -152,6 +170,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     model.to(d.device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
+    whole = shard_model(model, d, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
     optimizer = build.build_optimizer(config, model)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -183,7 +202,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     metrics: list[dict[str, Any]] = []
     recovery = None  # the mid-epoch point a resume continues from
     if resume:
-        state, metrics, recovery = _load_state(run_dir, optimizer, scaler, ema, mixup)
+        state, metrics, recovery = _load_state(run_dir, model, optimizer, scaler, ema, mixup)
         if recovery is not None and recovery["layout"] != layout:
             raise UserError(
                 f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
@@ -203,10 +222,11 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             state["restart_step"] = None
         if state["restart_step"] is not None:
             scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
-    elif d.is_main:
-        with atomic_output(run_dir / CONFIG) as tmp:
-            tmp.write_text(dump_config(config) + CONFIG_END)
-        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False)
+    else:
+        if d.is_main:
+            with atomic_output(run_dir / CONFIG) as tmp:
+                tmp.write_text(dump_config(config) + CONFIG_END)
+        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False, d)
     if resume and d.is_main:  # overrides given with --resume are part of the run from now on
         with atomic_output(run_dir / CONFIG) as tmp:
             tmp.write_text(dump_config(config) + CONFIG_END)
@@ -214,7 +234,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     train_model: nn.Module = model
     if t.compile:
         train_model = torch.compile(model)
-    if d.enabled:
+    if d.enabled and not fsdp:
         train_model = DistributedDataParallel(train_model, device_ids=[d.device.index] if d.device.type == "cuda"
                                               else None)
     logs, closes = open_loggers(run_dir, config) if d.is_main else ([], [])
@@ -246,7 +266,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         train_loss, images = _train_epoch(
             config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
             ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress, start_step, loss_sum.to(d.device),
-            save_point if t.recovery_every else None,
+            save_point if t.recovery_every else None, whole,
         )
         train_time = time.perf_counter() - start
         last_epoch = epoch + 1 == config.schedule.epochs
@@ -272,8 +292,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]
+        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best, d)
         if d.is_main:
-            _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best)
             if verbose:
                 print(_summary(row, config.schedule.epochs), flush=True)
             for log in logs:
@@ -291,7 +311,7 @@ def _train_epoch(
     accum: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
     ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
     run_dir: Path, d: Dist, progress: bool, start_step: int = 0, loss_sum: torch.Tensor | None = None,
-    save_point: Callable[[int, torch.Tensor], None] | None = None,
+    save_point: Callable[[int, torch.Tensor], None] | None = None, whole: list[nn.Parameter] | None = None,
 ) -> tuple[float, int]:
     """One epoch of ``steps`` optimizer steps of up to ``accum`` micro-batches; returns (mean train loss, images).
 
@@ -302,7 +322,8 @@ def _train_epoch(
     The last step takes what is left (fewer or smaller micro-batches). Each micro-batch's mean loss is weighted by
     its share of the step's images, so a step's gradient is that of the mean loss over its global batch (every
     rank holds the same number of images per step, the sampler pads them equal, and DDP averages over ranks).
-    Mixup / cutmix draw lambda and the cutmix box once per step (:func:`draw_mix`).
+    Mixup / cutmix draw lambda and the cutmix box once per step (:func:`draw_mix`). ``whole``: parameters FSDP
+    left unsharded, whose gradients are averaged here.
     """
     t = config.train
     train_model.train()
@@ -333,6 +354,8 @@ def _train_epoch(
                 (scaler.scale(weighted) if scaler else weighted).backward()
             step_loss += torch.stack([loss.detach().double() * images.shape[0],
                                       torch.tensor(images.shape[0], device=d.device, dtype=torch.float64)])
+        if whole:
+            average_grads(whole, d)
         bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), d)
         if bad.item():
             optimizer.zero_grad(set_to_none=True)
@@ -398,12 +421,18 @@ def apply_mix(images: torch.Tensor, targets: torch.Tensor, mixup: Mixup, lam: fl
     return images, mixup_target(targets, mixup.num_classes, lam, mixup.label_smoothing)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over every rank's shard of the data."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=d.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
+    # a sharded model's forward is collective: ranks with fewer batches repeat their last one, uncounted
+    repeats = 0
+    if is_sharded(model):
+        repeats = int(all_reduce_max(torch.tensor(len(loader), device=d.device), d).item()) - len(loader)
+    images = None
     for batch in loader:
         images, targets = _to_device(batch, d.device, channels_last)
         with _autocast(d.device, amp_dtype):
@@ -414,6 +443,14 @@ def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dty
         sums += torch.stack([hit[:, 0].sum(), hit.any(dim=-1).sum(),
                              nn.functional.cross_entropy(logits, targets, reduction="sum"),
                              torch.tensor(targets.numel(), device=d.device)]).double()
+    if repeats and images is None:
+        raise UserError(f"the validation set has fewer images than the {d.world_size} processes: use fewer "
+                        "processes or a larger validation set")
+    for _ in range(repeats):
+        with _autocast(d.device, amp_dtype):
+            model(images)
+    if is_sharded(model):
+        model.reshard()  # FSDP keeps the root's parameters whole after a forward without backward
     model.train(was_training)
     sums = all_reduce_sum(sums, d)
     n = max(sums[3].item(), 1.0)
@@ -488,7 +525,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 
 def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation."""
+    """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on all but the last micro-batch of an accumulation."""
+    sharded = getattr(model, "_orig_mod", model)  # under torch.compile the FSDP module is the compiled one's original
+    if is_sharded(sharded):
+        sharded.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
@@ -510,12 +551,33 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
           scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
-          metrics: list[dict[str, Any]], is_best: bool) -> None:
-    """metrics, then the epoch's weights + state committed together (see :mod:`.checkpointing`)."""
+          metrics: list[dict[str, Any]], is_best: bool, d: Dist) -> None:
+    """metrics, then the epoch's weights + state committed together by rank 0 (see :mod:`.checkpointing`); a
+    sharded model's optimizer shards are written by every rank first."""
+    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, d)
+    if not d.is_main:
+        return
     with atomic_output(run_dir / METRICS) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    save_checkpoint(run_dir, model, name, kwargs, _payload(optimizer, scheduler, scaler, ema, state, rng_state()),
-                    is_best)
+    payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
+    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  d: Dist) -> tuple[nn.Module | dict[str, torch.Tensor], bool]:
+    """``(what rank 0 saves as the checkpoint's weights, whether the optimizer state went to a sharded directory)``.
+
+    A sharded model (collective): every rank writes its optimizer shards next to ``weights``, then the full state
+    dict is gathered on rank 0. An optimizer that has not stepped yet is left alone: DCP would initialise its state
+    with a zero-gradient step, which counts as Adam's first step.
+    """
+    if not is_sharded(model):
+        return model, False
+    stepped = bool(optimizer.state)
+    if stepped:
+        save_sharded(run_dir, sharded_path(weights), {"optimizer": get_optimizer_state_dict(model, optimizer)},
+                     d.is_main)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)), stepped
 
 
 def _save_recovery(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any],
@@ -525,20 +587,22 @@ def _save_recovery(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str,
     """A mid-epoch recovery point after ``step_in_epoch`` steps: every rank's RNG states and (loss sum, images) go
     to rank 0, which commits them with the shared state (see :func:`.checkpointing.save_recovery`)."""
     ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, d)
+    weights, sharded = _sharded_save(run_dir, recovery_paths(run_dir, state["epoch"], state["step"])[0], model,
+                                     optimizer, d)
     if not d.is_main:
         return
-    payload = _payload(optimizer, scheduler, scaler, ema, state, [r["rng"] for r in ranks])
+    payload = _payload(optimizer, scheduler, scaler, ema, state, [r["rng"] for r in ranks], sharded=sharded)
     payload.update(step_in_epoch=step_in_epoch, loss_sums=[r["loss_sum"] for r in ranks], layout=layout,
                    elapsed_s=time.perf_counter() - epoch_start,
                    mixup_enabled=mixup.mixup_enabled if mixup is not None else None)
-    save_recovery(run_dir, model, name, kwargs, payload)
+    save_recovery(run_dir, weights, name, kwargs, payload)
 
 
 def _payload(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ema: ModelEmaV3 | None,
-             state: dict[str, Any], rng: Any) -> dict[str, Any]:
+             state: dict[str, Any], rng: Any, sharded: bool = False) -> dict[str, Any]:
     return {
         **state,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": None if sharded else optimizer.state_dict(),  # sharded: in the checkpoint's .dcp directory
         "scheduler": _plain_scheduler_state(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
@@ -601,8 +665,9 @@ def _restarted_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps
                                       .min_lr_ratio, t_in_epochs=False), restart_step)
 
 
-def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any, ema: ModelEmaV3 | None,
-                mixup: Any) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+def _load_state(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, ema: ModelEmaV3 | None, mixup: Any,
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
     """``(state, metrics rows of the committed epochs, the mid-epoch recovery point or None)``."""
     pointer = read_pointer(run_dir)
     entry = pointer.get("recovery", pointer)
@@ -612,8 +677,21 @@ def _load_state(run_dir: Path, optimizer: torch.optim.Optimizer, scaler: Any, em
                         f"{payload.get('step_in_epoch', 0)} steps but {run_dir / POINTER} names epoch "
                         f"{pointer['epoch']} + {entry.get('step_in_epoch', 0)} steps: restore the run directory's "
                         "files")
+    if payload["optimizer"] is None and "sharded" not in entry:
+        raise UserError(f"{run_dir / entry['state']} has no optimizer state and {run_dir / POINTER} names no sharded "
+                        "one: restore the run directory's files")
+    if ("sharded" in entry) != is_sharded(model) and ("sharded" in entry or payload["optimizer"]["state"]):
+        was, now = ("fsdp", "ddp") if "sharded" in entry else ("ddp", "fsdp")
+        raise UserError(f"{run_dir} was trained with train.strategy={was}: resume it with --set train.strategy={was} "
+                        f"(its optimizer state cannot be moved to {now})")
+    if "sharded" in entry:
+        optim_state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # this rank's shards, to fill in
+        load_sharded(run_dir / entry["sharded"], optim_state)
     try:
-        optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
+        if "sharded" in entry:
+            set_optimizer_state_dict(model, optimizer, optim_state["optimizer"])
+        else:
+            optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
         if scaler is not None and payload["scaler"] is not None:
             scaler.load_state_dict(payload["scaler"])
         if ema is not None:
