@@ -131,7 +131,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if resume:
         model, model_name, model_kwargs = _resume_model(run_dir, d.is_main)
     else:
-        model, model_name, model_kwargs = build.build_model(config, num_classes)
+        model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
     model.to(d.device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
