@@ -430,8 +430,14 @@ def test_every_config_validates_and_builds(path, tmp_path):
     assert train_tf is not None and val_tf is not None and build.build_loss(config) is not None
     micro, accum = batch_plan(config, world_size=1)
     assert micro * accum == config.train.batch_size
-    if config.model.init == "checkpoint":
-        assert config.model.init_checkpoint.endswith(".safetensors")
+    if config.model.init == "recycle":  # the recipe's predecessor fits this successor (weights aside)
+        from moejet.recycle.api import check_pair
+
+        r = config.recycle
+        with torch.device("meta"):
+            predecessor = timm.create_model(r.predecessor, **r.predecessor_kwargs)
+        pair = check_pair(predecessor, model, r.strategy, dense=r.dense_checkpoint is not None)
+        assert pair.moe_blocks or config.model.name == "convnext_femto_d18"
     if config.data.dataset.startswith("synthetic"):
         assert build.build_dataset(build_config, "val", val_tf).num_classes > 1
     else:  # no data on disk: the documented error, naming where it looked
@@ -558,13 +564,17 @@ def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(tmp_path, prede
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
 
     run = tmp_path / "run_b"
-    assert load_file(run / "init.safetensors").keys() == recycled.keys()
-    report = json.loads((run / "recycle.json").read_text())
+    assert load_file(run / "recycle" / "model.safetensors").keys() == recycled.keys()
+    report = json.loads((run / "recycle" / "recycle.json").read_text())
     expected = json.loads((tmp_path / "recycled" / "recycle.json").read_text())
     assert report["neuron_indices"] == expected["neuron_indices"]
     assert report["channel_indices"] == expected["channel_indices"]
     assert report["recipe"]["successor_kwargs"] == {**SUCCESSOR, "moe_layers": [2, 3]}
     assert report["recipe"]["recycle"]["predecessor_checkpoint"] == str(predecessor_file)
+    from moejet.hub import describe
+
+    assert describe(run / "last.safetensors", run)["recycle"] == {"predecessor": "vit_small_patch16_224",
+                                                                 "strategy": "importance", "seed": "3"}
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init"] == "recycle" and saved["recycle"]["seed"] == 3
     assert "recycle" not in yaml.safe_load(_dump(from_file))  # other inits keep their config.yaml as before
@@ -584,7 +594,7 @@ def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecesso
                          debug={"max_steps_per_epoch": 2})
     straight = train(config, tmp_path / "straight", progress=False, verbose=False)
     train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
-    init_bytes = (tmp_path / "run" / "init.safetensors").read_bytes()
+    init_bytes = (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes()
     predecessor_file.rename(tmp_path / "moved.safetensors")
     calls = []
     real = moejet.recycle.cli.recycle_sources
@@ -593,17 +603,18 @@ def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecesso
     resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
     assert calls == []
     assert comparable(resumed) == comparable(straight)
-    assert (tmp_path / "run" / "init.safetensors").read_bytes() == init_bytes
+    assert (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes() == init_bytes
 
-    # a start killed before its first checkpoint is started again: the same recipe reuses RUN/init.safetensors
+    # a start killed before its first checkpoint is started again: the same recipe reuses RUN/recycle/
     name, kwargs = build.model_kwargs(config, 4)
-    assert recycle_into_run(config, tmp_path / "run", name, kwargs) == tmp_path / "run" / "init.safetensors"
+    init = recycle_into_run(config, tmp_path / "run", name, kwargs)
+    assert init == tmp_path / "run" / "recycle" / "model.safetensors"
     assert calls == []
     # ... a changed recipe recycles again (here: fails, the predecessor is gone, and nothing is overwritten)
     other = tiny_config(model={"init": "recycle"}, recycle=recycle_section(predecessor_file, seed=4))
     with pytest.raises(UserError, match=r"^recycling \(config section recycle\): checkpoint .* does not exist"):
         recycle_into_run(other, tmp_path / "run", name, kwargs)
-    assert len(calls) == 1 and (tmp_path / "run" / "init.safetensors").read_bytes() == init_bytes
+    assert len(calls) == 1 and (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes() == init_bytes
 
 
 @pytest.mark.parametrize(("recycle", "message"), [

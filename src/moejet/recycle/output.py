@@ -28,8 +28,7 @@ def compact_json(obj: Any, level: int = 0) -> str:
 
 
 def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report: dict[str, Any],
-                  successor: str, successor_kwargs: dict[str, Any], model_file: str = MODEL_FILE,
-                  report_file: str = REPORT_FILE) -> tuple[Path, Path]:
+                  successor: str, successor_kwargs: dict[str, Any]) -> tuple[Path, Path]:
     """``OUT/model.safetensors`` (rebuildable with ``build_from_checkpoint``) and ``OUT/recycle.json``.
 
     Each file is written to a temporary name and renamed; if the second write fails the first is removed, and
@@ -39,7 +38,7 @@ def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a directory")
     created = not out.exists()
-    model_path, report_path = out / model_file, out / report_file
+    model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
     metadata = {"moejet.recycle.strategy": report["strategy"], "moejet.recycle.seed": str(report["seed"]),
                 "moejet.recycle.predecessor": str(report["predecessor"]["name"])}
     try:

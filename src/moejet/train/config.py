@@ -35,7 +35,7 @@ class ModelConfig:
     name: str = "vjetmoe_tiny_patch16_224"  # any timm name; moejet's models are registered on import
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (num_classes: from data)
     # scratch | checkpoint (init_checkpoint) | pretrained (timm pretrained=True) | recycle (the recycle: section,
-    # run once into RUN/init.safetensors + RUN/recycle.json)
+    # run once into RUN/recycle/, as moejet recycle --out RUN/recycle)
     init: str = "scratch"
     # moejet safetensors (recycled or trained; its header's kwargs are the defaults) or a dense timm
     # checkpoint (.safetensors/.pth/.bin); the classifier is re-initialised when the class count differs

@@ -1,7 +1,7 @@
-"""``model.init: recycle``: ``moejet recycle`` run once into the run directory, before the first epoch.
+"""``model.init: recycle``: ``moejet recycle --out RUN/recycle`` run once, before the first epoch.
 
-    RUN/init.safetensors   the recycled successor (the run's initial weights; its header rebuilds the model)
-    RUN/recycle.json       moejet recycle's report, plus the recipe it came from
+    RUN/recycle/model.safetensors   the recycled successor (the run's initial weights; its header rebuilds it)
+    RUN/recycle/recycle.json        moejet recycle's report, plus the recipe it came from
 
 A start that finds both files written from the same recipe (a run killed before its first checkpoint, started
 again) reuses them; ``--resume`` never gets here: it rebuilds the model from the run's own checkpoint.
@@ -19,10 +19,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from ..recycle.output import MODEL_FILE, REPORT_FILE
 from .config import Config, recycle_switches
 from .distributed import rng_state, set_rng_state
 
-INIT_FILE, REPORT_FILE = "init.safetensors", "recycle.json"
+RECYCLE_DIR = "recycle"  # RUN/recycle: the layout of a moejet recycle --out directory (moejet publish reads it)
 TRAINING_KWARGS = ("drop_path_rate",)  # change how the model trains, not its weights: not the successor's
 
 
@@ -35,41 +36,40 @@ def recipe(config: Config, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def recycle_into_run(config: Config, run_dir: str | Path, name: str, kwargs: dict[str, Any]) -> Path:
-    """``RUN/init.safetensors`` recycled from ``config.recycle`` into the successor ``name(**kwargs)``.
+    """``RUN/recycle/model.safetensors`` recycled from ``config.recycle`` into the successor ``name(**kwargs)``.
 
     Under torchrun rank 0 recycles and the other ranks wait for its files. The caller's RNG streams are left as
     they were, so a run initialised this way trains exactly as one started from the same file with
     ``model.init: checkpoint``.
     """
-    run_dir = Path(run_dir)
-    path = run_dir / INIT_FILE
+    out = Path(run_dir) / RECYCLE_DIR
     wanted = recipe(config, name, kwargs)
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
-        if _saved_recipe(run_dir) != wanted:
-            _recycle(config, run_dir, wanted)
+        if _saved_recipe(out) != wanted:
+            _recycle(config, out, wanted)
     if distributed:
         dist.barrier()
-    return path
+    return out / MODEL_FILE
 
 
-def _saved_recipe(run_dir: Path) -> dict[str, Any] | None:
-    if not (run_dir / INIT_FILE).is_file():
+def _saved_recipe(out: Path) -> dict[str, Any] | None:
+    if not (out / MODEL_FILE).is_file():
         return None
     try:
-        return json.loads((run_dir / REPORT_FILE).read_text()).get("recipe")
+        return json.loads((out / REPORT_FILE).read_text()).get("recipe")
     except (OSError, ValueError, AttributeError):  # missing or damaged: recycle again
         return None
 
 
-def _recycle(config: Config, run_dir: Path, wanted: dict[str, Any]) -> None:
+def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
     from ..recycle.cli import recycle_sources
     from ..recycle.output import summary, write_outputs
 
     r, t = config.recycle, config.train
     device = "cpu" if t.device == "cpu" or not torch.cuda.is_available() else "cuda"
     print(f"moejet train: recycling {r.predecessor or r.predecessor_checkpoint} into {wanted['successor']} "
-          f"({r.strategy}) -> {run_dir / INIT_FILE}", flush=True)
+          f"({r.strategy}) -> {out / MODEL_FILE}", flush=True)
     saved_rng = rng_state()
     try:
         state, report = recycle_sources(
@@ -86,6 +86,5 @@ def _recycle(config: Config, run_dir: Path, wanted: dict[str, Any]) -> None:
     finally:
         set_rng_state(saved_rng)
     report["recipe"] = wanted
-    paths = write_outputs(run_dir, state, report, wanted["successor"], wanted["successor_kwargs"], INIT_FILE,
-                          REPORT_FILE)
+    paths = write_outputs(out, state, report, wanted["successor"], wanted["successor_kwargs"])
     print(summary(report, paths), flush=True)
