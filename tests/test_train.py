@@ -653,3 +653,54 @@ def test_recycle_section_without_init_recycle_and_missing_files_are_errors(tmp_p
     err = capsys.readouterr().err
     assert err.startswith("moejet train: error: recycling (config section recycle): ") and "nope.safetensors" in err
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ grad checkpointing
+
+TINY_CNX = {"dims": (8, 16, 32, 64), "depths": (1, 1, 2, 1), "moe_layers": (3, 4), "core_experts": (0, 0, 2, 2),
+            "univ_experts": (0, 0, 4, 4)}
+QUIET = {"noise_std": 0.0, "expert_dropout": 0.0, "expert_drop_rate": 0.0, "drop_path_rate": 0.0}
+NOISY = {"expert_dropout": 0.4, "expert_drop_rate": 0.3, "drop_path_rate": 0.2}  # router noise: the default
+
+
+def _grads(model, images, labels, seed):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    nn_loss = torch.nn.functional.cross_entropy(model(images), labels)
+    nn_loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("randomness", [QUIET, NOISY], ids=["deterministic", "noise-and-drops-replayed"])
+@pytest.mark.parametrize(("name", "kwargs", "moe_block"), [
+    ("vjetmoe_tiny_patch16_224", {**TINY_VIT, "img_size": 32}, "blocks.3.mlp"),
+    ("cjetmoe_femto", TINY_CNX, "stages.3.blocks.0.mlp"),
+])
+def test_grad_checkpointing_recomputes_moe_blocks_to_the_same_gradients(name, kwargs, moe_block, randomness):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs, **randomness).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    calls = []
+    model.get_submodule(moe_block).register_forward_pre_hook(lambda *args: calls.append(1))
+
+    plain = _grads(model, images, labels, seed=7)
+    assert len(calls) == 1
+    build.set_grad_checkpointing(model, True)
+    checkpointed = _grads(model, images, labels, seed=7)
+    assert len(calls) == 3  # forward, then the recomputation in the backward pass
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_grad_checkpointing_config_reaches_the_model(tmp_path, monkeypatch):
+    seen = []
+    real = build.set_grad_checkpointing
+    monkeypatch.setattr(build, "set_grad_checkpointing", lambda model, on: seen.append(on) or real(model, on))
+    config = tiny_config(train={"grad_checkpointing": True}, debug={"max_steps_per_epoch": 1},
+                         schedule={"epochs": 1})
+    train(config, tmp_path / "run", progress=False, verbose=False)
+    assert seen == [True]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["grad_checkpointing"] is True
+    with pytest.raises(UserError, match="config key train.grad_checkpointing: Linear does not support"):
+        build.set_grad_checkpointing(torch.nn.Linear(2, 2), True)

@@ -116,6 +116,19 @@ def build_model(config: Config, num_classes: int,
     return model, name, kwargs
 
 
+def set_grad_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """``train.grad_checkpointing``: timm's ``set_grad_checkpointing()``, every block (ViT) or stage's blocks
+    (ConvNeXt) recomputed in the backward pass; ``torch.utils.checkpoint`` replays the RNG, so router noise,
+    dropout and expert / path drop draw the same values again and the gradients are unchanged."""
+    if not enabled:
+        return
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError) as err:
+        raise UserError(f"config key train.grad_checkpointing: {type(model).__name__} does not support timm's "
+                        f"gradient checkpointing ({type(err).__name__}: {err}): set it to false") from None
+
+
 def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") -> None:
     """Load ``path`` strictly except the classifier, which stays freshly initialised when its shape differs.
 

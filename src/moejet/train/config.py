@@ -104,6 +104,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA only, with grad scaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
+    # timm's set_grad_checkpointing(): every block's activations are recomputed in the backward pass instead of
+    # kept (one extra forward pass per step, far less activation memory; same gradients)
+    grad_checkpointing: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0

@@ -133,6 +133,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     else:
         model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
     model.to(d.device)
+    build.set_grad_checkpointing(model, t.grad_checkpointing)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build.build_optimizer(config, model)
