@@ -418,8 +418,9 @@ def readme() -> str:
              "`--set recycle.pretrained=false --set recycle.predecessor_checkpoint=FILE`), the dense part from "
              "Step 0's files. `importance` and `graph` calibrate on 76,800 ImageNet train images as released "
              "(`--set recycle.calib_root=DIR` to point at ImageNet; fewer images, or another dataset spec, work "
-             "too); the other strategies need no calibration. The standalone commands below write the same "
-             "weights (for the dataset's class count) once for many runs: start those runs with "
+             "too); the other strategies need no calibration. The standalone commands below run the same recipe "
+             "once for many runs (their successor keeps a 1000-class head, re-initialised for the dataset): start "
+             "those runs with "
              "`--set model.init=checkpoint --set model.init_checkpoint=runs/recycle/NAME/model.safetensors "
              "--set recycle=null`. Add `--device cuda` on a GPU machine.\n"]
     for rec in recycles.values():
