@@ -46,7 +46,8 @@ CROP_PCT = 0.875  # release: mmpretrain pipelines resize 256 -> centre crop 224 
 VIT_T_DENSE = "checkpoints/vit_tiny_patch16_224.augreg_in21k.safetensors"
 VIT_S_DENSE = "checkpoints/vit_small_patch16_224.augreg_in21k.safetensors"
 AVG_POOL = (("global_pool", "avg"),)  # MoE ViT successors pool like the released models (fc_norm + mean)
-RECYCLE_CALIB = "--calib-data imagenet --calib-images 76800"  # released: 300 batches x 256 ImageNet train images
+CALIB_IMAGES = 76800  # released: 300 batches x 256 ImageNet train images
+RECYCLE_CALIB = f"--calib-data imagenet --calib-images {CALIB_IMAGES}"
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,24 @@ class Recycle:
     def checkpoint(self) -> str:
         return f"runs/recycle/{self.out}/model.safetensors"
 
+    @property
+    def calibrated(self) -> bool:
+        return self.strategy in ("importance", "graph")
+
+    def section(self) -> dict[str, Any]:
+        """The config's ``recycle:`` section (``model.init: recycle``): this command's recipe, the successor being
+        the config's model.name and model.kwargs (successor_args are among them)."""
+        return {"predecessor": self.predecessor, "pretrained": True, "dense_checkpoint": self.dense_checkpoint,
+                "strategy": self.strategy, "calib_data": "imagenet" if self.calibrated else "synthetic",
+                "calib_images": CALIB_IMAGES if self.calibrated else 0}
+
     def command(self) -> str:
         parts = [f"moejet recycle --predecessor {self.predecessor} --pretrained"]
         if self.dense_checkpoint:
             parts.append(f"--dense-checkpoint {self.dense_checkpoint}")
         parts.append(f"--successor {self.successor}")
         parts += [f"--successor-arg '{k}={v}'" for k, v in self.successor_args]
-        calib = RECYCLE_CALIB if self.strategy in ("importance", "graph") else "--calib-images 0"
+        calib = RECYCLE_CALIB if self.calibrated else "--calib-images 0"
         parts += [f"--strategy {self.strategy}", calib, f"--out runs/recycle/{self.out}"]
         return " \\\n    ".join(parts)
 
@@ -107,7 +119,7 @@ class Arm:
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     init: str = "scratch"
-    recycle: Recycle | None = None  # init from this recycled checkpoint
+    recycle: Recycle | None = None  # init: recycle with this recipe
     sphero: bool = False  # SpheroMoE: gets the expert regularisation
     global_pool: str = "avg"
 
@@ -117,7 +129,7 @@ class Arm:
 
     def with_recycle(self, recycle: Recycle, label: str, **kwargs: Any) -> Arm:
         return dataclasses.replace(self, recycle=recycle, label=label, kwargs={**self.kwargs, **kwargs},
-                                   init="checkpoint")
+                                   init="recycle")
 
 
 VIT_T = {
@@ -125,15 +137,15 @@ VIT_T = {
     "dense": Arm("Dense", "vit_tiny_patch16_224", global_pool="token"),
     "dense21k": Arm("Dense (21k)", "vit_tiny_patch16_224.augreg_in21k", init="pretrained", global_pool="token"),
     "softmoe": Arm("Soft MoE", "softmoe_vit_tiny_patch16_224"),
-    "jetpack": Arm("MoE Jetpack", "vjetmoe_tiny_patch16_224", init="checkpoint", recycle=VJET_T, sphero=True),
+    "jetpack": Arm("MoE Jetpack", "vjetmoe_tiny_patch16_224", init="recycle", recycle=VJET_T, sphero=True),
 }
 CONVNEXT_F = {
     "dense": Arm("Dense", "convnext_femto_d18"),
-    "dense21k": Arm("Dense (21k)", "convnext_femto_d18", init="checkpoint", recycle=CONVNEXT_F_21K),
+    "dense21k": Arm("Dense (21k)", "convnext_femto_d18", init="recycle", recycle=CONVNEXT_F_21K),
     # Soft MoE in the same blocks, one expert per token (196 at 14x14, 49 at 7x7), as Soft MoE-T's 197
     "softmoe": Arm("Soft MoE", "cjetmoe_femto",
                    {"moe_type": "soft", "core_experts": [0, 0, 196, 49], "univ_experts": 0}),
-    "jetpack": Arm("MoE Jetpack", "cjetmoe_femto", init="checkpoint", recycle=CJET_F, sphero=True),
+    "jetpack": Arm("MoE Jetpack", "cjetmoe_femto", init="recycle", recycle=CJET_F, sphero=True),
 }
 FAMILIES = {"vit_t": ("ViT-T", VIT_T), "convnext_f": ("ConvNeXt-F", CONVNEXT_F)}
 
@@ -210,7 +222,7 @@ def table4() -> list[Experiment]:
         recycle = dataclasses.replace(VJET_T, out=f"vjetmoe_t_{tag}", successor_args=_successor_args(kwargs))
         arm = VIT_T["jetpack"].with_recycle(recycle, f"V-JetMoE-T {label}", **kwargs)
         out.append(Experiment(f"table4_vjetmoe_t_{tag}_cifar100", "table4", arm.label, "cifar100", arm, score))
-    vjet_s = Arm("V-JetMoE-S", "vjetmoe_small_patch16_224", init="checkpoint", recycle=VJET_S, sphero=True)
+    vjet_s = Arm("V-JetMoE-S", "vjetmoe_small_patch16_224", init="recycle", recycle=VJET_S, sphero=True)
     out += [Experiment(f"table4_vjetmoe_s_{d}", "table4", "V-JetMoE-S", d, vjet_s, s)
             for d, s in (("cifar100", 89.9), ("in1k", 82.4))]
     return out
@@ -249,10 +261,8 @@ def config_dict(exp: Experiment) -> dict[str, Any]:
     return {
         "name": exp.name,
         "description": f"{exp.table}: {exp.row} on {exp.dataset}.{paper}",
-        "model": {
-            "name": arm.name, "kwargs": kwargs, "init": arm.init,
-            "init_checkpoint": arm.recycle.checkpoint if arm.recycle else None, "drop_path_rate": drop_path,
-        },
+        "model": {"name": arm.name, "kwargs": kwargs, "init": arm.init, "drop_path_rate": drop_path},
+        **({"recycle": arm.recycle.section()} if arm.recycle else {}),
         "data": {"dataset": spec, "img_size": 224, "crop_pct": CROP_PCT},
         "optim": {"layer_decay": arm.layer_decay},
         "schedule": {"epochs": epochs, "warmup_epochs": warmup},
@@ -295,8 +305,10 @@ the model and recycling code live in `src/moejet/variants.py` (every config sets
 - **Data**: datasets are read from `$MOEJET_DATA/<name>` (default `~/.cache/moejet/data/<name>`) or
   `--set data.root=DIR`; `--set data.download=true` lets torchvision fetch the small ones. ImageNet
   is `ROOT/train/<class>/*` and `ROOT/val/<class>/*`.
-- **Initialisation**: `model.init: checkpoint` configs start from a `moejet recycle` output under
-  `runs/recycle/` (commands below; the successor's kwargs come from that file's header), `pretrained`
+- **Initialisation**: `model.init: recycle` configs carry their checkpoint recycling recipe in a
+  `recycle:` section (the Step 1 command's flags under the same names; the successor is the config's
+  model): `moejet train` recycles once into `RUN/recycle/` (`model.safetensors`, `recycle.json`) before the first
+  epoch (`--resume` needs neither the predecessor nor the calibration data again). `pretrained` starts
   from timm's hosted weights (offline: save them to a file elsewhere and use
   `--set model.init=checkpoint --set model.init_checkpoint=FILE`), `scratch` from random weights.
   The classifier is re-initialised for the dataset's classes.
@@ -330,7 +342,8 @@ save_model(m, f'checkpoints/{name}.augreg_in21k.safetensors', name, {'num_classe
 
 
 CONFIG_TABLE_NOTE = ("lr is the resolved peak lr (`optim.lr: null` scales `base_lr` by the global batch); "
-                     "init names the Step 1 output, `pretrained` timm's in21k weights, `scratch` random weights.")
+                     "init: recycle names the Step 1 recipe, `pretrained` timm's in21k weights, `scratch` random "
+                     "weights.")
 SOURCES_NOTE = ("*paper* = the NeurIPS 2024 paper (section / table named), *release* = the authors' "
                 "Adlith/MoE-Jetpack repository (file named, `moejet/configs/` omitted), *ours* = our choice, "
                 "with the reason. Where paper and release differ the configs follow the paper and name the "
@@ -385,6 +398,12 @@ SOURCES = [
      f"(layer_scale=False in {R_SCRATCH})"),
     ("recycling calibration", "76,800 ImageNet train images (importance, graph)",
      "release: 300 batches x 256 images"),
+    ("recycling predecessors", "ViT-S/16 in21k experts + ViT-T/16 in21k dense part (V-JetMoE-T, Soft MoE-T), "
+     "ConvNeXt-T in22k (C-JetMoE-F, ConvNeXt-F Dense (21k)), ViT-B/16 + ViT-S/16 in21k (V-JetMoE-S)",
+     "paper §4.3 (ViT-S and ViT-T in21k into V-JetMoE-T) and App. A Table 5 (ViT-S/16, ConvNeXt-T, in21k from "
+     "timm); V-JetMoE-S: ours, the paper says only \"converted from larger dense checkpoints\""),
+    ("recycling seed / batch", "seed 0, 64 calibration images per batch", "ours: moejet recycle's defaults, as in the "
+     "Step 1 commands"),
 ]
 
 
@@ -393,14 +412,20 @@ def readme() -> str:
     for exp in EXPERIMENTS:
         if exp.arm.recycle is not None:
             recycles.setdefault(exp.arm.recycle.out, exp.arm.recycle)
-    lines = [README_HEAD, "## Step 1: recycled checkpoints\n",
-             "Each `model.init: checkpoint` config names one of these outputs (recycle once, train many). "
-             "`importance` and `graph` calibrate on 76,800 ImageNet train images as released (`--data-root` "
-             "to point at ImageNet; fewer images, or another dataset spec, work too); the other strategies "
-             "need no calibration. Add `--device cuda` on a GPU machine.\n"]
+    lines = [README_HEAD, "## Step 1: recycling (inside `moejet train`, or once for many runs)\n",
+             "Each `model.init: recycle` config runs one of these recipes when its run starts: the predecessor "
+             "comes from timm's hub (`recycle.pretrained: true`; offline: save it to a file and "
+             "`--set recycle.pretrained=false --set recycle.predecessor_checkpoint=FILE`), the dense part from "
+             "Step 0's files. `importance` and `graph` calibrate on 76,800 ImageNet train images as released "
+             "(`--set recycle.calib_root=DIR` to point at ImageNet; fewer images, or another dataset spec, work "
+             "too); the other strategies need no calibration. The standalone commands below run the same recipe "
+             "once for many runs (their successor keeps a 1000-class head, re-initialised for the dataset): start "
+             "those runs with "
+             "`--set model.init=checkpoint --set model.init_checkpoint=runs/recycle/NAME/model.safetensors "
+             "--set recycle=null`. Add `--device cuda` on a GPU machine.\n"]
     for rec in recycles.values():
         users = sorted(e.name for e in EXPERIMENTS if e.arm.recycle == rec)
-        lines += [f"`{rec.checkpoint}` (used by {len(users)} config{'s' if len(users) > 1 else ''}):\n",
+        lines += [f"`{rec.out}` (the recipe of {len(users)} config{'s' if len(users) > 1 else ''}):\n",
                   "```bash", rec.command(), "```\n"]
     lines.append("## Step 2: training, per table\n")
     sections = {
@@ -424,7 +449,7 @@ def readme() -> str:
         config = config_from_dict(config_dict(exp))
         kw = config.model.kwargs
         reg = (f"dropout {kw['expert_dropout']}, drop {kw['expert_drop_rate']}" if "expert_dropout" in kw else "-")
-        init = config.model.init if config.model.init != "checkpoint" else f"`{exp.arm.recycle.out}`"
+        init = config.model.init if config.model.init != "recycle" else f"recycle `{exp.arm.recycle.out}`"
         ld = "-" if config.optim.layer_decay is None else f"{config.optim.layer_decay}"
         lr = config.optim.base_lr * config.train.batch_size / config.optim.base_batch_size
         score = "-" if exp.paper_top1 is None else f"{exp.paper_top1}"

@@ -67,15 +67,41 @@ def test_moe_vits_pool_by_average_and_dense_vits_by_class_token():
         assert pool == ("token" if cfg["model"]["name"].startswith("vit_tiny") else "avg"), path.name
 
 
-def test_table3_rows_differ_only_in_init_checkpoint():
+def test_table3_rows_differ_only_in_their_recycling_recipe():
     rows = {p.stem: raw(p) for p in YAMLS if p.stem.startswith("table3_")}
     assert sorted(rows) == [f"table3_{s}_in1k" for s in ("graph", "importance", "random", "uniform", "upcycle")]
-    checkpoints = {cfg["model"].pop("init_checkpoint") for cfg in rows.values()}
-    assert len(checkpoints) == 5
+    recipes = {stem: cfg.pop("recycle") for stem, cfg in rows.items()}
+    assert {r["strategy"] for r in recipes.values()} == {"graph", "importance", "random", "uniform", "upcycle"}
+    assert recipes["table3_upcycle_in1k"]["predecessor"] == "vit_tiny_patch16_224.augreg_in21k"
+    assert recipes["table3_upcycle_in1k"]["dense_checkpoint"] is None
+    assert [r["calib_images"] for r in recipes.values()] == [76800, 76800, 0, 0, 0]  # graph, importance: calibrated
     strip = [{k: v for k, v in cfg.items() if k not in ("name", "description")} for cfg in rows.values()]
     assert all(s == strip[0] for s in strip)
     assert strip[0]["model"]["name"] == "vjetmoe_tiny_patch16_224"
     assert "univ_factor" not in strip[0]["model"]["kwargs"]
+
+
+def test_every_recycled_arm_recycles_in_its_run_with_the_readme_recipe():
+    readme = (CONFIGS / "README.md").read_text()
+    commands = [block.split("```")[0] for block in readme.split("```bash")[1:] if "moejet recycle" in block]
+    recycled = [p for p in YAMLS if raw(p)["model"]["init"] == "recycle"]
+    # Table 1 (MoE Jetpack x 2 families, ConvNeXt-F Dense (21k)) x 8 datasets, Tables 2-4 (Table 4: 5 T, 2 S), Fig. 4
+    assert len(recycled) == 3 * 8 + 3 + 5 + 7 + 6
+    for path in YAMLS:
+        cfg = raw(path)
+        assert cfg["model"]["init"] != "checkpoint" and cfg["model"]["init_checkpoint"] is None, path.name
+        if cfg["model"]["init"] != "recycle":
+            assert "recycle" not in cfg, path.name
+            continue
+        r = cfg["recycle"]
+        assert r["pretrained"] and r["predecessor_checkpoint"] is None and r["variant"] is None, path.name
+        flags = [f"--predecessor {r['predecessor']} --pretrained", f"--successor {cfg['model']['name']}",
+                 f"--strategy {r['strategy']}", f"--calib-images {r['calib_images']}"]
+        flags += [f"--dense-checkpoint {r['dense_checkpoint']}"] if r["dense_checkpoint"] else []
+        flags += [f"--successor-arg '{k}={v}'" for k, v in cfg["model"]["kwargs"].items()
+                  if k in ("core_experts", "univ_experts") and not isinstance(v, list)]
+        assert any(all(f in c for f in flags) and ("--dense-checkpoint" in c) == bool(r["dense_checkpoint"])
+                   for c in commands), path.name
 
 
 def test_readme_recycle_commands_match_the_configs():
@@ -95,7 +121,8 @@ def test_v_jetmoe_s_configs_exist_with_the_papers_numbers():
     for dataset, top1 in (("cifar100", 89.9), ("in1k", 82.4)):
         cfg = raw(CONFIGS / f"table4_vjetmoe_s_{dataset}.yaml")
         assert cfg["model"]["name"] == "vjetmoe_small_patch16_224"
-        assert cfg["model"]["init_checkpoint"] == "runs/recycle/vjetmoe_s_importance/model.safetensors"
+        assert cfg["recycle"]["predecessor"] == "vit_base_patch16_224.augreg_in21k"
+        assert cfg["recycle"]["dense_checkpoint"] == "checkpoints/vit_small_patch16_224.augreg_in21k.safetensors"
         assert f"Paper top-1: {top1}." in cfg["description"]
 
 

@@ -81,6 +81,10 @@ def test_fsdp_follows_the_ddp_trajectory(runs):
         (3, 20), (6, 20)]
     assert [r["train_loss"] for r in fsdp] == pytest.approx([r["train_loss"] for r in ddp], rel=1e-5)
     assert [r["val_top1"] for r in fsdp] == pytest.approx([r["val_top1"] for r in ddp])
+    for a, b in zip(fsdp, ddp):  # routing telemetry runs on the sharded model too (every rank, rank 0 records)
+        assert a["routing"].keys() == b["routing"].keys() == {"blocks.2.mlp", "blocks.3.mlp"}
+        for layer in a["routing"]:
+            assert a["routing"][layer] == pytest.approx(b["routing"][layer], rel=1e-4, abs=1e-6)
     a, b = load_file(done["ddp"] / "last.safetensors"), load_file(done["fsdp"] / "last.safetensors")
     assert sorted(a) == sorted(b)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

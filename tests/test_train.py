@@ -447,8 +447,14 @@ def test_every_config_validates_and_builds(path, tmp_path):
     assert train_tf is not None and val_tf is not None and build.build_loss(config) is not None
     micro, accum = batch_plan(config, world_size=1)
     assert micro * accum == config.train.batch_size
-    if config.model.init == "checkpoint":
-        assert config.model.init_checkpoint.endswith(".safetensors")
+    if config.model.init == "recycle":  # the recipe's predecessor fits this successor (weights aside)
+        from moejet.recycle.api import check_pair
+
+        r = config.recycle
+        with torch.device("meta"):
+            predecessor = timm.create_model(r.predecessor, **r.predecessor_kwargs)
+        pair = check_pair(predecessor, model, r.strategy, dense=r.dense_checkpoint is not None)
+        assert pair.moe_blocks or config.model.name == "convnext_femto_d18"
     if config.data.dataset.startswith("synthetic"):
         assert build.build_dataset(build_config, "val", val_tf).num_classes > 1
     else:  # no data on disk: the documented error, naming where it looked
@@ -514,3 +520,204 @@ def test_missing_data_and_bad_runs_are_documented_errors(tmp_path, capsys):
     assert "config file" in capsys.readouterr().err
     assert main(["train", "--config", str(cfg), "--print-config", "--set", "optim.lr=null"]) == 0
     assert "lr: 7.8125e-06" in capsys.readouterr().out  # 4e-3 * 8 / 4096, resolved into the config
+
+
+# -------------------------------------------------------------------------------------- model.init: recycle
+
+PRED_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2}  # twice TINY_VIT's width
+# the successor moejet train builds for tiny_config on SYNTHETIC: TINY_VIT at 32 px, 4 classes, the config's variant
+SUCCESSOR = {**TINY_VIT, "img_size": 32, "num_classes": 4, "variant": "paper"}
+
+
+@pytest.fixture
+def predecessor_file(tmp_path):
+    torch.manual_seed(0)
+    dense = timm.create_model("vit_small_patch16_224", num_classes=10, **PRED_VIT)
+    path = tmp_path / "pred" / "vit.safetensors"
+    path.parent.mkdir()
+    save_model(dense, path, "vit_small_patch16_224", {**PRED_VIT, "num_classes": 10})
+    return path
+
+
+def recycle_section(pred, **values):
+    return {"predecessor": "vit_small_patch16_224", "predecessor_checkpoint": str(pred),
+            "calib_data": "synthetic:size=32", "calib_images": 12, "batch_size": 6, "workers": 0, "seed": 3,
+            **values}
+
+
+def recycle_cli_argv(pred, out):
+    """The same recipe as recycle_section(pred) as a standalone `moejet recycle` command."""
+    succ = []
+    for k, v in SUCCESSOR.items():
+        succ += ["--successor-arg", f"{k}={tuple(v) if isinstance(v, list) else v}"]
+    return ["recycle", "--predecessor", "vit_small_patch16_224", "--predecessor-checkpoint", str(pred),
+            "--successor", "vjetmoe_tiny_patch16_224", *succ, "--calib-data", "synthetic:size=32",
+            "--calib-images", "12", "--batch-size", "6", "--workers", "0", "--seed", "3", "--device", "cpu",
+            "--quiet", "--out", str(out)]
+
+
+def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(tmp_path, predecessor_file, capsys):
+    assert main(recycle_cli_argv(predecessor_file, tmp_path / "recycled")) == 0
+    steps = {"debug": {"max_steps_per_epoch": 2}, "schedule": {"epochs": 1}}
+    from_file = tiny_config(model={"init": "checkpoint",
+                                   "init_checkpoint": str(tmp_path / "recycled" / "model.safetensors")}, **steps)
+    one_command = tiny_config(model={"init": "recycle"}, recycle=recycle_section(predecessor_file), **steps)
+
+    model_a, _, _ = build.build_model(from_file, num_classes=4)
+    model_b, _, _ = build.build_model(one_command, num_classes=4, run_dir=tmp_path / "built")
+    a, b = model_a.state_dict(), model_b.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recycled = load_file(tmp_path / "recycled" / "model.safetensors")
+    assert all(torch.equal(recycled[k], b[k]) for k in recycled)  # the head too: same class count
+
+    # the whole run: the recycle step leaves the training RNG streams untouched, so both runs train identically
+    rows_a = train(from_file, tmp_path / "run_a", progress=False, verbose=False)
+    cfg = write_config(tmp_path / "c.yaml", yaml.safe_load(_dump(one_command)))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run_b"), "--no-progress"]) == 0
+    assert "recycling vit_small_patch16_224 into vjetmoe_tiny_patch16_224 (importance)" in capsys.readouterr().out
+    rows_b = [json.loads(line) for line in (tmp_path / "run_b" / "metrics.jsonl").read_text().splitlines()]
+    assert comparable(rows_a) == comparable(rows_b)
+    last_a, last_b = (load_file(tmp_path / run / "last.safetensors") for run in ("run_a", "run_b"))
+    assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+
+    run = tmp_path / "run_b"
+    assert load_file(run / "recycle" / "model.safetensors").keys() == recycled.keys()
+    report = json.loads((run / "recycle" / "recycle.json").read_text())
+    expected = json.loads((tmp_path / "recycled" / "recycle.json").read_text())
+    assert report["neuron_indices"] == expected["neuron_indices"]
+    assert report["channel_indices"] == expected["channel_indices"]
+    assert report["recipe"]["successor_kwargs"] == {**SUCCESSOR, "moe_layers": [2, 3]}
+    assert report["recipe"]["recycle"]["predecessor_checkpoint"] == str(predecessor_file)
+    from moejet.hub import describe
+
+    assert describe(run / "last.safetensors", run)["recycle"] == {"predecessor": "vit_small_patch16_224",
+                                                                 "strategy": "importance", "seed": "3"}
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["init"] == "recycle" and saved["recycle"]["seed"] == 3
+    assert "recycle" not in yaml.safe_load(_dump(from_file))  # other inits keep their config.yaml as before
+
+
+def _dump(config):
+    from moejet.train.config import dump_config
+
+    return dump_config(config)
+
+
+def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecessor_file, monkeypatch):
+    import moejet.recycle.cli
+    from moejet.train.recycling_step import recycle_into_run
+
+    config = tiny_config(model={"init": "recycle"}, recycle=recycle_section(predecessor_file),
+                         debug={"max_steps_per_epoch": 2})
+    straight = train(config, tmp_path / "straight", progress=False, verbose=False)
+    train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
+    init_bytes = (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes()
+    predecessor_file.rename(tmp_path / "moved.safetensors")
+    calls = []
+    real = moejet.recycle.cli.recycle_sources
+    monkeypatch.setattr(moejet.recycle.cli, "recycle_sources", lambda **kw: calls.append(kw) or real(**kw))
+
+    resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
+    assert calls == []
+    assert comparable(resumed) == comparable(straight)
+    assert (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes() == init_bytes
+
+    # a start killed before its first checkpoint is started again: the same recipe reuses RUN/recycle/
+    name, kwargs = build.model_kwargs(config, 4)
+    init = recycle_into_run(config, tmp_path / "run", name, kwargs)
+    assert init == tmp_path / "run" / "recycle" / "model.safetensors"
+    assert calls == []
+    # ... a changed recipe recycles again (here: fails, the predecessor is gone, and nothing is overwritten)
+    other = tiny_config(model={"init": "recycle"}, recycle=recycle_section(predecessor_file, seed=4))
+    with pytest.raises(UserError, match=r"^recycling \(config section recycle\): checkpoint .* does not exist"):
+        recycle_into_run(other, tmp_path / "run", name, kwargs)
+    assert len(calls) == 1 and (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes() == init_bytes
+
+
+@pytest.mark.parametrize(("recycle", "message"), [
+    ({"predecessor": None, "predecessor_checkpoint": None},
+     "config key recycle.predecessor = None is invalid: model.init is 'recycle': name the dense predecessor"),
+    ({"pretrained": True}, "config key recycle.pretrained = True is invalid: the predecessor needs weights from "
+                           "exactly one source"),
+    ({"strategy": "best"}, "config key recycle.strategy = 'best' is invalid: use one of importance, graph, uniform, "
+                           "random, upcycle"),
+    ({"calib_images": 0}, "config key recycle.calib_images = 0 is invalid: strategy importance needs calibration"),
+    ({"query_norm": "copy"}, "config key recycle.query_norm = 'copy' is invalid: use one of inherit, fresh or null"),
+    ({"variant": "mine"}, "config key recycle.variant = 'mine' is invalid: use one of paper, release or null"),
+    ({"seeds": 1}, "unknown config key recycle.seeds: valid keys of recycle are"),
+    ({"predecessor_kwargs": 3}, "config key recycle.predecessor_kwargs must be a mapping"),
+])
+def test_bad_recycle_section_is_a_one_line_error(tmp_path, capsys, predecessor_file, recycle, message):
+    raw = yaml.safe_load(_tiny_yaml())
+    raw["model"]["init"] = "recycle"
+    raw["recycle"] = recycle_section(predecessor_file, **recycle)
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moejet train: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_recycle_section_without_init_recycle_and_missing_files_are_errors(tmp_path, capsys, predecessor_file):
+    raw = yaml.safe_load(_tiny_yaml())
+    raw["recycle"] = recycle_section(predecessor_file)
+    with pytest.raises(UserError, match="the recycle section is read only with model.init=recycle"):
+        config_from_dict(raw)
+    raw["model"]["init"] = "recycle"
+    raw["recycle"]["dense_checkpoint"] = str(tmp_path / "nope.safetensors")
+    cfg = write_config(tmp_path / "c.yaml", raw)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moejet train: error: recycling (config section recycle): ") and "nope.safetensors" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ grad checkpointing
+
+TINY_CNX = {"dims": (8, 16, 32, 64), "depths": (1, 1, 2, 1), "moe_layers": (3, 4), "core_experts": (0, 0, 2, 2),
+            "univ_experts": (0, 0, 4, 4)}
+QUIET = {"noise_std": 0.0, "expert_dropout": 0.0, "expert_drop_rate": 0.0, "drop_path_rate": 0.0}
+NOISY = {"expert_dropout": 0.4, "expert_drop_rate": 0.3, "drop_path_rate": 0.2}  # router noise: the default
+
+
+def _grads(model, images, labels, seed):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    nn_loss = torch.nn.functional.cross_entropy(model(images), labels)
+    nn_loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("randomness", [QUIET, NOISY], ids=["deterministic", "noise-and-drops-replayed"])
+@pytest.mark.parametrize(("name", "kwargs", "moe_block"), [
+    ("vjetmoe_tiny_patch16_224", {**TINY_VIT, "img_size": 32}, "blocks.3.mlp"),
+    ("cjetmoe_femto", TINY_CNX, "stages.3.blocks.0.mlp"),
+])
+def test_grad_checkpointing_recomputes_moe_blocks_to_the_same_gradients(name, kwargs, moe_block, randomness):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs, **randomness).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    calls = []
+    model.get_submodule(moe_block).register_forward_pre_hook(lambda *args: calls.append(1))
+
+    plain = _grads(model, images, labels, seed=7)
+    assert len(calls) == 1
+    build.set_grad_checkpointing(model, True)
+    checkpointed = _grads(model, images, labels, seed=7)
+    assert len(calls) == 3  # forward, then the recomputation in the backward pass
+    assert plain.keys() == checkpointed.keys() and len(plain) == len(list(model.parameters()))
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_grad_checkpointing_config_reaches_the_model(tmp_path, monkeypatch):
+    seen = []
+    real = build.set_grad_checkpointing
+    monkeypatch.setattr(build, "set_grad_checkpointing", lambda model, on: seen.append(on) or real(model, on))
+    config = tiny_config(train={"grad_checkpointing": True}, debug={"max_steps_per_epoch": 1},
+                         schedule={"epochs": 1})
+    train(config, tmp_path / "run", progress=False, verbose=False)
+    assert seen == [True]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["grad_checkpointing"] is True
+    with pytest.raises(UserError, match="config key train.grad_checkpointing: Linear does not support"):
+        build.set_grad_checkpointing(torch.nn.Linear(2, 2), True)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .select import STRATEGIES
+
+if TYPE_CHECKING:
+    import torch
 
 SWITCH_HELP = {
     "importance_metric": "channel/neuron importance",
@@ -68,43 +72,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .api import recycle, resolve_device
-    from .load import calibration_loader, load_dense_state, load_predecessor, parse_kwargs, resolve_predecessor
+    from .load import parse_kwargs
     from .output import summary, write_outputs
 
-    t0 = time.perf_counter()
-    if args.strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {args.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
-    device = resolve_device(args.device)
-    pred_name = args.predecessor
-    if args.predecessor_checkpoint:
-        pred_name, pred_kwargs = resolve_predecessor(pred_name, args.predecessor_checkpoint, pred_kwargs)
-    predecessor = load_predecessor(pred_name, args.predecessor_checkpoint, args.pretrained, pred_kwargs)
-    dense = load_dense_state(args.dense_checkpoint, args.successor, succ_kwargs, args.seed) \
-        if args.dense_checkpoint else None
-    loader, calib = None, None
-    if args.calib_images > 0:
-        loader, calib = calibration_loader(args.calib_data, predecessor, args.calib_images, args.batch_size,
-                                           args.seed, args.workers, args.calib_img_size, args.data_root,
-                                           pin_memory=device.type == "cuda")
-    load_s = time.perf_counter() - t0
-    state, report = recycle(
-        predecessor, args.successor, succ_kwargs, args.strategy, loader, dense, seed=args.seed, device=device,
-        graph_parts=args.graph_parts, coact_percentile=args.coact_percentile, progress=not args.quiet,
-        calib_batches=len(loader) if loader is not None else None, predecessor_name=pred_name,
-        variant=args.variant, **{s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES},
+    state, report = recycle_sources(
+        predecessor=args.predecessor, predecessor_checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
+        predecessor_kwargs=parse_kwargs(args.predecessor_arg, "--predecessor-arg"),
+        dense_checkpoint=args.dense_checkpoint, successor=args.successor, successor_kwargs=succ_kwargs,
+        strategy=args.strategy, calib_data=args.calib_data, calib_images=args.calib_images,
+        calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,
+        workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
+        switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
+        coact_percentile=args.coact_percentile, progress=not args.quiet,
     )
-    report["predecessor"].update(checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
-                                 kwargs=pred_kwargs)
-    report["dense_checkpoint"] = args.dense_checkpoint
-    if calib is not None:
-        report["calibration"] = {**calib, **(report["calibration"] or {})}
-    report["timings"] = {"load_s": round(load_s, 4), **report["timings"],
-                         "total_s": round(time.perf_counter() - t0, 4)}
-    report["device"] = str(device)
     paths = write_outputs(args.out, state, report, args.successor, succ_kwargs)
     if not args.quiet:
         print(summary(report, paths))
     return 0
+
+
+def recycle_sources(
+    *, predecessor: str | None, predecessor_checkpoint: str | None, pretrained: bool,
+    predecessor_kwargs: dict[str, Any], dense_checkpoint: str | None, successor: str,
+    successor_kwargs: dict[str, Any], strategy: str = "importance", calib_data: str = "synthetic",
+    calib_images: int = 1024, calib_img_size: int | None = None, data_root: str | None = None, batch_size: int = 64,
+    workers: int = 2, device: str = "auto", seed: int = 0, variant: str = "paper",
+    switches: dict[str, str | None] | None = None, graph_parts: int = 32, coact_percentile: float = 90.0,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What ``moejet recycle`` does before writing: load the predecessor, the dense part and the calibration data
+    (each argument is the flag of the same name), recycle, and complete the report. Also ``model.init: recycle``
+    of ``moejet train``. Returns ``(state dict of the successor, report)``."""
+    from .api import recycle, resolve_device
+    from .load import calibration_loader, load_dense_state, load_predecessor, resolve_predecessor
+
+    t0 = time.perf_counter()
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    pred_kwargs = dict(predecessor_kwargs)
+    dev = resolve_device(device)
+    pred_name = predecessor
+    if predecessor_checkpoint:
+        pred_name, pred_kwargs = resolve_predecessor(pred_name, predecessor_checkpoint, pred_kwargs)
+    pred_model = load_predecessor(pred_name, predecessor_checkpoint, pretrained, pred_kwargs)
+    dense = load_dense_state(dense_checkpoint, successor, successor_kwargs, seed) if dense_checkpoint else None
+    loader, calib = None, None
+    if calib_images > 0:
+        loader, calib = calibration_loader(calib_data, pred_model, calib_images, batch_size, seed, workers,
+                                           calib_img_size, data_root, pin_memory=dev.type == "cuda")
+    load_s = time.perf_counter() - t0
+    state, report = recycle(
+        pred_model, successor, successor_kwargs, strategy, loader, dense, seed=seed, device=dev,
+        graph_parts=graph_parts, coact_percentile=coact_percentile, progress=progress,
+        calib_batches=len(loader) if loader is not None else None, predecessor_name=pred_name,
+        variant=variant, **(switches or {}),
+    )
+    report["predecessor"].update(checkpoint=predecessor_checkpoint, pretrained=pretrained, kwargs=pred_kwargs)
+    report["dense_checkpoint"] = dense_checkpoint
+    if calib is not None:
+        report["calibration"] = {**calib, **(report["calibration"] or {})}
+    report["timings"] = {"load_s": round(load_s, 4), **report["timings"],
+                         "total_s": round(time.perf_counter() - t0, 4)}
+    report["device"] = str(dev)
+    return state, report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -19,6 +20,7 @@ from ..checkpoint import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read
 from ..errors import UserError
 from ..models import moe_modules
 from .config import Config
+from .recycling_step import recycle_into_run
 
 STEM_PARAMS = ("cls_token", "reg_token", "dist_token", "pos_embed", "patch_embed")  # layer id 0 under layer decay
 FUSED_ADAM_ON_CPU = torch.torch_version.TorchVersion(torch.__version__) >= (2, 4)  # CUDA had it earlier
@@ -81,8 +83,12 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
                         "fix model.kwargs") from None
 
 
-def build_model(config: Config, num_classes: int) -> tuple[nn.Module, str, dict[str, Any]]:
-    """The model, initialised as ``model.init`` says; returns ``(model, timm name, kwargs to rebuild it)``."""
+def build_model(config: Config, num_classes: int,
+                run_dir: str | Path | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The model, initialised as ``model.init`` says; returns ``(model, timm name, kwargs to rebuild it)``.
+
+    ``model.init: recycle`` recycles into ``run_dir`` first (:mod:`moejet.train.recycling_step`).
+    """
     name, kwargs = model_kwargs(config, num_classes)
     m = config.model
     if m.init == "pretrained":
@@ -97,10 +103,30 @@ def build_model(config: Config, num_classes: int) -> tuple[nn.Module, str, dict[
                 "checkpoint elsewhere and set model.init=checkpoint model.init_checkpoint=FILE"
             ) from None
         return model, name, kwargs
+    init_file = None
+    if m.init == "recycle":
+        if run_dir is None:
+            raise UserError("model.init=recycle writes its initial weights into the run directory: pass run_dir")
+        init_file = recycle_into_run(config, run_dir, name, kwargs)
     model = create_model(name, kwargs, pretrained=False)
     if m.init == "checkpoint":
         load_init_checkpoint(model, m.init_checkpoint, m.init_checkpoint_weights)
+    elif init_file is not None:
+        load_init_checkpoint(model, str(init_file))
     return model, name, kwargs
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """``train.grad_checkpointing``: timm's ``set_grad_checkpointing()``, every block (ViT) or stage's blocks
+    (ConvNeXt) recomputed in the backward pass; ``torch.utils.checkpoint`` replays the RNG, so router noise,
+    dropout and expert / path drop draw the same values again and the gradients are unchanged."""
+    if not enabled:
+        return
+    try:
+        model.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError) as err:
+        raise UserError(f"config key train.grad_checkpointing: {type(model).__name__} does not support timm's "
+                        f"gradient checkpointing ({type(err).__name__}: {err}): set it to false") from None
 
 
 def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") -> None:

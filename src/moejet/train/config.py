@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..variants import VARIANTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-INIT_MODES = ("scratch", "checkpoint", "pretrained")
+INIT_MODES = ("scratch", "checkpoint", "pretrained", "recycle")
 MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("ddp", "fsdp")
@@ -35,7 +35,9 @@ STRATEGIES = ("ddp", "fsdp")
 class ModelConfig:
     name: str = "vjetmoe_tiny_patch16_224"  # any timm name; moejet's models are registered on import
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (num_classes: from data)
-    init: str = "scratch"  # scratch | checkpoint (init_checkpoint) | pretrained (timm pretrained=True)
+    # scratch | checkpoint (init_checkpoint) | pretrained (timm pretrained=True) | recycle (the recycle: section,
+    # run once into RUN/recycle/, as moejet recycle --out RUN/recycle)
+    init: str = "scratch"
     # moejet safetensors (recycled or trained; its header's kwargs are the defaults) or a dense timm
     # checkpoint (.safetensors/.pth/.bin); the classifier is re-initialised when the class count differs
     init_checkpoint: str | None = None
@@ -103,6 +105,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA only, with grad scaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
+    # timm's set_grad_checkpointing(): every block's activations are recomputed in the backward pass instead of
+    # kept (one extra forward pass per step, far less activation memory; same gradients)
+    grad_checkpointing: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
     seed: int = 0
@@ -117,6 +122,36 @@ class TrainConfig:
     telemetry_images: int = 256
     recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
     strategy: str = "ddp"  # ddp (a full replica per process) | fsdp (FSDP2: weights, grads, optimizer state sharded)
+
+
+@dataclass
+class RecycleConfig:
+    """``model.init: recycle``: ``moejet recycle``'s recipe (each key is the flag of the same name) with model.name
+    as the successor and its kwargs (the dataset's classes included). Files are read once, when the run starts."""
+
+    predecessor: str | None = None  # timm name, e.g. vit_small_patch16_224.augreg_in21k (optional with a moejet file)
+    predecessor_checkpoint: str | None = None  # its weights file (.safetensors, .pth/.bin, .npz) ...
+    pretrained: bool = False  # ... or timm's hosted weights (needs the network)
+    predecessor_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs of the predecessor
+    dense_checkpoint: str | None = None  # same-width dense model for everything outside the MoE MLPs
+    strategy: str = "importance"  # importance | graph | uniform | random | upcycle
+    calib_data: str = "synthetic"  # calibration dataset spec (train split), e.g. imagenet
+    calib_images: int = 1024  # 0: none (uniform / random / upcycle)
+    calib_img_size: int | None = None  # default: the predecessor's data config
+    calib_root: str | None = None  # where the calibration dataset lives (--data-root)
+    batch_size: int = 64
+    workers: int = 2
+    seed: int = 0
+    variant: str | None = None  # paper | release for every recycle switch; null = the config's variant
+    # the recycle switches (moejet.variants.RECYCLE_SWITCHES); null = the variant's value
+    importance_metric: str | None = None
+    expert_channels: str | None = None
+    uniform_rule: str | None = None
+    query_norm: str | None = None
+    univ_mode: str | None = None
+    final_norm: str | None = None
+    graph_parts: int = 32
+    coact_percentile: float = 90.0
 
 
 @dataclass
@@ -138,6 +173,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    recycle: RecycleConfig = field(default_factory=RecycleConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
@@ -309,6 +345,11 @@ def validate(config: Config) -> None:
     need(m.init_checkpoint_weights in ("model", "ema"), "model.init_checkpoint_weights", "use model or ema")
     need(m.init == "checkpoint" or m.init_checkpoint is None, "model.init_checkpoint",
          "set model.init=checkpoint to start from a checkpoint file (or drop init_checkpoint)")
+    if m.init == "recycle":
+        _validate_recycle(config)
+    else:
+        need(config.recycle == RecycleConfig(), "model.init",
+             "the recycle section is read only with model.init=recycle: set it (or drop the recycle section)")
     need("num_classes" not in m.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")
     need("drop_path_rate" not in m.kwargs, "model.kwargs", "set model.drop_path_rate instead of a kwarg")
     need(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
@@ -359,6 +400,43 @@ def validate(config: Config) -> None:
     need(math.isfinite(config.lr), "optim.lr", "must be finite")
 
 
+def _validate_recycle(config: Config) -> None:
+    from ..recycle.api import CHOICES
+    from ..recycle.select import STRATEGIES
+
+    r = config.recycle
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise UserError(f"config key recycle.{key} = {getattr(r, key)!r} is invalid: {what}")
+
+    need(bool(r.predecessor) or bool(r.predecessor_checkpoint), "predecessor",
+         "model.init is 'recycle': name the dense predecessor (a timm name) or give recycle.predecessor_checkpoint")
+    need(bool(r.predecessor_checkpoint) != r.pretrained, "pretrained",
+         "the predecessor needs weights from exactly one source: recycle.predecessor_checkpoint FILE or "
+         "recycle.pretrained true")
+    need(r.strategy in STRATEGIES, "strategy", f"use one of {', '.join(STRATEGIES)}")
+    need(r.calib_images >= 0, "calib_images", "must be >= 0 (0: no calibration)")
+    need(r.calib_images > 0 or r.strategy not in ("importance", "graph"), "calib_images",
+         f"strategy {r.strategy} needs calibration images: set recycle.calib_images > 0")
+    need(r.calib_img_size is None or r.calib_img_size >= 8, "calib_img_size", "must be at least 8 pixels or null")
+    need(bool(r.calib_data.strip()), "calib_data", "name a dataset (e.g. imagenet or synthetic)")
+    need(r.batch_size >= 1, "batch_size", "must be >= 1")
+    need(r.workers >= 0, "workers", "must be >= 0")
+    need(r.variant is None or r.variant in VARIANTS, "variant", f"use one of {', '.join(VARIANTS)} or null")
+    need(r.graph_parts >= 1, "graph_parts", "must be >= 1")
+    need(0.0 < r.coact_percentile < 100.0, "coact_percentile", "must be in (0, 100)")
+    for name, value in recycle_switches(config).items():
+        need(value is None or value in CHOICES[name], name, f"use one of {', '.join(CHOICES[name])} or null")
+
+
+def recycle_switches(config: Config) -> dict[str, str | None]:
+    """The recycle section's switches (None: the variant's value)."""
+    from ..variants import RECYCLE_SWITCHES
+
+    return {s.name: getattr(config.recycle, s.name) for s in RECYCLE_SWITCHES}
+
+
 def _get(config: Config, key: str) -> Any:
     node: Any = config
     for part in key.split("."):
@@ -395,6 +473,8 @@ def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
 def config_to_dict(config: Config, resolve_lr: bool = True) -> dict[str, Any]:
     """Plain dict (lists instead of tuples), by default with the resolved learning rate written in."""
     out = _plain_dict(dataclasses.asdict(config))
+    if config.model.init != "recycle":
+        del out["recycle"]  # read only by model.init: recycle
     if resolve_lr:
         out["optim"]["lr"] = config.lr
     return out

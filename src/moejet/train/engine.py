@@ -166,8 +166,9 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if resume:
         model, model_name, model_kwargs = _resume_model(run_dir, d.is_main)
     else:
-        model, model_name, model_kwargs = build.build_model(config, num_classes)
+        model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
     model.to(d.device)
+    build.set_grad_checkpointing(model, t.grad_checkpointing)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     whole = shard_model(model, d, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
@@ -277,8 +278,10 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             if ema is not None:
                 ema_eval = evaluate(ema.module, val_loader, d, amp_dtype, t.channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
-            if d.is_main and t.telemetry_images > 0 and moe_modules(model):
-                row["routing"] = _routing(model, telemetry_loader, d, amp_dtype, t.channels_last)
+            if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
+                routing = _routing(model, telemetry_loader, d, amp_dtype, t.channels_last)
+                if d.is_main:
+                    row["routing"] = routing
         epoch_time = time.perf_counter() - start
         state["wall_time_s"] += epoch_time
         row.update(
@@ -468,7 +471,10 @@ def _routing(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dty
 
     with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []), \
             _autocast(d.device, amp_dtype):
-        return routing_telemetry(model, images())
+        routing = routing_telemetry(model, images())
+    if is_sharded(model):
+        model.reshard()  # as in evaluate(): the root's parameters stay whole after a forward without backward
+    return routing
 
 
 # ------------------------------------------------------------------------------------------------- helpers

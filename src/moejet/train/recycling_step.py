@@ -1,0 +1,90 @@
+"""``model.init: recycle``: ``moejet recycle --out RUN/recycle`` run once, before the first epoch.
+
+    RUN/recycle/model.safetensors   the recycled successor (the run's initial weights; its header rebuilds it)
+    RUN/recycle/recycle.json        moejet recycle's report, plus the recipe it came from
+
+A start that finds both files written from the same recipe (a run killed before its first checkpoint, started
+again) reuses them; ``--resume`` never gets here: it rebuilds the model from the run's own checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+from ..recycle.output import MODEL_FILE, REPORT_FILE
+from .config import Config, recycle_switches
+from .distributed import rng_state, set_rng_state
+
+RECYCLE_DIR = "recycle"  # RUN/recycle: the layout of a moejet recycle --out directory (moejet publish reads it)
+TRAINING_KWARGS = ("drop_path_rate",)  # change how the model trains, not its weights: not the successor's
+
+
+def recipe(config: Config, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the recycled weights depend on: the recycle section, the successor and its kwargs, the variant."""
+    successor_kwargs = {k: v for k, v in kwargs.items() if k not in TRAINING_KWARGS}
+    raw = {"recycle": dataclasses.asdict(config.recycle), "variant": config.variant, "successor": name,
+           "successor_kwargs": successor_kwargs}
+    return json.loads(json.dumps(raw))  # tuples -> lists, as read back from recycle.json
+
+
+def recycle_into_run(config: Config, run_dir: str | Path, name: str, kwargs: dict[str, Any]) -> Path:
+    """``RUN/recycle/model.safetensors`` recycled from ``config.recycle`` into the successor ``name(**kwargs)``.
+
+    Under torchrun rank 0 recycles and the other ranks wait for its files. The caller's RNG streams are left as
+    they were, so a run initialised this way trains exactly as one started from the same file with
+    ``model.init: checkpoint``.
+    """
+    out = Path(run_dir) / RECYCLE_DIR
+    wanted = recipe(config, name, kwargs)
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        if _saved_recipe(out) != wanted:
+            _recycle(config, out, wanted)
+    if distributed:
+        dist.barrier()
+    return out / MODEL_FILE
+
+
+def _saved_recipe(out: Path) -> dict[str, Any] | None:
+    if not (out / MODEL_FILE).is_file():
+        return None
+    try:
+        return json.loads((out / REPORT_FILE).read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):  # missing or damaged: recycle again
+        return None
+
+
+def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
+    from ..recycle.cli import recycle_sources
+    from ..recycle.output import summary, write_outputs
+
+    r, t = config.recycle, config.train
+    device = "cpu" if t.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    print(f"moejet train: recycling {r.predecessor or r.predecessor_checkpoint} into {wanted['successor']} "
+          f"({r.strategy}) -> {out / MODEL_FILE}", flush=True)
+    saved_rng = rng_state()
+    try:
+        state, report = recycle_sources(
+            predecessor=r.predecessor, predecessor_checkpoint=r.predecessor_checkpoint, pretrained=r.pretrained,
+            predecessor_kwargs=dict(r.predecessor_kwargs), dense_checkpoint=r.dense_checkpoint,
+            successor=wanted["successor"], successor_kwargs=wanted["successor_kwargs"], strategy=r.strategy,
+            calib_data=r.calib_data, calib_images=r.calib_images, calib_img_size=r.calib_img_size,
+            data_root=r.calib_root, batch_size=r.batch_size, workers=r.workers, device=device, seed=r.seed,
+            variant=r.variant or config.variant, switches=recycle_switches(config), graph_parts=r.graph_parts,
+            coact_percentile=r.coact_percentile, progress=sys.stderr.isatty(),
+        )
+    except UserError as err:
+        raise UserError(f"recycling (config section recycle): {err}") from None
+    finally:
+        set_rng_state(saved_rng)
+    report["recipe"] = wanted
+    paths = write_outputs(out, state, report, wanted["successor"], wanted["successor_kwargs"])
+    print(summary(report, paths), flush=True)
