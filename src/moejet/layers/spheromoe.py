@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from entmax import entmax15
 from timm.layers import drop_path
 
-from .experts import BatchedExperts, expert_keep_mask, experts_over_slots
+from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts_over_slots, fast_banks_ok
 
 COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
 EXPERT_DROP_MODES = ("expert", "layer")
@@ -123,6 +123,7 @@ class SpheroMoE(nn.Module):
         self.core_experts = make(core_experts, core_hidden)
         self.univ_experts = make(univ_experts, univ_hidden)
 
+        self.fast_path = True  # False forces the plain path (the definition the fast path is tested against)
         self.record_routing = False  # set True to keep `last_routing` for analysis
         self.last_routing: dict[str, torch.Tensor] | None = None
         self.reset_router()
@@ -183,13 +184,17 @@ class SpheroMoE(nn.Module):
 
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
-        num_core_slots = self.num_core * self.slots_per_expert
-        outputs = []
-        if self.core_experts is not None:
-            outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
-        if self.univ_experts is not None:
-            outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
-        slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        banks = [bank for bank in (self.core_experts, self.univ_experts) if bank is not None]
+        if self.fast_path and fast_banks_ok(banks, self.training):
+            slot_outputs = banks_over_slots(banks, slots)
+        else:
+            num_core_slots = self.num_core * self.slots_per_expert
+            outputs = []
+            if self.core_experts is not None:
+                outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
+            if self.univ_experts is not None:
+                outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
+            slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         if self.training and self.expert_drop_rate > 0 and self.expert_drop_mode == "layer":
             slot_outputs = drop_path(slot_outputs, self.expert_drop_rate, self.training)
         elif self.training and self.expert_drop_rate > 0:
