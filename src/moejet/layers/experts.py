@@ -107,10 +107,16 @@ def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Te
 # rows are independent, so only the floating-point summation order inside the GEMMs may differ from the plain path.
 
 
+def tracing() -> bool:
+    """Inside TorchScript tracing / scripting, torch.compile or torch.export: the fast paths (custom autograd
+    Functions, ``out=`` writes) step aside for the plain path there."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+
+
 def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
     """Whether ``banks_over_slots`` can replace ``experts_over_slots``: GELU experts without active dropout,
-    outside tracing / scripting / torch.compile / torch.export (those take the plain path)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    outside ``tracing()``."""
+    if tracing():
         return False
     return all(type(bank.act) is nn.GELU and (bank.dropout == 0 or not training) for bank in banks)
 
