@@ -180,21 +180,26 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--cases", nargs="*", default=list(CASES))
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default; 1: steadier ratios on a "
+                   "shared machine)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(peak_memory(args.child, args)))
         return
-
-    import torch
 
     memory = {}
     # before this process builds any layer: Linux carries a parent's peak RSS into a child's ru_maxrss across exec
     for case in args.cases if not args.no_memory else ():
         cmd = [sys.executable, __file__, "--child", case] + [
-            f"--{k}={getattr(args, k)}" for k in ("batch", "tokens", "dim", "device")
+            f"--{k}={getattr(args, k)}" for k in ("batch", "tokens", "dim", "device", "threads")
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode == 0:
