@@ -337,7 +337,7 @@ def run_with_grads(layer: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> li
     return [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
 
 
-def assert_fast_equals_plain(layer: SpheroMoE, x: torch.Tensor) -> None:
+def assert_fast_equals_plain(layer: SpheroMoE | SoftMoE, x: torch.Tensor) -> None:
     """In float64, so that summation-order differences (~1e-16) cannot hide a wrong term."""
     layer, x = layer.double(), x.double()
     layer.fast_path = False
@@ -392,3 +392,10 @@ def test_fast_expert_banks_weight_grads_are_dense_in_parameter_layout():
     layer(torch.randn(2, 5, 16)).sum().backward()
     for name, p in layer.named_parameters():
         assert p.grad.is_contiguous(), name
+
+
+@pytest.mark.parametrize("slots_per_expert", [1, 3])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_softmoe_fast_expert_bank_equals_plain_path(slots_per_expert, mode):
+    layer = randomize(SoftMoE(16, 4, slots_per_expert=slots_per_expert)).train(mode == "train")
+    assert_fast_equals_plain(layer, torch.randn(3, 10, 16))
