@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
 
@@ -108,9 +109,11 @@ def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Te
 
 
 def tracing() -> bool:
-    """Inside TorchScript tracing / scripting, torch.compile or torch.export: the fast paths (custom autograd
-    Functions, ``out=`` writes) step aside for the plain path there."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    """Inside TorchScript tracing / scripting, torch.compile or torch.export, or under a Python dispatch mode
+    (FlopCounterMode, fake tensors): the fast paths (custom autograd Functions, ``out=`` writes, bank GEMMs run
+    outside the bank modules) step aside for the plain path there, so those tools see each bank's own ops."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or _get_current_dispatch_mode() is not None)
 
 
 def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
