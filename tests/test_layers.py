@@ -399,3 +399,15 @@ def test_fast_expert_banks_weight_grads_are_dense_in_parameter_layout():
 def test_softmoe_fast_expert_bank_equals_plain_path(slots_per_expert, mode):
     layer = randomize(SoftMoE(16, 4, slots_per_expert=slots_per_expert)).train(mode == "train")
     assert_fast_equals_plain(layer, torch.randn(3, 10, 16))
+
+
+def test_fast_paths_step_aside_under_autocast():
+    layer = randomize(SpheroMoE(16, 3, 6)).train()
+    x = torch.randn(3, 10, 16)
+    outs = []
+    for fast in (False, True):
+        layer.fast_path = fast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(run_with_grads(layer, x))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

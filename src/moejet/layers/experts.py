@@ -109,11 +109,12 @@ def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Te
 
 
 def tracing() -> bool:
-    """Inside TorchScript tracing / scripting, torch.compile or torch.export, or under a Python dispatch mode
-    (FlopCounterMode, fake tensors): the fast paths (custom autograd Functions, ``out=`` writes, bank GEMMs run
-    outside the bank modules) step aside for the plain path there, so those tools see each bank's own ops."""
+    """Inside TorchScript tracing / scripting, torch.compile or torch.export, under a Python dispatch mode
+    (FlopCounterMode, fake tensors) or under autocast: the fast paths (custom autograd Functions, ``out=`` writes,
+    bank GEMMs run outside the bank modules, one dtype throughout) step aside for the plain path there."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or _get_current_dispatch_mode() is not None)
+            or _get_current_dispatch_mode() is not None
+            or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
 
 
 def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
