@@ -411,3 +411,15 @@ def test_fast_paths_step_aside_under_autocast():
             outs.append(run_with_grads(layer, x))
     for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_double_backward_raises_on_fast_path_and_works_on_plain_path():
+    layer = SpheroMoE(8, 2, 2)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    grad, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    layer.fast_path = False
+    grad, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    grad.sum().backward()
+    assert layer.queries.grad is not None

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
@@ -159,6 +160,7 @@ class _BanksOverSlots(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         specs = ctx.specs
         params, saved = ctx.saved_tensors[:4 * len(specs)], ctx.saved_tensors[4 * len(specs):]

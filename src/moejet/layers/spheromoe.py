@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from entmax import entmax15
 from timm.layers import drop_path
+from torch.autograd.function import once_differentiable
 
 from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts_over_slots, fast_banks_ok, tracing
 
@@ -52,6 +53,7 @@ class _SoftmaxRouter(torch.autograd.Function):
         return dispatch_t.transpose(1, 2), combine
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_dispatch, grad_combine):
         logits, dispatch_t, combine, inv_d, inv_c = ctx.saved_tensors
         # d softmax(z)/dz applied to the incoming gradients, z = logits / T (+ noise)
