@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from moejet.layers import BatchedExperts, SoftMoE, SpheroMoE, experts_over_slots
+from moejet.layers.experts import fast_banks_ok
 
 torch.manual_seed(0)
 
@@ -321,3 +322,104 @@ def test_kaiming_uniform_expert_init_matches_release_bounds():
 def test_bad_switch_values_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpheroMoE(16, 2, 2, **kwargs)
+
+
+# ---- fast paths: each must equal the plain path it replaces (outputs and every gradient) -------------------------
+
+
+def run_with_grads(layer: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
+    """Output, input gradient and every parameter gradient of ``sum(layer(x) * w)`` for a fixed random ``w``."""
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    torch.manual_seed(seed)
+    y = layer(x)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+    return [y.detach(), x.grad] + [p.grad for p in layer.parameters()]
+
+
+def assert_fast_equals_plain(layer: SpheroMoE | SoftMoE, x: torch.Tensor) -> None:
+    """In float64, so that summation-order differences (~1e-16) cannot hide a wrong term."""
+    layer, x = layer.double(), x.double()
+    layer.fast_path = False
+    plain = run_with_grads(layer, x)
+    layer.fast_path = True
+    fast = run_with_grads(layer, x)
+    names = ["output", "input grad"] + [name for name, _ in layer.named_parameters()]
+    for name, a, b in zip(names, plain, fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("slots_per_expert", [1, 2])
+@pytest.mark.parametrize("experts", [(3, 6), (4, 0), (0, 5)])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fast_expert_banks_equal_plain_path(slots_per_expert, experts, mode):
+    layer = randomize(SpheroMoE(16, *experts, slots_per_expert=slots_per_expert, noise_std=0.3)).train(mode == "train")
+    assert_fast_equals_plain(layer, torch.randn(3, 10, 16))
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [dict(expert_drop_rate=0.4), dict(expert_drop_rate=0.4, expert_drop_mode="layer"), dict(combine="entmax15"),
+     dict(noise_after_temperature=True), dict(key_proj="affine"), dict(key_l2norm=True),
+     dict(act_layer=torch.nn.SiLU), dict(expert_dropout=0.2)],
+)
+def test_fast_expert_banks_equal_plain_path_under_every_switch(switches):
+    layer = randomize(SpheroMoE(16, 3, 6, noise_std=0.3, **switches)).train()
+    assert_fast_equals_plain(layer, torch.randn(3, 10, 16))
+
+
+def test_fast_expert_banks_without_grad_equal_plain_path():
+    layer = randomize(SpheroMoE(16, 3, 6, slots_per_expert=2)).eval()
+    x = torch.randn(3, 10, 16)
+    with torch.no_grad():
+        layer.fast_path = False
+        plain = layer(x)
+        layer.fast_path = True
+        torch.testing.assert_close(layer(x), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_expert_banks_only_where_supported():
+    gelu = SpheroMoE(8, 2, 2)
+    banks = [gelu.core_experts, gelu.univ_experts]
+    assert fast_banks_ok(banks, training=True)
+    assert not fast_banks_ok([SpheroMoE(8, 2, 2, act_layer=torch.nn.SiLU).core_experts], training=False)
+    dropout = SpheroMoE(8, 2, 2, expert_dropout=0.1).core_experts
+    assert fast_banks_ok([dropout], training=False) and not fast_banks_ok([dropout], training=True)
+
+
+def test_fast_expert_banks_weight_grads_are_dense_in_parameter_layout():
+    layer = SpheroMoE(16, 3, 6)
+    layer(torch.randn(2, 5, 16)).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad.is_contiguous(), name
+
+
+@pytest.mark.parametrize("slots_per_expert", [1, 3])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_softmoe_fast_expert_bank_equals_plain_path(slots_per_expert, mode):
+    layer = randomize(SoftMoE(16, 4, slots_per_expert=slots_per_expert)).train(mode == "train")
+    assert_fast_equals_plain(layer, torch.randn(3, 10, 16))
+
+
+def test_fast_paths_step_aside_under_autocast():
+    layer = randomize(SpheroMoE(16, 3, 6)).train()
+    x = torch.randn(3, 10, 16)
+    outs = []
+    for fast in (False, True):
+        layer.fast_path = fast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(run_with_grads(layer, x))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_double_backward_raises_on_fast_path_and_works_on_plain_path():
+    layer = SpheroMoE(8, 2, 2)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    grad, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    layer.fast_path = False
+    grad, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    grad.sum().backward()
+    assert layer.queries.grad is not None

@@ -213,7 +213,9 @@ def test_every_image_every_epoch_and_a_partial_last_step_matches_one_big_batch(t
         assert [(r["step"], r["train_images"]) for r in rows] == [(3, 20)]
     assert split[0]["train_loss"] == pytest.approx(whole[0]["train_loss"], rel=1e-5)
     a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(tmp_path / "split" / "last.safetensors")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # gradients agree to ~1e-8, but Adam divides by sqrt(v) + 1e-8, so a weight whose gradient is ~1e-8 moves by a
+    # visible fraction of lr = 2e-3 when the summation order changes (as in the DDP test above)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
 def _timm_mixup(**kwargs):

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
 
@@ -95,3 +97,99 @@ def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Te
     x = slots.reshape(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
     y = experts(x)
     return y.reshape(e, b, s, d).transpose(0, 1).reshape(b, num_slots, d)
+
+
+# ---- fast path: several banks over one slot tensor, in the layout the BLAS wants ---------------------------------
+# experts_over_slots copies slots (b, S, d) into (E, b*s, d) for each bank, runs weights-on-the-left GEMMs that give
+# (E, d, m), copies that back into (b, S, d) and torch.cat joins the banks: three copies of the slot tensor forward
+# and as many backward (slice backward zero-fills a full slot-sized gradient per bank). Below, bank rows are read as a
+# strided view of the slots, (E, m, d) with row stride S*d (a view when s == 1), every bank writes its output into its
+# own rows of one (S, b, d) buffer, and the backward GEMMs are chosen so each weight gradient comes out in its
+# parameter's (E, out, in) layout. Rows are ordered (slot-in-expert, image) instead of (image, slot-in-expert);
+# rows are independent, so only the floating-point summation order inside the GEMMs may differ from the plain path.
+
+
+def tracing() -> bool:
+    """Inside TorchScript tracing / scripting, torch.compile or torch.export, under a Python dispatch mode
+    (FlopCounterMode, fake tensors) or under autocast: the fast paths (custom autograd Functions, ``out=`` writes,
+    bank GEMMs run outside the bank modules, one dtype throughout) step aside for the plain path there."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or _get_current_dispatch_mode() is not None
+            or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+
+
+def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
+    """Whether ``banks_over_slots`` can replace ``experts_over_slots``: GELU experts without active dropout,
+    outside ``tracing()``."""
+    if tracing():
+        return False
+    return all(type(bank.act) is nn.GELU and (bank.dropout == 0 or not training) for bank in banks)
+
+
+def _bank_rows(slots_t: torch.Tensor, lo: int, hi: int, num_experts: int) -> torch.Tensor:
+    """Rows ``lo:hi`` of ``slots_t (S, b, d)`` as ``(E, s*b, d)``: a strided view when s == 1, else a copy."""
+    return slots_t[lo:hi].reshape(num_experts, -1, slots_t.shape[-1])
+
+
+def _banks_forward(slots: torch.Tensor, specs: tuple[tuple[int, str], ...], params: tuple[torch.Tensor, ...],
+                   save: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    b, num_slots, d = slots.shape
+    s = num_slots // sum(e for e, _ in specs)
+    out = slots.new_empty(num_slots, b, d)
+    slots_t = slots.transpose(0, 1)
+    saved, lo = [], 0
+    for i, (num_experts, approximate) in enumerate(specs):
+        w1, b1, w2, b2 = params[4 * i:4 * i + 4]
+        hi = lo + num_experts * s
+        x = _bank_rows(slots_t, lo, hi, num_experts)
+        h = torch.baddbmm(b1.unsqueeze(1), x, w1.mT)  # (E, m, hidden)
+        a = F.gelu(h, approximate=approximate)
+        torch.baddbmm(b2.unsqueeze(1), a, w2.mT, out=out[lo:hi].view(num_experts, -1, d))  # (E, m, d)
+        if save:
+            saved += [x, h, a]
+        lo = hi
+    return out.transpose(0, 1), saved
+
+
+class _BanksOverSlots(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, slots: torch.Tensor, specs: tuple[tuple[int, str], ...], *params: torch.Tensor) -> torch.Tensor:
+        out, saved = _banks_forward(slots, specs, params, save=True)
+        ctx.specs, ctx.slots_shape = specs, slots.shape
+        ctx.save_for_backward(*params, *saved)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        specs = ctx.specs
+        params, saved = ctx.saved_tensors[:4 * len(specs)], ctx.saved_tensors[4 * len(specs):]
+        b, num_slots, d = ctx.slots_shape
+        s = num_slots // sum(e for e, _ in specs)
+        grad_t = grad_out.transpose(0, 1)  # (S, b, d)
+        grad_slots = grad_out.new_empty(num_slots, b, d)
+        grads, lo = [], 0
+        for i, (num_experts, approximate) in enumerate(specs):
+            w1, _, w2, _ = params[4 * i:4 * i + 4]
+            x, h, a = saved[3 * i:3 * i + 3]
+            hi = lo + num_experts * s
+            g = _bank_rows(grad_t, lo, hi, num_experts)  # (E, m, d)
+            grad_w2, grad_b2 = torch.bmm(g.mT, a), g.sum(1)  # (E, d, hidden), (E, d)
+            grad_h = torch.ops.aten.gelu_backward(torch.bmm(g, w2), h, approximate=approximate)  # (E, m, hidden)
+            grad_w1, grad_b1 = torch.bmm(grad_h.mT, x), grad_h.sum(1)  # (E, hidden, d), (E, hidden)
+            torch.bmm(grad_h, w1, out=grad_slots[lo:hi].view(num_experts, -1, d))
+            grads += [grad_w1, grad_b1, grad_w2, grad_b2]
+            lo = hi
+        return grad_slots.transpose(0, 1), None, *grads
+
+
+def banks_over_slots(banks: list[BatchedExperts], slots: torch.Tensor) -> torch.Tensor:
+    """``slots (b, S, d) -> (b, S, d)``: bank ``k`` owns the next ``E_k * s`` slots (expert-major), as
+    ``torch.cat([experts_over_slots(bank, its slots) for bank in banks], 1)``. Needs ``fast_banks_ok``.
+
+    The output is a transposed view of an ``(S, b, d)`` buffer, which ``bmm`` reads without a copy."""
+    specs = tuple((bank.num_experts, bank.act.approximate) for bank in banks)
+    params = tuple(p for bank in banks for p in (bank.fc1_weight, bank.fc1_bias, bank.fc2_weight, bank.fc2_bias))
+    if torch.is_grad_enabled() and (slots.requires_grad or any(p.requires_grad for p in params)):
+        return _BanksOverSlots.apply(slots, specs, *params)
+    return _banks_forward(slots, specs, params, save=False)[0]

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .experts import BatchedExperts, experts_over_slots, lecun_normal_
+from .experts import BatchedExperts, banks_over_slots, experts_over_slots, fast_banks_ok, lecun_normal_
 
 
 class SoftMoE(nn.Module):
@@ -37,6 +37,7 @@ class SoftMoE(nn.Module):
         self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.experts = BatchedExperts(num_experts, dim, int(dim * mlp_ratio), act_layer, expert_dropout, expert_init)
+        self.fast_path = True  # False forces the plain expert path (the definition the fast path is tested against)
         self.record_routing = False
         self.last_routing: dict[str, torch.Tensor] | None = None
         self.reset_router()
@@ -54,7 +55,11 @@ class SoftMoE(nn.Module):
         logits = self.scale * (F.normalize(x, dim=-1) @ F.normalize(self.queries, dim=-1).t())  # (b, n, S)
         dispatch_weights = logits.softmax(dim=1)
         combine_weights = logits.softmax(dim=-1)
-        slot_outputs = experts_over_slots(self.experts, dispatch_weights.transpose(1, 2) @ x)
+        slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d)
+        if self.fast_path and fast_banks_ok([self.experts], self.training):
+            slot_outputs = banks_over_slots([self.experts], slots)
+        else:
+            slot_outputs = experts_over_slots(self.experts, slots)
         y = combine_weights @ slot_outputs
         if self.record_routing:
             self.last_routing = {

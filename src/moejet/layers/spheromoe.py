@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from entmax import entmax15
 from timm.layers import drop_path
+from torch.autograd.function import once_differentiable
 
-from .experts import BatchedExperts, expert_keep_mask, experts_over_slots
+from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts_over_slots, fast_banks_ok, tracing
 
 COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
 EXPERT_DROP_MODES = ("expert", "layer")
@@ -23,6 +24,59 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+def _route(logits: torch.Tensor, inv_dispatch_t: torch.Tensor, inv_combine_t: torch.Tensor,
+           noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch weights as ``(b, S, n)`` (softmax over its last dim, tokens) and combine weights ``(b, n, S)``."""
+    b, n, num_slots = logits.shape
+    dispatch_t = torch.mul(logits.transpose(1, 2), inv_dispatch_t, out=logits.new_empty(b, num_slots, n))
+    if noise is not None:
+        dispatch_t.add_(noise.transpose(1, 2))
+    dispatch_t = torch.softmax(dispatch_t, dim=-1)
+    combine = logits * inv_combine_t
+    if noise is not None:
+        combine.add_(noise)
+    return dispatch_t, torch.softmax(combine, dim=-1)
+
+
+class _SoftmaxRouter(torch.autograd.Function):
+    """Both softmaxes of the router in one node. It saves only the logits and the two outputs, and its
+    backward folds the two temperature products into the logits' gradient in place; the dispatch softmax runs
+    over the last dim of a ``(b, S, n)`` layout, which is the layout its ``bmm`` consumes and produces."""
+
+    @staticmethod
+    def forward(ctx, logits, dispatch_temperature, combine_temperature, noise):
+        inv_d, inv_c = dispatch_temperature.reciprocal(), combine_temperature.reciprocal()
+        dispatch_t, combine = _route(logits, inv_d, inv_c, noise)
+        ctx.save_for_backward(logits, dispatch_t, combine, inv_d, inv_c)
+        return dispatch_t.transpose(1, 2), combine
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_dispatch, grad_combine):
+        logits, dispatch_t, combine, inv_d, inv_c = ctx.saved_tensors
+        # d softmax(z)/dz applied to the incoming gradients, z = logits / T (+ noise)
+        grad_zd = torch._softmax_backward_data(grad_dispatch.transpose(1, 2), dispatch_t, -1, dispatch_t.dtype)
+        grad_zc = torch._softmax_backward_data(grad_combine, combine, -1, combine.dtype)
+        logits_t = logits.transpose(1, 2)
+        # dz/dT = -logits / T^2 (the noise does not depend on T)
+        grad_td = -torch.vdot(grad_zd.flatten(), logits_t.reshape(-1)) * inv_d.square()
+        grad_tc = -torch.vdot(grad_zc.flatten(), logits.flatten()) * inv_c.square()
+        grad_logits = torch.addcmul(grad_zc.mul_(inv_c), grad_zd.transpose(1, 2), inv_d)
+        return grad_logits, grad_td, grad_tc, None
+
+
+def softmax_router(logits: torch.Tensor, dispatch_temperature: torch.Tensor, combine_temperature: torch.Tensor,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits (b, n, S) -> (dispatch (b, n, S), combine (b, n, S))``, equal to
+    ``softmax(logits / T_d + noise, dim=1)`` and ``softmax(logits / T_c + noise, dim=-1)``; the dispatch weights are
+    a transposed view of a contiguous ``(b, S, n)`` tensor."""
+    if torch.is_grad_enabled() and (logits.requires_grad or dispatch_temperature.requires_grad
+                                    or combine_temperature.requires_grad):
+        return _SoftmaxRouter.apply(logits, dispatch_temperature, combine_temperature, noise)
+    dispatch_t, combine = _route(logits, dispatch_temperature.reciprocal(), combine_temperature.reciprocal(), noise)
+    return dispatch_t.transpose(1, 2), combine
 
 
 class SpheroMoE(nn.Module):
@@ -123,6 +177,7 @@ class SpheroMoE(nn.Module):
         self.core_experts = make(core_experts, core_hidden)
         self.univ_experts = make(univ_experts, univ_hidden)
 
+        self.fast_path = True  # False forces the plain path (the definition the fast path is tested against)
         self.record_routing = False  # set True to keep `last_routing` for analysis
         self.last_routing: dict[str, torch.Tensor] | None = None
         self.reset_router()
@@ -153,14 +208,21 @@ class SpheroMoE(nn.Module):
         if noisy and not self.noise_after_temperature:
             logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output
 
-        # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
-        dispatch_logits = logits * self.dispatch_temperature.reciprocal()
-        combine_logits = logits * self.combine_temperature.reciprocal()
+        noise = None
         if noisy and self.noise_after_temperature:  # release: one noise sample added to both scaled logits
             noise = torch.randn_like(logits).mul_(self.noise_std)
-            dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
-        dispatch_weights = torch.softmax(dispatch_logits, dim=1)  # over tokens
-        combine_weights = COMBINE_FNS[self.combine](combine_logits)  # over slots
+        if self.fast_path and self.combine == "softmax" and not tracing():
+            dispatch_weights, combine_weights = softmax_router(
+                logits, self.dispatch_temperature, self.combine_temperature, noise
+            )
+        else:
+            # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
+            dispatch_logits = logits * self.dispatch_temperature.reciprocal()
+            combine_logits = logits * self.combine_temperature.reciprocal()
+            if noise is not None:
+                dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
+            dispatch_weights = torch.softmax(dispatch_logits, dim=1)  # over tokens
+            combine_weights = COMBINE_FNS[self.combine](combine_logits)  # over slots
 
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): each slot a convex mix of tokens
         slot_outputs = self._experts(slots)
@@ -183,13 +245,17 @@ class SpheroMoE(nn.Module):
 
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
-        num_core_slots = self.num_core * self.slots_per_expert
-        outputs = []
-        if self.core_experts is not None:
-            outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
-        if self.univ_experts is not None:
-            outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
-        slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        banks = [bank for bank in (self.core_experts, self.univ_experts) if bank is not None]
+        if self.fast_path and fast_banks_ok(banks, self.training):
+            slot_outputs = banks_over_slots(banks, slots)
+        else:
+            num_core_slots = self.num_core * self.slots_per_expert
+            outputs = []
+            if self.core_experts is not None:
+                outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
+            if self.univ_experts is not None:
+                outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
+            slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         if self.training and self.expert_drop_rate > 0 and self.expert_drop_mode == "layer":
             slot_outputs = drop_path(slot_outputs, self.expert_drop_rate, self.training)
         elif self.training and self.expert_drop_rate > 0:
