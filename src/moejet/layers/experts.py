@@ -163,7 +163,8 @@ class _BanksOverSlots(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         specs = ctx.specs
-        params, saved = ctx.saved_tensors[:4 * len(specs)], ctx.saved_tensors[4 * len(specs):]
+        every = ctx.saved_tensors  # read once: checkpointing allows one unpack per saved tensor
+        params, saved = every[:4 * len(specs)], every[4 * len(specs):]
         b, num_slots, d = ctx.slots_shape
         s = num_slots // sum(e for e, _ in specs)
         grad_t = grad_out.transpose(0, 1)  # (S, b, d)
