@@ -60,3 +60,18 @@ def test_a_missing_logger_package_warns_and_the_run_goes_on(key, package, tmp_pa
     rows = train(tiny_config(train={key: True}, schedule={"epochs": 1}), tmp_path / "run", progress=False)
     assert len(rows) == 1
     assert (f"moejet train: warning: train.{key} is on but {package} is not installed" in capsys.readouterr().out)
+
+
+def test_step_lines_every_n_steps_average_the_window(tmp_path, capsys):
+    config = tiny_config(train={"log_every": 2, "batch_size": 8}, schedule={"epochs": 1},
+                         data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=2"})
+    rows = train(config, tmp_path / "run", progress=False)  # 20 images at batch 8: steps of 8, 8, 4 images
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    assert [line.split()[5] for line in lines] == ["2/3", "3/3"]  # every 2 steps, and the epoch's last step
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
+    # the two windows (16 and 4 images) average to the epoch's train loss
+    assert (16 * losses[0] + 4 * losses[1]) / 20 == pytest.approx(rows[0]["train_loss"], abs=1e-4)
+    assert all(" img/s  data " in line and "%  peak rss " in line and line.endswith(" MiB") for line in lines)
+    capsys.readouterr()
+    train(tiny_config(train={"log_every": 0}, schedule={"epochs": 1}), tmp_path / "quiet", progress=False)
+    assert " step " not in capsys.readouterr().out

@@ -115,6 +115,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     tensorboard: bool = False  # also log to RUN/tb (needs the tensorboard package)
+    # optimizer steps between progress lines (loss, lr, img/s, data wait, peak memory); 0 = off. 50 as the
+    # release's LoggerHook(interval=50) (moejet/configs/_base_/default_runtime.py) and timm's --log-interval
+    log_every: int = 50
     wandb: bool = False  # also log to Weights & Biases (needs the wandb package; one W&B run per run directory)
     wandb_project: str = "moejet"
     # routing telemetry (metrics.jsonl key 'routing', moejet.train.telemetry) at every evaluation, measured on
@@ -393,6 +396,7 @@ def validate(config: Config) -> None:
          "or use train.strategy=ddp")
     need(not (fsdp and t.amp == "fp16"), "train.strategy", "fsdp has no sharded fp16 grad scaler here: use "
          "train.amp=bf16 (or none), or train.strategy=ddp")
+    need(t.log_every >= 0, "train.log_every", "must be >= 0 (0 = no per-step lines)")
     need(t.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")
     need(g.nan_at_step is None or g.nan_at_step >= 1, "debug.nan_at_step", "must be >= 1 or null")
     need(g.max_steps_per_epoch is None or g.max_steps_per_epoch >= 1, "debug.max_steps_per_epoch",

@@ -80,7 +80,7 @@ from .distributed import (
     shard_model,
     teardown,
 )
-from .loggers import open_loggers, scalars
+from .loggers import StepLog, open_loggers, scalars
 from .telemetry import routing_telemetry
 
 CONFIG, METRICS = "config.yaml", "metrics.jsonl"
@@ -268,6 +268,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
             ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress, start_step, loss_sum.to(d.device),
             save_point if t.recovery_every else None, whole,
+            StepLog(t.log_every, epoch, config.schedule.epochs, steps_per_epoch, d.world_size, d.device)
+            if t.log_every and verbose and d.is_main else None,
         )
         train_time = time.perf_counter() - start
         last_epoch = epoch + 1 == config.schedule.epochs
@@ -315,6 +317,7 @@ def _train_epoch(
     ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
     run_dir: Path, d: Dist, progress: bool, start_step: int = 0, loss_sum: torch.Tensor | None = None,
     save_point: Callable[[int, torch.Tensor], None] | None = None, whole: list[nn.Parameter] | None = None,
+    step_log: StepLog | None = None,
 ) -> tuple[float, int]:
     """One epoch of ``steps`` optimizer steps of up to ``accum`` micro-batches; returns (mean train loss, images).
 
@@ -326,7 +329,7 @@ def _train_epoch(
     its share of the step's images, so a step's gradient is that of the mean loss over its global batch (every
     rank holds the same number of images per step, the sampler pads them equal, and DDP averages over ranks).
     Mixup / cutmix draw lambda and the cutmix box once per step (:func:`draw_mix`). ``whole``: parameters FSDP
-    left unsharded, whose gradients are averaged here.
+    left unsharded, whose gradients are averaged here. ``step_log``: prints a line every ``train.log_every`` steps.
     """
     t = config.train
     train_model.train()
@@ -344,7 +347,11 @@ def _train_epoch(
         micro_steps = -(-step_images // micro)
         mix = None
         for micro_step in range(micro_steps):
-            images, targets = _to_device(next(batches), d.device, t.channels_last)
+            waiting = time.perf_counter()
+            batch = next(batches)
+            if step_log is not None:
+                step_log.waited(time.perf_counter() - waiting)
+            images, targets = _to_device(batch, d.device, t.channels_last)
             if mixup is not None:
                 mix = mix or draw_mix(mixup, images.shape)
                 images, targets = apply_mix(images, targets, mixup, *mix)
@@ -388,6 +395,11 @@ def _train_epoch(
         if progress and d.is_main:
             bar.set_postfix(loss=f"{(step_loss[0] / step_loss[1]).item():.4f}",
                             lr=f"{max(g['lr'] for g in optimizer.param_groups):.3g}")
+        if step_log is not None:
+            line = step_log.step(step_in_epoch + 1, step_loss[0].item(), int(step_loss[1].item()),
+                                 max(g["lr"] for g in optimizer.param_groups))
+            if line is not None:
+                (tqdm.write if progress else print)(f"moejet train: {line}")
         every = config.train.recovery_every
         if save_point is not None and (step_in_epoch + 1) % every == 0 and step_in_epoch + 1 < steps:
             save_point(step_in_epoch + 1, loss_sum)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .config import Config
 
@@ -65,3 +68,45 @@ def wandb_run_id(run_dir: Path) -> str:
 def _warn(key: str, package: str, pip: str) -> None:
     print(f"moejet train: warning: {key} is on but {package} is not installed (pip install '{pip}'); "
           "logging to metrics.jsonl only", flush=True)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[str, float]:
+    """``("gpu", MiB)``: peak CUDA memory allocated on ``device``; on the CPU ``("rss", MiB)``: the process's peak
+    resident set size."""
+    if device.type == "cuda":
+        return "gpu", torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return "rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StepLog:
+    """One line every ``every`` optimizer steps (``train.log_every``): the window's mean train loss, the lr,
+    images/s over all processes, the share of the window spent waiting for data, and peak memory."""
+
+    def __init__(self, every: int, epoch: int, epochs: int, steps: int, world_size: int, device: torch.device):
+        self.every, self.epoch, self.epochs, self.steps = every, epoch, epochs, steps
+        self.world_size, self.device = world_size, device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.data_s, self.loss_sum, self.images = time.perf_counter(), 0.0, 0.0, 0
+
+    def waited(self, seconds: float) -> None:
+        self.data_s += seconds
+
+    def step(self, step_in_epoch: int, loss_sum: float, images: int, lr: float) -> str | None:
+        """Record one finished step (1-based ``step_in_epoch``; this process's loss sum and images); returns the
+        line to print when the window is full or the epoch ends."""
+        self.loss_sum += loss_sum
+        self.images += images
+        if step_in_epoch % self.every and step_in_epoch != self.steps:
+            return None
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        kind, mib = peak_memory_mb(self.device)
+        line = (f"epoch {self.epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps}  "
+                f"loss {self.loss_sum / max(self.images, 1):.4f}  lr {lr:.3g}  "
+                f"{self.images * self.world_size / seconds:.1f} img/s  data {100 * self.data_s / seconds:.0f}%  "
+                f"peak {kind} {mib:.0f} MiB")
+        self._reset()
+        return line
