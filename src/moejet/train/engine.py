@@ -135,7 +135,10 @@ def train(
 
     d = setup(config.train.device)
     try:
-        return _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose, extend)
+        metrics = _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose, extend)
+        if d.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
+            torch.distributed.barrier()
+        return metrics
     finally:
         teardown(d)
 
