@@ -33,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = run(argv)
+    if argv is None:  # the program, not a library call
+        from .train.distributed import is_torchrun_worker, leave
+
+        if is_torchrun_worker():
+            leave(code)
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -66,6 +66,7 @@ def pretrain(work_dir: Path, budget: Budget, device: str, assets: Path = ASSETS,
         record["predecessors"][role] = {
             "file": asset, "model": model[0], "kwargs": model[1], "data": budget.pretrain_upstream,
             "epochs": budget.pretrain_epochs, "upstream_val_top1": metrics[-1]["val_top1"],
+            "upstream_val_curve": [[row["epoch"], row["val_top1"]] for row in metrics if "val_top1" in row],
             "train_time_s": round(time.perf_counter() - start, 1), "sha256": sha256(assets / asset),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "threads": torch.get_num_threads(),
         }

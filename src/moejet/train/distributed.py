@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -50,8 +53,27 @@ def setup(device: str = "auto") -> Dist:
 
 
 def teardown(d: Dist) -> None:
+    """Leave the process group. The DDP / FSDP wrappers that hold it sit in reference cycles: collect them first,
+    so the group's worker threads stop now and not during interpreter shutdown (see ``leave``)."""
     if d.enabled and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+
+
+def is_torchrun_worker() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def leave(code: int) -> NoReturn:
+    """End a torchrun worker process without interpreter finalisation.
+
+    A gloo worker thread that still drops a tensor while the interpreter finalises must take the GIL, is ended by
+    the interpreter with ``pthread_exit``, and the unwind through C++ aborts the process ("terminate called
+    without an active exception", SIGABRT; pytorch/pytorch#179291): a finished run then fails its launcher.
+    Every file of ours is closed by now, so the process exits at once with its code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
