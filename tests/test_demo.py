@@ -102,6 +102,40 @@ def test_paired_differences_and_their_intervals():
         paired_difference([1, 0], [1])
 
 
+def test_predecessor_margin_is_an_unpaired_interval_and_the_report_says_when_the_premise_fails():
+    import math
+
+    from moejet.demo.report import unpaired_difference
+
+    diff, half = unpaired_difference(30.0, 20.0, 5000, 2000)
+    assert diff == 10.0 and math.isclose(half, 196 * math.sqrt(0.3 * 0.7 / 5000 + 0.2 * 0.8 / 2000))
+    spec = "synthetic-upstream:size=32,per_class=2,val_per_class=3"  # 100 classes x 3 val images
+    preds = {role: {"upstream_val_top1": top1, "data": spec, "epochs": 1, "train_time_s": 60.0, "threads": 1}
+             for role, top1 in (("S", 20.0), ("T", 24.0))}
+    lines = findings({"predecessors": {"predecessors": preds}, "arms": []})
+    assert lines[0] == ("Predecessors (pre-trained on synthetic-upstream, 100 classes, one recipe): S 20.0% upstream "
+                        "val top-1 (1 epochs, 1 min on 1 thread(s)), T 24.0% upstream val top-1 (1 epochs, 1 min on "
+                        "1 thread(s)).")
+    assert lines[1].startswith("S - T upstream: -4.0 points, 95% CI [") and "(300 val images each)" in lines[1]
+    assert "does NOT hold" in lines[1]
+    preds["S"]["upstream_val_top1"] = 40.0
+    assert "the wider S is the stronger checkpoint" in findings({"predecessors": {"predecessors": preds},
+                                                                 "arms": []})[1]
+
+
+def test_the_shipped_predecessors_hold_the_papers_premise():
+    """Issue 12: S (the wider predecessor) trained with T's recipe and budget ends clearly stronger upstream."""
+    from moejet.demo.pretrain import load_record
+    from moejet.demo.report import predecessor_margin
+    from moejet.demo.setup import FULL
+
+    preds = load_record()["predecessors"]
+    for p in preds.values():
+        assert (p["epochs"], p["data"]) == (FULL.pretrain_epochs, FULL.pretrain_upstream)
+    diff, half, images = predecessor_margin(preds)
+    assert images >= 5000 and diff - half > 0, (diff, half)
+
+
 def test_recycled_arms_differ_only_in_their_initial_weights(tmp_path):
     from moejet.analysis.cost import count_params
     from moejet.demo.run import recycle_arm

@@ -24,6 +24,23 @@ def paired_difference(correct_a: list[int], correct_b: list[int]) -> tuple[float
     return 100.0 * statistics.mean(d), 100.0 * 1.96 * statistics.stdev(d) / math.sqrt(len(d))
 
 
+def unpaired_difference(top1_a: float, top1_b: float, images_a: int, images_b: int) -> tuple[float, float]:
+    """``(a - b, half-width of its 95% interval)`` in points for two accuracies (in %) on ``images_a`` and
+    ``images_b`` images, treated as independent samples (conservative when both saw the same images)."""
+    pa, pb = top1_a / 100, top1_b / 100
+    return top1_a - top1_b, 100.0 * 1.96 * math.sqrt(pa * (1 - pa) / images_a + pb * (1 - pb) / images_b)
+
+
+def predecessor_margin(preds: dict[str, dict[str, Any]]) -> tuple[float, float, int]:
+    """S - T upstream val top-1 with its 95% half-width, and the val images each was scored on."""
+    from ..data import build_dataset
+
+    s, t = preds["S"], preds["T"]
+    images = len(build_dataset(s["data"], "val")), len(build_dataset(t["data"], "val"))
+    diff, half = unpaired_difference(s["upstream_val_top1"], t["upstream_val_top1"], *images)
+    return diff, half, min(images)
+
+
 def results_table(rows: list[dict[str, Any]]) -> str:
     headline = next((r for r in rows if r["arm"] == HEADLINE and "correct" in r), None)
     lines = [
@@ -68,9 +85,19 @@ def findings(results: dict[str, Any]) -> list[str]:
     record = results.get("predecessors") or {}
     preds = record.get("predecessors", {})
     if preds:
-        lines.append("Predecessors (pre-trained on synthetic-upstream, 100 classes): " + ", ".join(
-            f"{role} {p['upstream_val_top1']:.1f}% upstream val top-1 ({p['epochs']} epochs)"
+        lines.append("Predecessors (pre-trained on synthetic-upstream, 100 classes, one recipe): " + ", ".join(
+            f"{role} {p['upstream_val_top1']:.1f}% upstream val top-1 ({p['epochs']} epochs, "
+            f"{p['train_time_s'] / 60:.0f} min on {p.get('threads', '?')} thread(s))"
             for role, p in sorted(preds.items())) + ".")
+        if {"S", "T"} <= preds.keys():
+            diff, half, images = predecessor_margin(preds)
+            holds = diff - half > 0
+            lines.append(f"S - T upstream: {diff:+.1f} points, 95% CI [{diff - half:+.1f}, {diff + half:+.1f}] "
+                         f"({images} val images each): " + (
+                             "the wider S is the stronger checkpoint, as the paper's premise needs (experts come "
+                             "from a larger, stronger predecessor)." if holds else
+                             "the paper's premise (experts from a larger, STRONGER predecessor) does NOT hold here; "
+                             "regenerate the predecessors with `moejet demo --pretrain`."))
     rows = {r["arm"]: r for r in results["arms"] if "correct" in r}
     if HEADLINE not in rows:
         return lines
