@@ -9,7 +9,8 @@ count of the matmuls. Peak memory (CUDA: max_memory_allocated; CPU: peak RSS gro
 resident size before the first step) comes from a fresh subprocess per layer. "plain path" is SpheroMoE
 with ``fast_path = False`` (the reference its fast paths are tested against). Peers from
 PyPI (`pip install moe-jetpack[bench]`: soft-moe-pytorch, soft-moe) are included when installed.
-Prints a Markdown table and writes benchmarks/results/layers.json.
+Prints a Markdown table and writes benchmarks/results/layers.json. Runs with the malloc options the ``moejet``
+program sets (``moejet.malloc``); ``MOEJET_MALLOC=default`` measures with the C library's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine import describe
+from machine import apply_malloc, describe
 
 RESULTS = Path(__file__).parent / "results" / "layers.json"
 
@@ -189,6 +190,7 @@ def main() -> None:
 
     import torch
 
+    malloc = apply_malloc()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
@@ -212,7 +214,7 @@ def main() -> None:
     dense = rows["timm Mlp (dense)"]
     machine = describe(args.device)
     print(f"\nbatch {args.batch} x {args.tokens} tokens x d={args.dim}, {machine}, "
-          f"{torch.get_num_threads()} threads; medians of {args.repeats} round-robin repeats\n")
+          f"{torch.get_num_threads()} threads, malloc: {malloc}; medians of {args.repeats} round-robin repeats\n")
     print("| layer | mode | params (M) | median ms | x dense Mlp | FLOP x dense | GFLOP/s | peak mem (MB) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for case in args.cases:
@@ -230,6 +232,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(args, k) for k in ("batch", "tokens", "dim", "device", "warmup", "repeats")}
     meta["threads"] = torch.get_num_threads()
+    meta["malloc"] = malloc
     args.out.write_text(json.dumps({"config": meta, "machine": machine, "platform": platform.platform(),
                                     "rows": [rows[c] for c in args.cases]}, indent=2) + "\n")
 

@@ -23,3 +23,11 @@ def describe(device: str = "cpu") -> str:
     cores = fields.get("CPU(s)", "?").strip()
     flags = set(fields.get("Flags", "").split())
     return f"{model} ({cores} cores; {' '.join(f for f in SPEED_FLAGS if f in flags) or 'no AVX2'})"
+
+
+def apply_malloc() -> str:
+    """Sets the malloc options the ``moejet`` program sets (``moejet.malloc``), so figures show what a run gets;
+    ``MOEJET_MALLOC=default`` measures without them. Returns the setting, for the results."""
+    from moejet.malloc import keep_freed_memory
+
+    return "keep freed memory (moejet)" if keep_freed_memory() else "C library default"

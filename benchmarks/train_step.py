@@ -8,7 +8,8 @@ reported next to the full step: the MoE models carry 40-60x more parameters than
 on a CPU the optimizer's pass over them is a large share of the step. Prints a Markdown table and
 writes benchmarks/results/train_step.json. Each MoE model's steps alternate with its dense reference's
 (ViT-T, or ConvNeXt-F), so a ratio compares two models under the same machine load; a dense model's
-row is from its first pairing.
+row is from its first pairing. Runs with the malloc options the ``moejet`` program sets (``moejet.malloc``);
+``MOEJET_MALLOC=default`` measures with the C library's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import timm
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from machine import describe
+from machine import apply_malloc, describe
 from moejet.train.build import build_optimizer
 from moejet.train.config import config_from_dict
 
@@ -115,6 +116,7 @@ def main() -> None:
                    "fast_path=False (the plain path), in the same alternation")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    malloc = apply_malloc()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
 
@@ -137,7 +139,8 @@ def main() -> None:
         rows[ref].setdefault("fwd_bwd_ratio", 1.0)
 
     device = describe(args.device) + ("" if args.device.startswith("cuda") else f", {args.threads} thread(s)")
-    print(f"\nTraining step at 224 px, batch {args.batch}, {args.device} ({device}), amp {args.amp}\n")
+    print(f"\nTraining step at 224 px, batch {args.batch}, {args.device} ({device}), amp {args.amp}, "
+          f"malloc: {malloc}\n")
     print("| model | params (M) | fwd+bwd (ms) | full step (ms) | images/s | step / dense | fwd+bwd / dense |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows.values():
@@ -146,6 +149,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "device": device, "batch": args.batch, "steps": args.steps, "amp": args.amp, "torch": torch.__version__,
+        "malloc": malloc,
         "rows": list(rows.values()),
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from .errors import UserError
+from .malloc import keep_freed_memory
 
 # subcommand modules, each exposing `register(subparsers)` that adds a parser with `func=handler(args)`
 COMMAND_MODULES = (
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = run(argv)
+    code = run(argv, program=argv is None)
     if argv is None:  # the program, not a library call
         from .train.distributed import is_torchrun_worker, leave
 
@@ -42,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def run(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None, program: bool = False) -> int:
+    """Parse ``argv`` and run its subcommand. ``program``: the ``moejet`` executable (not a library call), which
+    also sets the process-wide malloc options of ``moejet.malloc``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     try:
+        if program:
+            keep_freed_memory()
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"moejet {args.command}: error: {err}", file=sys.stderr)
