@@ -43,13 +43,6 @@ def reallocate(choice: str) -> tuple[str, int]:
     return applied, int(faults)
 
 
-@glibc
-def test_freed_tensors_come_back_without_page_faults():
-    applied, faults = reallocate("keep")
-    assert applied == "True"
-    assert faults < pages_per_64_mib() // 4  # five 64 MiB allocations, not a quarter of one faulted in again
-
-
 def pages_per_64_mib() -> int:
     """Pages a fresh 64 MiB mapping faults in: 4 KiB ones, or 2 MiB ones where transparent huge pages are always on."""
     try:
@@ -57,6 +50,13 @@ def pages_per_64_mib() -> int:
     except OSError:
         thp = ""
     return MIB_64 // 2**21 if "[always]" in thp else PAGES_64
+
+
+@glibc
+def test_freed_tensors_come_back_without_page_faults():
+    applied, faults = reallocate("keep")
+    assert applied == "True"
+    assert faults < pages_per_64_mib() // 4  # five 64 MiB allocations, not a quarter of one faulted in again
 
 
 @glibc
