@@ -1,7 +1,7 @@
 """Where a MoE layer's CPU time goes, next to timm's dense Mlp: GEMM time and rate per shape, the routing noise, and
 everything else; and what the layer would take if its GEMMs ran at the dense Mlp's GEMM rate.
 
-    python benchmarks/layer_profile.py [--batch 64] [--tokens 197] [--dim 192] [--repeats 8] [--threads N]
+    python benchmarks/layer_profile.py [--batch 64] [--tokens 197] [--dim 192] [--repeats 10] [--threads N]
 
 Each repeat profiles one training step (forward+backward) of every layer in turn under ``torch.profiler`` with
 input shapes recorded; an op's time is its self CPU time (wall time on the calling thread, intra-op threads
@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from layers import build
 from machine import apply_malloc, describe
 
 RESULTS = Path(__file__).parent / "results" / "layer_profile.json"
@@ -93,19 +94,7 @@ def median_profile(steps: list[dict]) -> dict:
     return {"totals": totals, "shapes": shapes}
 
 
-def build(case: str, dim: int):
-    from timm.layers import Mlp
-
-    from moejet.layers import SoftMoE, SpheroMoE
-
-    return {
-        "timm Mlp (dense)": lambda: Mlp(dim, 4 * dim),
-        "moejet SpheroMoE 98/196": lambda: SpheroMoE(dim, 98, 196),
-        "moejet SoftMoE 197": lambda: SoftMoE(dim, 197),
-    }[case]()
-
-
-CASES = ("timm Mlp (dense)", "moejet SpheroMoE 98/196", "moejet SoftMoE 197")
+CASES = ("timm Mlp (dense)", "moejet SpheroMoE 98/196", "moejet SoftMoE 197")  # built by layers.py's build
 
 
 def main() -> None:
@@ -114,7 +103,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=197)
     p.add_argument("--dim", type=int, default=192)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -128,7 +117,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    layers = {case: build(case, args.dim).train() for case in args.cases}
+    layers = {case: build(case, args.dim, args.tokens).train() for case in args.cases}
     x = torch.randn(args.batch, args.tokens, args.dim, requires_grad=True)
     steps = {case: [] for case in args.cases}
     for repeat in range(args.warmup + args.repeats):
