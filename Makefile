@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.moejet-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev,export]'
+	$(PY) -m pip install -q -c constraints-dev.txt -e '.[dev,export,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks configs
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# the docs site, built strictly (a broken link or API reference fails); served locally by `mkdocs serve`
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir $${TMPDIR:-/tmp}/moejet-site
 
 bench: $(STAMP)
 	$(PY) benchmarks/layers.py

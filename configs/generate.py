@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from moejet.train.config import config_from_dict, dump_config  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- datasets
-# paper App. B, Table 7 (SPEC §4): global batch, warmup epochs, epochs, drop path
+# paper App. B, Table 7: global batch, warmup epochs, epochs, drop path
 DATASETS = {
     #  key        spec          batch warmup epochs drop_path
     "in1k":     ("imagenet",   4096, 50, 300, 0.0),
@@ -46,7 +46,7 @@ CROP_PCT = 0.875  # release: mmpretrain pipelines resize 256 -> centre crop 224 
 VIT_T_DENSE = "checkpoints/vit_tiny_patch16_224.augreg_in21k.safetensors"
 VIT_S_DENSE = "checkpoints/vit_small_patch16_224.augreg_in21k.safetensors"
 AVG_POOL = (("global_pool", "avg"),)  # MoE ViT successors pool like the released models (fc_norm + mean)
-CALIB_IMAGES = 76800  # released: 300 batches x 256 ImageNet train images
+CALIB_IMAGES = 38400  # released: torch.arange(128 * 300) ImageNet train images (prepare_imagenet), in batches of 256
 RECYCLE_CALIB = f"--calib-data imagenet --calib-images {CALIB_IMAGES}"
 
 
@@ -334,7 +334,7 @@ Each run writes `runs/<config name>/` (`--out DIR` to change): `config.yaml`, `m
 
 ```bash
 mkdir -p checkpoints
-for size in tiny small; do python -c "import sys, timm; from moejet.checkpoint import save_model; \\
+for size in tiny small; do python -c "import sys, timm; from moejet.io import save_model; \\
 name = f'vit_{sys.argv[1]}_patch16_224'; m = timm.create_model(name + '.augreg_in21k', pretrained=True); \\
 save_model(m, f'checkpoints/{name}.augreg_in21k.safetensors', name, {'num_classes': m.num_classes})" $size; done
 ```
@@ -396,7 +396,7 @@ SOURCES = [
      "128 for batch 512 is ours"),
     ("layer scale", "1e-6 in ConvNeXt-F", "paper Table 6 (timm ConvNeXt's default); ViTs have none as released "
      f"(layer_scale=False in {R_SCRATCH})"),
-    ("recycling calibration", "76,800 ImageNet train images (importance, graph)",
+    ("recycling calibration", "38,400 ImageNet train images (importance, graph)",
      "release: 300 batches x 256 images"),
     ("recycling predecessors", "ViT-S/16 in21k experts + ViT-T/16 in21k dense part (V-JetMoE-T, Soft MoE-T), "
      "ConvNeXt-T in22k (C-JetMoE-F, ConvNeXt-F Dense (21k)), ViT-B/16 + ViT-S/16 in21k (V-JetMoE-S)",
@@ -416,7 +416,7 @@ def readme() -> str:
              "Each `model.init: recycle` config runs one of these recipes when its run starts: the predecessor "
              "comes from timm's hub (`recycle.pretrained: true`; offline: save it to a file and "
              "`--set recycle.pretrained=false --set recycle.predecessor_checkpoint=FILE`), the dense part from "
-             "Step 0's files. `importance` and `graph` calibrate on 76,800 ImageNet train images as released "
+             "Step 0's files. `importance` and `graph` calibrate on 38,400 ImageNet train images as released "
              "(`--set recycle.calib_root=DIR` to point at ImageNet; fewer images, or another dataset spec, work "
              "too); the other strategies need no calibration. The standalone commands below run the same recipe "
              "once for many runs (their successor keeps a 1000-class head, re-initialised for the dataset): start "

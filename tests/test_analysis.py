@@ -17,7 +17,7 @@ from PIL import Image
 import moejet  # noqa: F401  (registers the models)
 from moejet.analysis.contributions import model_contributions, spread_batches
 from moejet.analysis.curves import read_run, time_to_target
-from moejet.analysis.io import eval_transforms
+from moejet.analysis.common import eval_transforms
 from moejet.analysis.recycling import layer_stats, read_recycle_report
 from moejet.analysis.report import analyze_run
 from moejet.analysis.routing import (
@@ -28,7 +28,7 @@ from moejet.analysis.routing import (
     experts_of,
     patch_grid,
 )
-from moejet.checkpoint import save_model
+from moejet.io.weights import save_model
 from moejet.cli import main
 from moejet.data import build_dataset
 from moejet.models import moe_modules
@@ -181,7 +181,7 @@ def test_attention_maps_sum_to_one_over_the_patch_grid(kind):
 @torch.no_grad()
 def test_expert_contributions_rank_the_attention_grid(files):
     from moejet.analysis.attention import image_attention
-    from moejet.analysis.io import load_moe_model
+    from moejet.analysis.common import load_moe_model
 
     model = load_moe_model(files["vit"])
     shown, rows = image_attention(model, Image.open(files["image"]), top_k=2)
@@ -228,7 +228,7 @@ def test_cli_contributions_writes_csv_summary_and_figure(files, capsys):
     rows = list(csv.DictReader(open(out_dir / "contributions.csv")))
     assert len(rows) == 2 * 12 and {r["path"] for r in rows} == {"core", "univ"}
     # the CSV holds model_contributions() over the same evenly spread validation images
-    from moejet.analysis.io import load_moe_model
+    from moejet.analysis.common import load_moe_model
 
     model = load_moe_model(files["vit"])
     dataset = build_dataset(DATA, "val", eval_transforms(model)[0])

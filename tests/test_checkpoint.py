@@ -1,11 +1,13 @@
 import argparse
 import fractions
+import os
 
 import pytest
 import timm
 import torch
 
-from moejet.checkpoint import atomic_output, load_state_dict
+from moejet.io.files import atomic_output
+from moejet.io.weights import load_state_dict
 from moejet.errors import UserError
 from moejet.train import build
 from moejet.train.config import config_from_dict
@@ -65,11 +67,24 @@ def test_a_damaged_weights_file_is_a_one_line_error_naming_it(tmp_path, damage, 
     assert "\n" not in str(err.value)
 
 
-def test_unknown_pickled_objects_are_refused_not_executed(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.ones(1)}, "extra": fractions.Fraction(1, 3)}, path)
+class RunsCode:
+    """Unpickling this with plain ``pickle`` would run ``touch marker`` in a shell."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_objects_are_read_inert_and_calls_refused(tmp_path):
+    inert, evil, marker = tmp_path / "inert.pth", tmp_path / "evil.pth", tmp_path / "executed"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "extra": fractions.Fraction(1, 3)}, inert)
+    assert load_state_dict(inert) == {"w": torch.ones(1)}  # the Fraction is read into an inert stand-in
+    torch.save({"state_dict": {"w": torch.ones(1)}, "evil": RunsCode(marker)}, evil)
     with pytest.raises(UserError, match=r"^cannot read checkpoint .*evil.pth \(UnpicklingError"):
-        load_state_dict(path)
+        load_state_dict(evil)
+    assert not marker.exists()
 
 
 def test_atomic_output_leaves_nothing_behind_on_error(tmp_path):

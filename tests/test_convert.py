@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from entmax import entmax15
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import build_from_checkpoint
+from moejet.io.weights import build_from_checkpoint
 from moejet.cli import main
 
 DIM, DEPTH, MOE_LAYERS, CORE, UNIV, CLASSES = 192, 3, (1, 2), 2, 4, 5

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from moejet.checkpoint import build_from_checkpoint
+from moejet.io.weights import build_from_checkpoint
 from moejet.cli import main
 from moejet.demo.pretrain import ASSETS, RECORD, sha256
 from moejet.demo.report import findings, ordering, seed_summary

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import save_model
+from moejet.io.weights import save_model
 from moejet.cli import main
 
 VIT = ("vjetmoe_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2,
@@ -57,7 +57,7 @@ def test_export_formats_equal_the_eager_model_at_any_batch(tmp_path, capsys, fmt
 
 
 def test_export_that_differs_from_the_model_is_refused_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import moejet.export as export
+    import moejet.io.export as export
 
     _, path = saved(tmp_path, *VIT)
     write, run = export.WRITERS["export"]
@@ -79,7 +79,7 @@ def test_export_of_a_file_moejet_did_not_write_is_a_one_line_error(tmp_path, cap
 
 
 def test_onnx_without_its_packages_says_what_to_install(tmp_path, capsys, monkeypatch):
-    import moejet.export as export
+    import moejet.io.export as export
 
     _, path = saved(tmp_path, *VIT)
     monkeypatch.setattr(export, "_importable", lambda module: module != "onnxruntime")

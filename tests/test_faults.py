@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import moejet.checkpoint
-from moejet.checkpoint import save_model
+import moejet.io.files
+from moejet.io.weights import save_model
 from moejet.cli import main
 from moejet.data import datasets
 from moejet.errors import UserError
@@ -70,7 +70,7 @@ class Crash(BaseException):
 def crash_at_fsync(monkeypatch, k):
     """Raise at the k-th fsync: every file's data is fsynced before its rename, every rename's directory after."""
     calls = {"n": 0}
-    real = moejet.checkpoint.fsync_path
+    real = moejet.io.files.fsync_path
 
     def fsync(path):
         calls["n"] += 1
@@ -78,7 +78,7 @@ def crash_at_fsync(monkeypatch, k):
             raise Crash(path)
         real(path)
 
-    monkeypatch.setattr(moejet.checkpoint, "fsync_path", fsync)
+    monkeypatch.setattr(moejet.io.files, "fsync_path", fsync)
     return calls
 
 
@@ -145,7 +145,7 @@ def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_p
 
 def test_resume_needs_nothing_but_the_run_directory(tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
-    model = moejet.checkpoint.timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
+    model = timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
     save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TINY_VIT})
     config = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(init)}, **CONFIG)
     straight = train(config, tmp_path / "straight", progress=False, verbose=False)
@@ -238,7 +238,7 @@ def test_under_torchrun_only_rank_0_downloads_and_the_others_wait(tmp_path, monk
 
 def cli(*args, fsize=None, **popen):
     """``python -m moejet`` in a subprocess (one thread); ``fsize``: RLIMIT_FSIZE in bytes (a full disk)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(moejet.checkpoint.__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(moejet.__file__).parents[1])}
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import build_from_checkpoint
+from moejet.io.weights import build_from_checkpoint
 from moejet.cli import main
 from moejet.errors import UserError
 from moejet.train import train

@@ -11,7 +11,7 @@ import yaml
 from timm.models import save_for_hf
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import save_model
+from moejet.io.weights import save_model
 from moejet.cli import main
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)

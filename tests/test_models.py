@@ -157,7 +157,7 @@ def test_macs_split_routing_from_experts():
 
 
 def test_recycled_file_loads_through_timm_pretrained_overlay(tmp_path):
-    from moejet.checkpoint import save_model
+    from moejet.io.weights import save_model
 
     kwargs = dict(TINY_VIT, moe_layers=(3,), core_experts=2, univ_experts=4)
     source = timm.create_model("vjetmoe_tiny_patch16_224", **kwargs)
@@ -177,7 +177,7 @@ def test_models_command_rejects_unknown_names(capsys):
 
 @pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])
 def test_features_only_and_forward_intermediates_run_the_moe_blocks(name, tmp_path):
-    from moejet.checkpoint import save_model
+    from moejet.io.weights import save_model
 
     if name == "cjetmoe_femto":
         kwargs = dict(TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
@@ -241,7 +241,7 @@ def test_softmoe_models_take_only_the_expert_init_switch():
 
 
 def test_model_kwargs_with_switches_round_trip_through_a_model_file(tmp_path):
-    from moejet.checkpoint import build_from_checkpoint, save_model
+    from moejet.io.weights import build_from_checkpoint, save_model
 
     kwargs = dict(TINY_VIT, core_experts=2, univ_experts=4, variant="release", key_proj="linear",
                   query_norm_eps=1e-6, noise_in_eval=False)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import build_from_checkpoint, save_model
+from moejet.io.weights import build_from_checkpoint, save_model
 from moejet.cli import main
 from moejet.recycle import collect_stats, recycle
 from moejet.recycle.graph import balance, part_size

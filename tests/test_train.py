@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.checkpoint import build_from_checkpoint, read_metadata, save_model
+from moejet.io.weights import build_from_checkpoint, read_metadata, save_model
 from moejet.cli import main
 from moejet.errors import UserError
 from moejet.train import build, load_config, train
@@ -590,7 +590,7 @@ def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(tmp_path, prede
     assert report["channel_indices"] == expected["channel_indices"]
     assert report["recipe"]["successor_kwargs"] == {**SUCCESSOR, "moe_layers": [2, 3]}
     assert report["recipe"]["recycle"]["predecessor_checkpoint"] == str(predecessor_file)
-    from moejet.hub import describe
+    from moejet.io.hub import describe
 
     assert describe(run / "last.safetensors", run)["recycle"] == {"predecessor": "vit_small_patch16_224",
                                                                  "strategy": "importance", "seed": "3"}
@@ -606,7 +606,7 @@ def _dump(config):
 
 
 def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecessor_file, monkeypatch):
-    import moejet.recycle.cli
+    import moejet.recycle.pipeline
     from moejet.train.recycling_step import recycle_into_run
 
     config = tiny_config(model={"init": "recycle"}, recycle=recycle_section(predecessor_file),
@@ -616,8 +616,8 @@ def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecesso
     init_bytes = (tmp_path / "run" / "recycle" / "model.safetensors").read_bytes()
     predecessor_file.rename(tmp_path / "moved.safetensors")
     calls = []
-    real = moejet.recycle.cli.recycle_sources
-    monkeypatch.setattr(moejet.recycle.cli, "recycle_sources", lambda **kw: calls.append(kw) or real(**kw))
+    real = moejet.recycle.pipeline.recycle_sources
+    monkeypatch.setattr(moejet.recycle.pipeline, "recycle_sources", lambda **kw: calls.append(kw) or real(**kw))
 
     resumed = train(run_dir=tmp_path / "run", resume=True, progress=False, verbose=False)
     assert calls == []

@@ -11,7 +11,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .io import eval_transforms
+from .common import eval_transforms
 from .routing import Expert, attention_maps, capture_routing, expert_contributions, experts_of, moe_layers, patch_grid
 
 PATH_LABELS = {"core": "core", "univ": "universal", "soft": "expert"}

@@ -16,9 +16,20 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..checkpoint import write_json
 from ..errors import UserError
+from ..io.files import write_json, write_text
+from ..io.weights import build_from_checkpoint
+from ..models.common import input_size_of
 from .attention import image_attention, plot_attention
+from .common import (
+    display_path,
+    eval_transforms,
+    load_image,
+    load_moe_model,
+    markdown_table,
+    save_figure,
+    write_csv,
+)
 from .contributions import (
     CSV_HEADER,
     SUMMARY_HEADER,
@@ -30,16 +41,6 @@ from .contributions import (
     summary_rows,
 )
 from .curves import TARGET_HEADER, plot_curves, read_run, target_rows, unique_names
-from .io import (
-    display_path,
-    eval_transforms,
-    input_size_of,
-    load_image,
-    load_moe_model,
-    markdown_table,
-    save_figure,
-    write_csv,
-)
 from .recycling import STATS_HEADER, coverage_counts, layer_stats, plot_recycling, read_recycle_report
 
 Written = tuple[list[Path], str]
@@ -138,9 +139,6 @@ def write_cost(models: Sequence[str], out_dir: str | os.PathLike | None = None, 
     ``cost.md`` and ``cost.json`` when ``out_dir`` is given."""
     import timm
 
-    import moejet.models  # noqa: F401  (registers our models)
-
-    from ..checkpoint import build_from_checkpoint
     from .cost import ModelCost, cost_table, count_macs, count_params
 
     costs = []
@@ -160,8 +158,6 @@ def write_cost(models: Sequence[str], out_dir: str | os.PathLike | None = None, 
     table = cost_table(costs)
     files = []
     if out_dir is not None:
-        from .io import write_text
-
         out = Path(out_dir)
         files.append(write_text(out / "cost.md", table + "\n"))
         write_json(out / "cost.json", [c.as_dict() for c in costs])

@@ -9,7 +9,7 @@ import torch.nn as nn
 from timm.data import create_transform, resolve_model_data_config
 from timm.layers import to_2tuple
 
-RAND_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment (9, 0.5), SPEC §4
+RAND_AUGMENT = "rand-m9-mstd0.5-inc1"  # RandAugment (9, 0.5), paper App. B Table 6
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 

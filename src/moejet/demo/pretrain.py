@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_output, write_json
+from ..io.files import atomic_output, write_json
+from ..train import train
+from ..train.checkpointing import LAST
 from ..train.config import config_from_dict
-from ..train.engine import LAST, train
 from .setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, Budget
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

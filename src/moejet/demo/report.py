@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..analysis.io import write_text
+from ..io.files import write_text
 from .setup import HEADLINE
 
 # the paper's ordering (Table 1): MoE Jetpack > Dense pre-trained > Soft MoE scratch > Dense scratch

@@ -23,13 +23,15 @@ import torch
 from tqdm import tqdm
 
 from ..analysis.cost import count_macs, count_params
-from ..checkpoint import build_from_checkpoint, write_json
 from ..data import build_dataset
 from ..errors import UserError
+from ..io.files import write_json, write_text
+from ..io.weights import build_from_checkpoint
+from ..train import train
+from ..train.checkpointing import LAST
 from ..train.config import Config, config_from_dict
-from ..train.engine import LAST, train
 from .pretrain import ASSETS, RECORD, load_record
-from .report import write_report
+from .report import seed_summary, write_report
 from .setup import (
     ARMS,
     ASSET_S,
@@ -146,6 +148,21 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
     return results
 
 
+def run_seeds(out: Path, budget: Budget, device: str, seeds: list[int], include_optional: bool = True
+              ) -> list[dict[str, Any]]:
+    """:func:`run_demo` for each seed (into ``out/seed-N`` when there are several, with a mean ± spread summary
+    in ``out/seeds.md``); prints each report's results table."""
+    results = []
+    for seed in seeds:
+        seed_out = out if len(seeds) == 1 else out / f"seed-{seed}"
+        results.append(run_demo(seed_out, budget, device, seed, include_optional=include_optional))
+        print(f"\nreport: {seed_out / 'report.md'}")
+        print((seed_out / "results.md").read_text())
+    if len(seeds) > 1:
+        summary = seed_summary(results)
+        write_text(out / "seeds.md", summary + "\n")
+        print(summary)
+    return results
 
 
 def val_correctness(checkpoint: Path, config: Config, dataset: str, batch_size: int = 250) -> tuple[list[int], float]:

@@ -33,9 +33,9 @@ ASSET_S, ASSET_T = "demo_predecessor_s.safetensors", "demo_predecessor_t.safeten
 
 def recipe(epochs: int, warmup: int, batch: int, lr: float, seed: int, device: str, eval_every: int = 1
            ) -> dict[str, Any]:
-    """The paper's recipe (SPEC §4) shrunk to a CPU budget, identical for every arm. Fixed before any arm was
-    run and never tuned on the downstream val split. Mixup / cutmix are off: with 25 images per class and 40
-    epochs they leave the tiny models too few clean examples (the paper trains 600 epochs on such sets)."""
+    """The paper's recipe (App. B; docs/training.md) shrunk to a CPU budget, identical for every arm. Fixed before any
+    arm was run and never tuned on the downstream val split. Mixup / cutmix are off: with 25 images per class and
+    40 epochs they leave the tiny models too few clean examples (the paper trains 600 epochs on such sets)."""
     return {
         "data": {"img_size": 32, "num_workers": 0, "interpolation": "bicubic", "crop_pct": 1.0},
         "augment": {"auto_augment": "rand-m9-mstd0.5-inc1", "scale": [0.6, 1.0], "random_erasing": 0.25,

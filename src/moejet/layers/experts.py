@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -12,6 +15,18 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
+_SKIP_INIT = contextvars.ContextVar("moejet_skip_expert_init", default=False)
+
+
+@contextlib.contextmanager
+def skip_expert_init() -> Iterator[None]:
+    """Expert banks built inside this context keep ``torch.empty`` weights: for a caller that overwrites every
+    expert weight at once (checkpoint recycling), which saves initialising most of a MoE model's parameters."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
 
 
 class BatchedExperts(nn.Module):
@@ -46,7 +61,8 @@ class BatchedExperts(nn.Module):
         self.fc2_bias = nn.Parameter(torch.empty(num_experts, dim))
         self.act = act_layer()
         self.dropout = dropout
-        self.reset_parameters()
+        if not _SKIP_INIT.get():
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # "trunc_normal": timm's ViT / ConvNeXt init for Linear layers, trunc-normal(0.02) weights.

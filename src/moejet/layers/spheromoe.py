@@ -1,7 +1,8 @@
 """SpheroMoE: hyperspherical cross-attention routing over a dual path of core and universal experts.
 
-Read top to bottom against SPEC §1 / paper §3.2. Notation: ``b`` batch, ``n`` tokens, ``d`` channels,
-``S = (E_core + E_univ) * s`` slots (core slots first, expert-major).
+Read :meth:`SpheroMoE.forward` top to bottom against the paper's §3.2 (Eq. 10-11) and Appendix C (Algorithm 1),
+or docs/method.md ("SpheroMoE"). Notation: ``b`` batch, ``n`` tokens, ``d`` channels, ``e = E_core + E_univ``
+experts with ``s`` slots each, ``S = e * s`` slots (core slots first, expert-major).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts
 
 COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
 EXPERT_DROP_MODES = ("expert", "layer")
-KEY_PROJS = ("none", "linear", "affine")
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -100,8 +100,6 @@ class SpheroMoE(nn.Module):
             ``expert_drop_rate``; ``"layer"`` (release): DropPath over all slot outputs of a sample.
         noise_after_temperature: add the noise to ``S/T_d`` and ``S/T_c`` (release) instead of to ``S`` (paper).
         noise_in_eval: add the routing noise in eval mode too (release).
-        key_proj: keys ``K = X`` (``"none"``), ``X W_k`` with ``W_k`` initialised to the identity (``"linear"``),
-            or ``X * scale + offset`` per channel (``"affine"``, release).
         query_norm_eps: eps of the query LayerNorm; None takes the block norm's (``norm_layer``).
         expert_init: ``"trunc_normal"`` or ``"kaiming_uniform"`` initialisation of the experts.
     """
@@ -123,7 +121,6 @@ class SpheroMoE(nn.Module):
         expert_drop_mode: str = "expert",
         noise_after_temperature: bool = False,
         noise_in_eval: bool = False,
-        key_proj: str = "none",
         query_norm_eps: float | None = None,
         expert_init: str = "trunc_normal",
         act_layer: type[nn.Module] = nn.GELU,
@@ -142,7 +139,6 @@ class SpheroMoE(nn.Module):
         if not 0.0 <= expert_drop_rate < 1.0:
             raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
         check_choice("expert_drop_mode", expert_drop_mode, EXPERT_DROP_MODES)
-        check_choice("key_proj", key_proj, KEY_PROJS)
         core_hidden = int(dim * mlp_ratio)
         univ_hidden = int(core_hidden * univ_factor)
         if univ_experts and univ_hidden < 1:
@@ -161,16 +157,10 @@ class SpheroMoE(nn.Module):
         self.expert_drop_mode = expert_drop_mode
         self.noise_after_temperature = noise_after_temperature
         self.noise_in_eval = noise_in_eval
-        self.key_proj = key_proj
         self.temperature_init = float(temperature_init)
 
         self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
         self.query_norm = norm_layer(dim) if query_norm_eps is None else nn.LayerNorm(dim, eps=query_norm_eps)
-        if key_proj == "linear":
-            self.key_weight = nn.Parameter(torch.eye(dim))  # (d_out, d_in), as nn.Linear
-        elif key_proj == "affine":
-            self.key_scale = nn.Parameter(torch.ones(dim))
-            self.key_offset = nn.Parameter(torch.zeros(dim))
         self.dispatch_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.combine_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         make = lambda e, h: BatchedExperts(e, dim, h, act_layer, expert_dropout, expert_init) if e else None
@@ -189,28 +179,27 @@ class SpheroMoE(nn.Module):
         with torch.no_grad():
             self.dispatch_temperature.fill_(self.temperature_init)
             self.combine_temperature.fill_(self.temperature_init)
-            if self.key_proj == "linear":
-                self.key_weight.copy_(torch.eye(self.dim))
-            elif self.key_proj == "affine":
-                self.key_scale.fill_(1.0)
-                self.key_offset.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (b, n, d)`` or ``(b, h, w, d)``, the block's ``norm2`` output ``X_norm`` -> same shape."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"SpheroMoE(dim={self.dim}) got input with last dimension {x.shape[-1]}")
         shape = x.shape
         x = x.reshape(shape[0], -1, self.dim)  # (b, h, w, d) -> (b, n, d); no-op for (b, n, d)
 
-        keys = self._keys(x)
-        queries = F.normalize(self.query_norm(self.queries), dim=-1)  # on the unit hypersphere
-        logits = keys @ queries.t()  # (b, n, S)
+        # keys K = X_norm: the paper keeps their scale; the release L2-normalises them too
+        keys = F.normalize(x, dim=-1) if self.key_l2norm else x
+        # queries: LayerNorm (as the tokens), then onto the unit hypersphere
+        queries = F.normalize(self.query_norm(self.queries), dim=-1)  # (S, d)
+        logits = keys @ queries.t()  # (b, n, S): S = Q_norm K^T, stored transposed
         noisy = (self.training or self.noise_in_eval) and self.noise_std > 0
-        if noisy and not self.noise_after_temperature:
+        if noisy and not self.noise_after_temperature:  # Algorithm 1: S + noise, then the temperatures
             logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output
-
         noise = None
-        if noisy and self.noise_after_temperature:  # release: one noise sample added to both scaled logits
+        if noisy and self.noise_after_temperature:  # release: one noise sample added to both S/T_d and S/T_c
             noise = torch.randn_like(logits).mul_(self.noise_std)
+
+        # Eq. 10 / 11: dispatch softmax over tokens (dim 1), combine weights over slots (dim -1)
         if self.fast_path and self.combine == "softmax" and not tracing():
             dispatch_weights, combine_weights = softmax_router(
                 logits, self.dispatch_temperature, self.combine_temperature, noise
@@ -221,12 +210,12 @@ class SpheroMoE(nn.Module):
             combine_logits = logits * self.combine_temperature.reciprocal()
             if noise is not None:
                 dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
-            dispatch_weights = torch.softmax(dispatch_logits, dim=1)  # over tokens
-            combine_weights = COMBINE_FNS[self.combine](combine_logits)  # over slots
+            dispatch_weights = torch.softmax(dispatch_logits, dim=1)
+            combine_weights = COMBINE_FNS[self.combine](combine_logits)
 
-        slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): each slot a convex mix of tokens
-        slot_outputs = self._experts(slots)
-        y = combine_weights @ slot_outputs  # (b, n, d)
+        slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): X~, each slot a convex mix of tokens (Eq. 10)
+        slot_outputs = self._experts(slots)  # (b, S, d): Y~, core slots to core experts, the rest to universal
+        y = combine_weights @ slot_outputs  # (b, n, d): Y, each token a convex mix of slot outputs (Eq. 11)
 
         if self.record_routing:
             self.last_routing = {
@@ -235,13 +224,6 @@ class SpheroMoE(nn.Module):
                 "slot_outputs": slot_outputs.detach(),
             }
         return y.reshape(shape)
-
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
-        if self.key_proj == "linear":
-            x = F.linear(x, self.key_weight)
-        elif self.key_proj == "affine":
-            x = x * self.key_scale + self.key_offset
-        return F.normalize(x, dim=-1) if self.key_l2norm else x
 
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
@@ -271,5 +253,5 @@ class SpheroMoE(nn.Module):
             f"dim={self.dim}, core_experts={self.num_core}, univ_experts={self.num_univ}, "
             f"slots_per_expert={self.slots_per_expert}, key_l2norm={self.key_l2norm}, combine={self.combine}, "
             f"noise_std={self.noise_std:.4g}, expert_drop_rate={self.expert_drop_rate}, "
-            f"expert_drop_mode={self.expert_drop_mode}, key_proj={self.key_proj}"
+            f"expert_drop_mode={self.expert_drop_mode}"
         )

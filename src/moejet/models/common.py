@@ -8,24 +8,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..io.files import plain_json
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
 from ..variants import MODEL_SWITCHES, apply_variant
 
 SPHERO_ARGS = (
     "slots_per_expert", "univ_factor", "key_l2norm", "combine", "temperature_init",
     "noise_std", "expert_dropout", "expert_drop_rate", "expert_drop_mode", "noise_after_temperature",
-    "noise_in_eval", "key_proj", "query_norm_eps", "expert_init",
+    "noise_in_eval", "query_norm_eps", "expert_init",
 )
 SOFT_ARGS = ("slots_per_expert", "expert_dropout", "expert_init")
-
-
-def plain_json(value: Any) -> Any:
-    """``value`` with ranges, tuples and sets turned into lists (recursively), as JSON writes them."""
-    if isinstance(value, (range, tuple, set, list)):
-        return [plain_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    return value
 
 
 class PlainModelArgs:
@@ -123,3 +115,11 @@ def router_no_weight_decay(model: nn.Module) -> set[str]:
         for prefix, layer in moe_modules(model).items()
         for pname, _ in layer.named_parameters(recurse=False)
     }
+
+
+def input_size_of(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` the model expects: a fixed-size ViT's ``img_size``, else its pretrained config's."""
+    patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is not None and not getattr(model, "dynamic_img_size", False) and patch_embed.img_size:
+        return (3, *patch_embed.img_size)
+    return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))

@@ -1,4 +1,4 @@
-"""Checkpoint recycling (MoE Jetpack §3.1, SPEC §3): dense timm ViT / ConvNeXt -> MoE initial weights.
+"""Checkpoint recycling (paper §3.1; docs/method.md): dense timm ViT / ConvNeXt -> MoE initial weights.
 
     from moejet.recycle import recycle, load_predecessor, calibration_loader, write_outputs
     pred = load_predecessor("vit_small_patch16_224", "vit_s.safetensors")
@@ -7,13 +7,15 @@
     write_outputs("out/", state, report, "vjetmoe_tiny_patch16_224", {"num_classes": 100})
 """
 
-from .api import check_pair, recycle
+from .api import OptionError, check_options, check_pair, recycle
 from .load import calibration_loader, load_dense_state, load_predecessor
 from .output import summary, write_outputs
-from .select import STRATEGIES, UNIV_MODES
+from .pipeline import recycle_sources
+from .select import RECYCLE_STRATEGIES, UNIV_MODES
 from .stats import CalibStats, collect_stats
 
 __all__ = [
-    "STRATEGIES", "UNIV_MODES", "CalibStats", "calibration_loader", "check_pair", "collect_stats",
-    "load_dense_state", "load_predecessor", "recycle", "summary", "write_outputs",
+    "RECYCLE_STRATEGIES", "UNIV_MODES", "CalibStats", "OptionError", "calibration_loader", "check_options",
+    "check_pair", "collect_stats", "load_dense_state", "load_predecessor", "recycle", "recycle_sources", "summary",
+    "write_outputs",
 ]

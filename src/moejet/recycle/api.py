@@ -1,15 +1,15 @@
 """``recycle()``: a dense predecessor + a successor architecture -> the successor's initial weights and a report.
 
-Steps (SPEC §3): check the pair fits, gather calibration statistics in one pass, select channels (shared by every
-layer of a stage) and per-expert neurons, assemble the state dict, and load it strictly into the successor.
+Steps (paper §3.1; docs/method.md, "Checkpoint recycling"): check the pair fits, gather calibration statistics
+in one pass, select channels (shared by every layer of a stage) and per-expert neurons, assemble the state dict,
+and load it strictly into the successor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +17,16 @@ import timm
 import torch
 import torch.nn as nn
 
+from ..device import resolve_device
 from ..errors import UserError
-from ..layers import BatchedExperts
+from ..layers.experts import skip_expert_init
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
 from .build import Selection, build_state, select_heads
 from .graph import part_size, part_weights, partition
 from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, final_norm_alias, stage_dims
 from .select import (
     EXPERT_CHANNELS,
-    STRATEGIES,
+    RECYCLE_STRATEGIES,
     UNIFORM_RULES,
     UNIV_MODES,
     coverage,
@@ -35,25 +36,45 @@ from .select import (
     select_experts,
     subselect,
 )
-from .stats import METRICS, CalibStats, collect_stats
+from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
 
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
 FINAL_NORMS = ("copy", "fresh")
-CHOICES = {"importance_metric": METRICS, "expert_channels": EXPERT_CHANNELS, "uniform_rule": UNIFORM_RULES,
-           "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES, "final_norm": FINAL_NORMS}
+SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
+                  "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
+                  "final_norm": FINAL_NORMS}
 
 
-def resolve_switches(variant: str, **explicit: str | None) -> dict[str, str]:
-    """Every recycle switch under ``variant`` (moejet.variants.RECYCLE_SWITCHES), explicit non-None values winning."""
+class OptionError(UserError):
+    """A recycling option with an impossible value. ``option`` names it as :func:`recycle` does (the
+    ``moejet recycle`` flag without its dashes, the key of a config's ``recycle:`` section)."""
+
+    def __init__(self, option: str, value: Any, what: str) -> None:
+        self.option, self.value, self.what = option, value, what
+        super().__init__(f"recycle option {option} = {value!r} is invalid: {what}")
+
+
+def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
+                  **switches: str | None) -> dict[str, str]:
+    """Check every recycling option; returns each switch's value under ``variant``
+    (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
+    if strategy not in RECYCLE_STRATEGIES:
+        raise OptionError("strategy", strategy, f"use one of {', '.join(RECYCLE_STRATEGIES)}")
     if variant not in VARIANTS:
-        raise UserError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
-    switches = apply_variant(variant, RECYCLE_SWITCHES, {k: v for k, v in explicit.items() if v is not None})
-    for name, value in switches.items():
-        if value not in CHOICES[name]:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"unknown {flag} {value!r}: choose one of {', '.join(CHOICES[name])}")
-    return switches
+        raise OptionError("variant", variant, f"use one of {', '.join(VARIANTS)}")
+    unknown = sorted(set(switches) - set(SWITCH_CHOICES))
+    if unknown:
+        raise OptionError(unknown[0], switches[unknown[0]], f"not a recycle switch ({', '.join(SWITCH_CHOICES)})")
+    resolved = apply_variant(variant, RECYCLE_SWITCHES, {k: v for k, v in switches.items() if v is not None})
+    for name, value in resolved.items():
+        if value not in SWITCH_CHOICES[name]:
+            raise OptionError(name, value, f"use one of {', '.join(SWITCH_CHOICES[name])}")
+    if isinstance(graph_parts, bool) or not isinstance(graph_parts, int) or graph_parts < 1:
+        raise OptionError("graph_parts", graph_parts, "must be an integer >= 1")
+    if not 0.0 < coact_percentile < 100.0:
+        raise OptionError("coact_percentile", coact_percentile, "must be in (0, 100)")
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -71,27 +92,14 @@ class Pair:
         return [b for b in self.succ_blocks if b.hidden is None]
 
 
-@contextlib.contextmanager
-def experts_left_uninitialised() -> Iterator[None]:
-    """Recycling overwrites every expert weight: skip their random init (most of a MoE model's parameters)."""
-    original = BatchedExperts.reset_parameters
-    BatchedExperts.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        BatchedExperts.reset_parameters = original
-
-
 def build_successor(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with a seeded init (routers are fresh but reproducible).
 
     Expert weights are left uninitialised (``torch.empty``): :func:`recycle` overwrites all of them.
     """
-    import moejet.models  # noqa: F401  (registers our models)
-
     if not timm.is_model(name):
         raise UserError(f"unknown successor model {name!r}: see `moejet models` for the registered names")
-    with torch.random.fork_rng(devices=[]), experts_left_uninitialised():
+    with torch.random.fork_rng(devices=[]), skip_expert_init():
         torch.manual_seed(seed)
         try:
             return timm.create_model(name, **kwargs)
@@ -219,24 +227,6 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
     return sel, graph_info
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto``: CUDA, else MPS, else CPU; an unavailable device is a UserError."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(
-            f"device {device!r} is not available ({str(err).splitlines()[0]}): use --device cpu or auto"
-        ) from None
-    return dev
-
-
 def recycle(
     predecessor: nn.Module,
     successor: str,
@@ -278,23 +268,19 @@ def recycle(
         query_norm: ``inherit`` (copy the block's norm into the router's query norm; paper) or ``fresh`` (release).
         importance_metric: ``mean_abs`` (paper Eq. 4) or ``l2`` (release), see :mod:`moejet.recycle.stats`.
         expert_channels: ``shared`` (paper: the successor's channel set) or ``per_expert`` (release).
-        uniform_rule: ``shared`` (paper Eq. 7), ``linspace`` (release) or ``shifted`` (per-expert shifts).
+        uniform_rule: ``shared`` (paper Eq. 7) or ``linspace`` (release).
         final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
             source's final norm (default) or keep the successor's ``fresh`` one (release).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
-        JSON-able report of SPEC §3.6.
+        JSON-able report written as ``recycle.json`` (docs/recycling.md).
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    switches = resolve_switches(variant, univ_mode=univ_mode, query_norm=query_norm,
-                                importance_metric=importance_metric, expert_channels=expert_channels,
-                                uniform_rule=uniform_rule, final_norm=final_norm)
-    if not 0.0 < coact_percentile < 100.0:
-        raise UserError(f"co-activation percentile must be in (0, 100), got {coact_percentile}")
+    switches = check_options(strategy, variant, graph_parts, coact_percentile, univ_mode=univ_mode,
+                             query_norm=query_norm, importance_metric=importance_metric,
+                             expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
         raise UserError(f"strategy {strategy!r} needs calibration images: pass calibration data (--calib-images > 0)")
     model = build_successor(successor, successor_kwargs, seed)
@@ -368,7 +354,8 @@ def _mean_share(importance: torch.Tensor, indices: list[torch.Tensor]) -> float:
 def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: list[str], graph_info: dict,
                 timings: dict[str, float], predecessor: nn.Module, successor: nn.Module,
                 run: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able recycle report (SPEC §3.6); neuron and channel indices point into the predecessor."""
+    """The JSON-able recycle report (``recycle.json``, docs/recycling.md); neuron and channel indices point into the
+    predecessor."""
     neuron_indices, blocks_info = {}, {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden

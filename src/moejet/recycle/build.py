@@ -1,4 +1,5 @@
-"""Assemble the successor's state dict from the predecessor's weights and the selected indices (SPEC §3.3, §3.5).
+"""Assemble the successor's state dict from the predecessor's weights and the selected indices (paper §3.1;
+docs/method.md, "Checkpoint recycling").
 
 Dense part: from a same-width dense checkpoint when given, else weight selection from the predecessor with the
 shared channel indices (attention: whole heads and channels inside each head, keeping the fused qkv layout).

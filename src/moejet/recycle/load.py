@@ -3,7 +3,6 @@ the successor's dense part, and the calibration images (preprocessed as the pred
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import sys
@@ -17,32 +16,15 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import KWARGS_KEY, MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from ..errors import UserError
+from ..io.weights import KWARGS_KEY, MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
 
 NUMPY_SUFFIXES = (".npz", ".npy")
 
 
-def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """``["depth=6", "moe_layers=(4, 5)", "global_pool=avg"]`` -> kwargs (Python literals, else strings)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{flag} {item!r} is not key=value: e.g. {flag} embed_dim=192")
-        try:
-            parsed = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            parsed = {"true": True, "false": False, "none": None}.get(value.strip().lower(), value.strip())
-        out[key.strip()] = list(parsed) if isinstance(parsed, tuple) else parsed
-    return out
-
-
 def _create(name: str, role: str, **kwargs: Any) -> nn.Module:
-    import moejet.models  # noqa: F401  (registers our models)
-
     if not timm.is_model(name):
         raise UserError(f"unknown {role} model {name!r}: pass a timm model name (e.g. vit_small_patch16_224)")
     try:
@@ -92,7 +74,7 @@ def _load_numpy(model: nn.Module, path: Path, source: str) -> None:
 
 
 def header_model(path: str | os.PathLike | None) -> tuple[str, dict[str, Any]] | None:
-    """``(model name, kwargs)`` from a moejet safetensors header (see moejet.checkpoint.save_model), else None."""
+    """``(model name, kwargs)`` from a moejet safetensors header (see moejet.io.weights.save_model), else None."""
     if not path or Path(path).suffix.lower() != ".safetensors" or not Path(path).is_file():
         return None
     try:

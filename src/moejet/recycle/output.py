@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_output, save_model
 from ..errors import UserError
+from ..io.files import atomic_output
+from ..io.weights import save_model
 
 MODEL_FILE, REPORT_FILE = "model.safetensors", "recycle.json"
 

@@ -10,9 +10,9 @@ import torch
 
 from .graph import sample_part_unions
 
-STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
+RECYCLE_STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 UNIV_MODES = ("draw", "subselect")
-UNIFORM_RULES = ("shared", "shifted", "linspace")
+UNIFORM_RULES = ("shared", "linspace")
 EXPERT_CHANNELS = ("shared", "per_expert")
 
 
@@ -27,7 +27,7 @@ def linspace_positions(n: int, k: int) -> torch.Tensor:
 
 
 def uniform_positions(n: int, k: int, rule: str = "shared") -> torch.Tensor:
-    """``k`` evenly spread positions of ``n``: Eq. 7's floor (``shared`` / ``shifted``) or the release's linspace."""
+    """``k`` evenly spread positions of ``n``: Eq. 7's floor (``shared``) or the release's linspace."""
     return linspace_positions(n, k) if rule == "linspace" else evenly_spaced(n, k)
 
 
@@ -105,8 +105,7 @@ def select_experts(
     - ``graph``: each expert is a union of ``size / part_size`` METIS parts (``parts (k, part_size)``), sampled
       without replacement with probability ∝ ``part_weights`` (their internal co-activation);
     - ``uniform``: evenly spaced neurons (Eq. 7), one set shared by every expert (``uniform_rule="shared"``,
-      the paper; ``"linspace"``: the release's rounding of the same idea); ``"shifted"``: expert ``e`` is shifted
-      by ``e mod floor(h / size)`` so the experts together cover the layer instead of all being the same copy;
+      the paper; ``"linspace"``: the release's rounding of the same idea);
     - ``random``: a uniformly random subset per expert;
     - ``upcycle``: every expert of the dense MLP's size is the whole layer; smaller (universal) experts are
       Eq. 7's evenly spaced neurons shifted by ``e mod floor(h / size)``, so each run of ``h / size`` consecutive
@@ -118,10 +117,7 @@ def select_experts(
     elif strategy == "graph":
         idx = sample_part_unions(parts, part_weights, num_experts, size, gen)
     elif strategy == "uniform":
-        shift = torch.arange(num_experts, dtype=torch.int64) % max(1, h // size)
-        if uniform_rule != "shifted":
-            shift = torch.zeros_like(shift)
-        idx = uniform_positions(h, size, uniform_rule).unsqueeze(0) + shift.unsqueeze(1)
+        idx = uniform_positions(h, size, uniform_rule).expand(num_experts, size)
     elif strategy == "random":
         idx = torch.rand(num_experts, h, generator=gen).argsort(dim=1)[:, :size]
     elif strategy == "upcycle":

@@ -1,13 +1,16 @@
 """Calibration statistics of a dense predecessor, gathered with forward hooks in one streaming pass.
 
-Per block (SPEC §3.1, paper Eq. 4-5):
+Per block (paper §3.1, Eq. 4-5; docs/method.md, Checkpoint recycling):
 
 - channel importance: of the MLP input, i.e. the ``norm2`` output (ConvNeXt: ``norm``);
 - neuron importance: of the MLP activation output (``fc1 -> act``);
 - the importance metric is ``mean_abs`` (paper Eq. 4: mean ``|a|`` over every token seen) or ``l2`` (released
   code, ``feature_analysis`` with ``select_type='L2'``: per batch the L2 norm ``sqrt(sum a^2)`` over the batch's
-  images and tokens, not squared, then averaged over batches; so it depends on the batch size: the release's
-  hooks saw halves of its 256-image batches under two-GPU ``nn.DataParallel``, i.e. 128 images);
+  images and tokens, not squared, then the plain mean over batches; so it depends on the batch size). The release
+  itself differs in two ways no flag reproduces: under two-GPU ``nn.DataParallel`` its hooks saw halves (128
+  images) of its 256-image batches, 300 hook calls per layer for its 38,400 images; and it averages those calls in
+  groups of 256 (``batch_mean``), then averages the group means, so its last 44 calls weigh as much as the first
+  256;
 - co-activation counts (only the blocks asked for, for ``graph``): ``C[i, j]`` = number of tokens on which
   neurons ``i`` and ``j`` are both above the block's threshold, accumulated as one matmul of boolean masks
   per batch. The threshold is a percentile (default 90th) of the block's activation values; since a
@@ -31,7 +34,7 @@ from tqdm import tqdm
 from .layout import Block
 
 PERCENTILE_SAMPLE = 1 << 22  # first-batch activations used to estimate a threshold (strided subsample)
-METRICS = ("mean_abs", "l2")
+IMPORTANCE_METRICS = ("mean_abs", "l2")
 
 
 @dataclass
@@ -149,8 +152,8 @@ def collect_stats(
     ``model`` must already be on ``device``; ``coact_blocks`` names the blocks that need co-activation counts;
     ``metric``: ``mean_abs`` (paper Eq. 4) or ``l2`` (released code), see the module docstring.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown importance metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if metric not in IMPORTANCE_METRICS:
+        raise ValueError(f"unknown importance metric {metric!r}: choose one of {', '.join(IMPORTANCE_METRICS)}")
     coact_blocks = set(coact_blocks)
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64
     accs = [_Accumulator(b, b.name in coact_blocks, percentile, acc_dtype, metric) for b in model_blocks]

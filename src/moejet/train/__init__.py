@@ -1,4 +1,4 @@
-"""Fine-tuning with the paper's recipe (SPEC §4): ``moejet train`` / ``moejet eval`` and their Python API."""
+"""Fine-tuning with the paper's recipe (App. B; docs/training.md): ``moejet train`` / ``moejet eval`` and their API."""
 
 from .config import Config, batch_plan, config_from_dict, dump_config, load_config
 from .engine import evaluate, read_metrics, train

@@ -16,8 +16,8 @@ from timm.models import get_pretrained_cfg_value, group_parameters, model_entryp
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from ..checkpoint import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata
 from ..errors import UserError
+from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata
 from ..models import moe_modules
 from .config import Config
 from .recycling_step import recycle_into_run
@@ -156,13 +156,13 @@ def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") ->
 def data_settings(config: Config, model: nn.Module) -> dict[str, Any]:
     """Normalisation, interpolation and crop fraction: the config's, else the model's timm data config."""
     resolved = resolve_data_config({}, model=model)
-    d = config.data
+    data = config.data
     return {
-        "input_size": (3, d.img_size, d.img_size),
-        "mean": tuple(d.mean) if d.mean else resolved["mean"],
-        "std": tuple(d.std) if d.std else resolved["std"],
-        "interpolation": d.interpolation,
-        "crop_pct": d.crop_pct if d.crop_pct is not None else resolved["crop_pct"],
+        "input_size": (3, data.img_size, data.img_size),
+        "mean": tuple(data.mean) if data.mean else resolved["mean"],
+        "std": tuple(data.std) if data.std else resolved["std"],
+        "interpolation": data.interpolation,
+        "crop_pct": data.crop_pct if data.crop_pct is not None else resolved["crop_pct"],
     }
 
 
@@ -184,8 +184,8 @@ def build_transforms(config: Config, model: nn.Module) -> tuple[Any, Any]:
 def build_dataset(config: Config, split: str, transform: Any) -> torch.utils.data.Dataset:
     from ..data import build_dataset as data_build_dataset  # contract 1: moejet.data
 
-    d = config.data
-    return data_build_dataset(d.dataset, split, transform=transform, root=d.root, download=d.download)
+    data = config.data
+    return data_build_dataset(data.dataset, split, transform=transform, root=data.root, download=data.download)
 
 
 def num_classes_of(dataset: Any, config: Config) -> int:

@@ -46,10 +46,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from ..checkpoint import atomic_output, read_metadata, save_model, write_json
 from ..errors import UserError
+from ..io.files import atomic_output, write_json
+from ..io.weights import read_metadata, save_model
 
 POINTER, CKPT_DIR, LAST, BEST = "checkpoint.json", "checkpoints", "last.safetensors", "best.safetensors"
+CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"  # the run's resolved config, one JSON row per epoch
 
 
 def weights_path(run_dir: Path, epoch: int) -> Path:

@@ -2,7 +2,7 @@
 
 Every field is checked against its type and its allowed values; an unknown key, a wrong type or an
 impossible value is a :class:`~moejet.errors.UserError` that names the key. Defaults are the paper's
-recipe (SPEC §4, paper App. B Tables 6-7) for a 512-image global batch.
+recipe (paper App. B, Tables 6-7; docs/training.md) for a 512-image global batch.
 
 Learning rate: ``optim.lr`` when given, else ``optim.base_lr * train.batch_size / optim.base_batch_size``
 (the paper's 4e-3 at batch 4096, scaled linearly: 5e-4 at 512).
@@ -22,13 +22,14 @@ from typing import Any, Union
 import yaml
 
 from ..errors import UserError
-from ..variants import VARIANTS
+from ..io.files import plain_json
+from ..variants import RECYCLE_SWITCHES, VARIANTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 INIT_MODES = ("scratch", "checkpoint", "pretrained", "recycle")
 MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("ddp", "fsdp")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -124,6 +125,7 @@ class TrainConfig:
     # the first telemetry_images validation images in eval mode (~that many images' forward pass); 0 = off
     telemetry_images: int = 256
     recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
+    max_steps_per_epoch: int | None = None  # cut every epoch short (smoke runs); null = every image every epoch
     strategy: str = "ddp"  # ddp (a full replica per process) | fsdp (FSDP2: weights, grads, optimizer state sharded)
 
 
@@ -158,14 +160,6 @@ class RecycleConfig:
 
 
 @dataclass
-class DebugConfig:
-    """Test hooks: leave at their defaults for real runs."""
-
-    nan_at_step: int | None = None  # replace the loss by NaN at this optimizer step (1-based)
-    max_steps_per_epoch: int | None = None  # cut every epoch short (smoke tests)
-
-
-@dataclass
 class Config:
     name: str = "run"
     description: str = ""
@@ -177,7 +171,6 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     recycle: RecycleConfig = field(default_factory=RecycleConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
 
     @property
     def lr(self) -> float:
@@ -332,112 +325,136 @@ def _type_name(hint: Any) -> str:
 
 def validate(config: Config) -> None:
     """Impossible values, each reported with its key."""
-    m, d, a, o, s, t, g = (config.model, config.data, config.augment, config.optim, config.schedule, config.train,
-                           config.debug)
-
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            value = _get(config, key)
-            raise UserError(f"config key {key} = {value!r} is invalid: {what}")
-
+    need = _checker(config)
     need(config.variant in VARIANTS, "variant", f"use one of {', '.join(VARIANTS)}")
-    need(o.moe_lr_scale in MOE_LR_SCALES, "optim.moe_lr_scale", f"use one of {', '.join(MOE_LR_SCALES)}")
-    need(m.init in INIT_MODES, "model.init", f"use one of {', '.join(INIT_MODES)}")
-    need(m.init != "checkpoint" or bool(m.init_checkpoint), "model.init_checkpoint",
-         "model.init is 'checkpoint': give the checkpoint file")
-    need(m.init_checkpoint_weights in ("model", "ema"), "model.init_checkpoint_weights", "use model or ema")
-    need(m.init == "checkpoint" or m.init_checkpoint is None, "model.init_checkpoint",
-         "set model.init=checkpoint to start from a checkpoint file (or drop init_checkpoint)")
-    if m.init == "recycle":
-        _validate_recycle(config)
-    else:
-        need(config.recycle == RecycleConfig(), "model.init",
-             "the recycle section is read only with model.init=recycle: set it (or drop the recycle section)")
-    need("num_classes" not in m.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")
-    need("drop_path_rate" not in m.kwargs, "model.kwargs", "set model.drop_path_rate instead of a kwarg")
-    need(0.0 <= m.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
-    need(bool(d.dataset.strip()), "data.dataset", "name a dataset (e.g. cifar100 or synthetic)")
-    need(d.img_size >= 8, "data.img_size", "must be at least 8 pixels")
-    for key, vec in (("data.mean", d.mean), ("data.std", d.std)):
-        need(vec is None or len(vec) == 3, key, "give 3 values (RGB)")
-    need(d.std is None or all(v > 0 for v in d.std), "data.std", "must be positive")
-    need(d.crop_pct is None or 0.0 < d.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
-    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    need(0.0 < a.scale[0] <= a.scale[1] <= 1.0, "augment.scale", "must be 0 < min <= max <= 1")
-    for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
-        need(0.0 <= getattr(a, key) <= 1.0, f"augment.{key}", "must be a probability in [0, 1]")
-    for key in ("mixup", "cutmix", "color_jitter"):
-        need(getattr(a, key) >= 0.0, f"augment.{key}", "must be >= 0")
-    need(0.0 <= a.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)")
-    need(o.lr is None or o.lr > 0, "optim.lr", "must be > 0 (or null to scale base_lr)")
-    need(o.base_lr > 0, "optim.base_lr", "must be > 0")
-    need(o.base_batch_size > 0, "optim.base_batch_size", "must be > 0")
-    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-    need(all(0.0 <= b < 1.0 for b in o.betas), "optim.betas", "must be in [0, 1)")
-    need(o.eps > 0, "optim.eps", "must be > 0")
-    need(o.layer_decay is None or 0.0 < o.layer_decay <= 1.0, "optim.layer_decay", "must be in (0, 1] or null")
-    need(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", "must be > 0 or null")
-    need(s.epochs >= 1, "schedule.epochs", "must be >= 1")
-    need(0 <= s.warmup_epochs < s.epochs, "schedule.warmup_epochs", f"must be in [0, schedule.epochs={s.epochs})")
-    need(0.0 <= s.warmup_lr_ratio <= 1.0, "schedule.warmup_lr_ratio", "must be in [0, 1]")
-    need(0.0 <= s.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "must be in [0, 1]")
-    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(t.micro_batch_size is None or t.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1 or null")
-    need(t.micro_batch_size is None or t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size",
-         f"must divide train.batch_size={t.batch_size}")
-    need(t.eval_batch_size is None or t.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1 or null")
-    need(t.amp in AMP_MODES, "train.amp", f"use one of {', '.join(AMP_MODES)}")
-    need(t.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
-    need(0.0 < t.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
-    need(t.eval_every >= 1, "train.eval_every", "must be >= 1")
-    need(t.strategy in STRATEGIES, "train.strategy", f"use one of {', '.join(STRATEGIES)}")
-    fsdp = t.strategy == "fsdp"
-    need(not (fsdp and t.ema), "train.strategy", "fsdp does not keep an EMA of sharded weights: set train.ema=false "
-         "or use train.strategy=ddp")
-    need(not (fsdp and t.amp == "fp16"), "train.strategy", "fsdp has no sharded fp16 grad scaler here: use "
-         "train.amp=bf16 (or none), or train.strategy=ddp")
-    need(t.log_every >= 0, "train.log_every", "must be >= 0 (0 = no per-step lines)")
-    need(t.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")
-    need(g.nan_at_step is None or g.nan_at_step >= 1, "debug.nan_at_step", "must be >= 1 or null")
-    need(g.max_steps_per_epoch is None or g.max_steps_per_epoch >= 1, "debug.max_steps_per_epoch",
-         "must be >= 1 or null")
+    _validate_model(config, need)
+    _validate_data(config.data, need)
+    _validate_augment(config.augment, need)
+    _validate_optim(config.optim, need)
+    _validate_schedule(config.schedule, need)
+    _validate_train(config.train, config.mixup_active, need)
     need(math.isfinite(config.lr), "optim.lr", "must be finite")
 
 
-def _validate_recycle(config: Config) -> None:
-    from ..recycle.api import CHOICES
-    from ..recycle.select import STRATEGIES
+Need = typing.Callable[[bool, str, str], None]
 
-    r = config.recycle
 
+def _checker(config: Config) -> Need:
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise UserError(f"config key recycle.{key} = {getattr(r, key)!r} is invalid: {what}")
+            raise UserError(f"config key {key} = {_get(config, key)!r} is invalid: {what}")
 
-    need(bool(r.predecessor) or bool(r.predecessor_checkpoint), "predecessor",
+    return need
+
+
+def _validate_model(config: Config, need: Need) -> None:
+    model = config.model
+    need(model.init in INIT_MODES, "model.init", f"use one of {', '.join(INIT_MODES)}")
+    need(model.init != "checkpoint" or bool(model.init_checkpoint), "model.init_checkpoint",
+         "model.init is 'checkpoint': give the checkpoint file")
+    need(model.init_checkpoint_weights in ("model", "ema"), "model.init_checkpoint_weights", "use model or ema")
+    need(model.init == "checkpoint" or model.init_checkpoint is None, "model.init_checkpoint",
+         "set model.init=checkpoint to start from a checkpoint file (or drop init_checkpoint)")
+    if model.init == "recycle":
+        _validate_recycle(config, need)
+    else:
+        need(config.recycle == RecycleConfig(), "model.init",
+             "the recycle section is read only with model.init=recycle: set it (or drop the recycle section)")
+    need("num_classes" not in model.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")
+    need("drop_path_rate" not in model.kwargs, "model.kwargs", "set model.drop_path_rate instead of a kwarg")
+    need(0.0 <= model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+
+
+def _validate_data(data: DataConfig, need: Need) -> None:
+    need(bool(data.dataset.strip()), "data.dataset", "name a dataset (e.g. cifar100 or synthetic)")
+    need(data.img_size >= 8, "data.img_size", "must be at least 8 pixels")
+    for key, vec in (("data.mean", data.mean), ("data.std", data.std)):
+        need(vec is None or len(vec) == 3, key, "give 3 values (RGB)")
+    need(data.std is None or all(v > 0 for v in data.std), "data.std", "must be positive")
+    need(data.crop_pct is None or 0.0 < data.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
+    need(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+def _validate_augment(augment: AugmentConfig, need: Need) -> None:
+    need(0.0 < augment.scale[0] <= augment.scale[1] <= 1.0, "augment.scale", "must be 0 < min <= max <= 1")
+    for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
+        need(0.0 <= getattr(augment, key) <= 1.0, f"augment.{key}", "must be a probability in [0, 1]")
+    for key in ("mixup", "cutmix", "color_jitter"):
+        need(getattr(augment, key) >= 0.0, f"augment.{key}", "must be >= 0")
+    need(0.0 <= augment.label_smoothing < 1.0, "augment.label_smoothing", "must be in [0, 1)")
+
+
+def _validate_optim(optim: OptimConfig, need: Need) -> None:
+    need(optim.moe_lr_scale in MOE_LR_SCALES, "optim.moe_lr_scale", f"use one of {', '.join(MOE_LR_SCALES)}")
+    need(optim.lr is None or optim.lr > 0, "optim.lr", "must be > 0 (or null to scale base_lr)")
+    need(optim.base_lr > 0, "optim.base_lr", "must be > 0")
+    need(optim.base_batch_size > 0, "optim.base_batch_size", "must be > 0")
+    need(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(all(0.0 <= b < 1.0 for b in optim.betas), "optim.betas", "must be in [0, 1)")
+    need(optim.eps > 0, "optim.eps", "must be > 0")
+    need(optim.layer_decay is None or 0.0 < optim.layer_decay <= 1.0, "optim.layer_decay", "must be in (0, 1] or null")
+    need(optim.clip_grad is None or optim.clip_grad > 0, "optim.clip_grad", "must be > 0 or null")
+
+
+def _validate_schedule(schedule: ScheduleConfig, need: Need) -> None:
+    need(schedule.epochs >= 1, "schedule.epochs", "must be >= 1")
+    need(0 <= schedule.warmup_epochs < schedule.epochs, "schedule.warmup_epochs",
+         f"must be in [0, schedule.epochs={schedule.epochs})")
+    need(0.0 <= schedule.warmup_lr_ratio <= 1.0, "schedule.warmup_lr_ratio", "must be in [0, 1]")
+    need(0.0 <= schedule.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "must be in [0, 1]")
+
+
+def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
+    need(train.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(train.micro_batch_size is None or train.micro_batch_size >= 1, "train.micro_batch_size",
+         "must be >= 1 or null")
+    need(train.micro_batch_size is None or train.batch_size % train.micro_batch_size == 0, "train.micro_batch_size",
+         f"must divide train.batch_size={train.batch_size}")
+    need(train.eval_batch_size is None or train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1 or null")
+    need(train.amp in AMP_MODES, "train.amp", f"use one of {', '.join(AMP_MODES)}")
+    need(train.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
+    need(0.0 < train.ema_decay < 1.0, "train.ema_decay", "must be in (0, 1)")
+    need(train.eval_every >= 1, "train.eval_every", "must be >= 1")
+    need(train.strategy in DISTRIBUTED_STRATEGIES, "train.strategy", f"use one of {', '.join(DISTRIBUTED_STRATEGIES)}")
+    fsdp = train.strategy == "fsdp"
+    need(not (fsdp and train.ema), "train.strategy", "fsdp does not keep an EMA of sharded weights: set "
+         "train.ema=false or use train.strategy=ddp")
+    need(not (fsdp and train.amp == "fp16"), "train.strategy", "fsdp has no sharded fp16 grad scaler here: use "
+         "train.amp=bf16 (or none), or train.strategy=ddp")
+    need(train.log_every >= 0, "train.log_every", "must be >= 0 (0 = no per-step lines)")
+    need(train.recovery_every >= 0, "train.recovery_every", "must be >= 0 (0 = no mid-epoch recovery checkpoints)")
+    need(train.max_steps_per_epoch is None or train.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+         "must be >= 1 or null")
+    need(train.telemetry_images >= 0, "train.telemetry_images", "must be >= 0 (0 = off)")
+
+
+def _validate_recycle(config: Config, need: Need) -> None:
+    from ..recycle.api import NEEDS_STATS, OptionError, check_options
+
+    recycle = config.recycle
+    need(bool(recycle.predecessor) or bool(recycle.predecessor_checkpoint), "recycle.predecessor",
          "model.init is 'recycle': name the dense predecessor (a timm name) or give recycle.predecessor_checkpoint")
-    need(bool(r.predecessor_checkpoint) != r.pretrained, "pretrained",
+    need(bool(recycle.predecessor_checkpoint) != recycle.pretrained, "recycle.pretrained",
          "the predecessor needs weights from exactly one source: recycle.predecessor_checkpoint FILE or "
          "recycle.pretrained true")
-    need(r.strategy in STRATEGIES, "strategy", f"use one of {', '.join(STRATEGIES)}")
-    need(r.calib_images >= 0, "calib_images", "must be >= 0 (0: no calibration)")
-    need(r.calib_images > 0 or r.strategy not in ("importance", "graph"), "calib_images",
-         f"strategy {r.strategy} needs calibration images: set recycle.calib_images > 0")
-    need(r.calib_img_size is None or r.calib_img_size >= 8, "calib_img_size", "must be at least 8 pixels or null")
-    need(bool(r.calib_data.strip()), "calib_data", "name a dataset (e.g. imagenet or synthetic)")
-    need(r.batch_size >= 1, "batch_size", "must be >= 1")
-    need(r.workers >= 0, "workers", "must be >= 0")
-    need(r.variant is None or r.variant in VARIANTS, "variant", f"use one of {', '.join(VARIANTS)} or null")
-    need(r.graph_parts >= 1, "graph_parts", "must be >= 1")
-    need(0.0 < r.coact_percentile < 100.0, "coact_percentile", "must be in (0, 100)")
-    for name, value in recycle_switches(config).items():
-        need(value is None or value in CHOICES[name], name, f"use one of {', '.join(CHOICES[name])} or null")
+    try:
+        check_options(recycle.strategy, recycle.variant or config.variant, recycle.graph_parts,
+                      recycle.coact_percentile, **recycle_switches(config))
+    except OptionError as err:
+        key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
+        need(False, key, err.what)
+    need(recycle.calib_images >= 0, "recycle.calib_images", "must be >= 0 (0: no calibration)")
+    need(recycle.calib_images > 0 or recycle.strategy not in NEEDS_STATS, "recycle.calib_images",
+         f"strategy {recycle.strategy} needs calibration images: set recycle.calib_images > 0")
+    need(recycle.calib_img_size is None or recycle.calib_img_size >= 8, "recycle.calib_img_size",
+         "must be at least 8 pixels or null")
+    need(bool(recycle.calib_data.strip()), "recycle.calib_data", "name a dataset (e.g. imagenet or synthetic)")
+    need(recycle.batch_size >= 1, "recycle.batch_size", "must be >= 1")
+    need(recycle.workers >= 0, "recycle.workers", "must be >= 0")
 
 
 def recycle_switches(config: Config) -> dict[str, str | None]:
     """The recycle section's switches (None: the variant's value)."""
-    from ..variants import RECYCLE_SWITCHES
-
     return {s.name: getattr(config.recycle, s.name) for s in RECYCLE_SWITCHES}
 
 
@@ -476,20 +493,12 @@ def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
 
 def config_to_dict(config: Config, resolve_lr: bool = True) -> dict[str, Any]:
     """Plain dict (lists instead of tuples), by default with the resolved learning rate written in."""
-    out = _plain_dict(dataclasses.asdict(config))
+    out = plain_json(dataclasses.asdict(config))
     if config.model.init != "recycle":
         del out["recycle"]  # read only by model.init: recycle
     if resolve_lr:
         out["optim"]["lr"] = config.lr
     return out
-
-
-def _plain_dict(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain_dict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_dict(v) for v in value]
-    return value
 
 
 class _Dumper(yaml.SafeDumper):

@@ -20,7 +20,9 @@ from ..errors import UserError
 
 
 @dataclass(frozen=True)
-class Dist:
+class World:
+    """This process's place in the run: its rank of ``world_size`` torchrun processes, and its device."""
+
     rank: int
     world_size: int
     device: torch.device
@@ -34,7 +36,7 @@ class Dist:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> Dist:
+def setup(device: str = "auto") -> World:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE`` > 1; pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -49,13 +51,13 @@ def setup(device: str = "auto") -> Dist:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
-    return Dist(rank, world_size, torch_device)
+    return World(rank, world_size, torch_device)
 
 
-def teardown(d: Dist) -> None:
+def teardown(world: World) -> None:
     """Leave the process group. The DDP / FSDP wrappers that hold it sit in reference cycles: collect them first,
     so the group's worker threads stop now and not during interpreter shutdown (see ``leave``)."""
-    if d.enabled and dist.is_initialized():
+    if world.enabled and dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
 
@@ -76,14 +78,14 @@ def leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
+def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    if world.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
-def all_reduce_max(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
+def all_reduce_max(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    if world.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
 
@@ -97,7 +99,7 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def shard_model(model: nn.Module, d: Dist, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
+def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
     """FSDP2 in place: ``fully_shard`` every block / stage, then the root; returns the parameters left whole.
 
     Each process keeps 1 / world_size of every sharded parameter (dim 0), its gradient and so its optimizer state;
@@ -106,7 +108,7 @@ def shard_model(model: nn.Module, d: Dist, param_dtype: torch.dtype | None = Non
     temperatures): they stay whole on every process, and :func:`average_grads` reduces their gradients.
     """
     whole = [p for p in model.parameters() if p.ndim == 0]
-    kwargs = {"mesh": init_device_mesh(d.device.type, (d.world_size,)), "ignored_params": set(whole),
+    kwargs = {"mesh": init_device_mesh(world.device.type, (world.world_size,)), "ignored_params": set(whole),
               "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
     for unit in shard_units(model):
         fully_shard(unit, **kwargs)
@@ -118,13 +120,13 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def average_grads(params: list[nn.Parameter], d: Dist) -> None:
+def average_grads(params: list[nn.Parameter], world: World) -> None:
     """Average the gradients of ``params`` over the processes (what DDP does for every parameter)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if d.enabled and grads:
+    if world.enabled and grads:
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= d.world_size
+        flat /= world.world_size
         for g, value in zip(grads, flat.split([g.numel() for g in grads])):
             g.copy_(value.view_as(g))
 

@@ -6,7 +6,7 @@ Run directory (read by the analysis tools and the demo)::
     RUN/metrics.jsonl       one JSON object per epoch: epoch (1-based), train_loss, val_top1, val_top5 (percent),
                             val_loss, lr, images_per_s, epoch_time_s, wall_time_s (cumulative), step,
                             temperatures {moe module: {"dispatch", "combine"}} (+ val_top1_ema / val_top5_ema)
-    RUN/last.safetensors    model weights (moejet.checkpoint.save_model: rebuild with build_from_checkpoint)
+    RUN/last.safetensors    model weights (moejet.io.weights.save_model: rebuild with build_from_checkpoint)
     RUN/best.safetensors    weights of the epoch with the best val_top1
     RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
 
@@ -43,14 +43,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..checkpoint import atomic_output, build_from_checkpoint, read_metadata
 from ..data import SeededSamples
 from ..errors import UserError
+from ..io.files import atomic_output
+from ..io.weights import build_from_checkpoint, read_metadata
 from ..models import moe_modules
 from . import build
 from .checkpointing import (
-    BEST,
+    CONFIG_FILE,
     LAST,
+    METRICS_FILE,
     POINTER,
     is_run_dir,
     load_sharded,
@@ -66,7 +68,7 @@ from .checkpointing import (
 )
 from .config import Config, batch_plan, dump_config, load_config
 from .distributed import (
-    Dist,
+    World,
     all_reduce_max,
     all_reduce_sum,
     average_grads,
@@ -83,10 +85,8 @@ from .distributed import (
 from .loggers import StepLog, open_loggers, scalars
 from .telemetry import routing_telemetry
 
-CONFIG, METRICS = "config.yaml", "metrics.jsonl"
 EXTEND_MODES = (None, "continue", "cosine-restart")
 CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
-__all__ = ["BEST", "CONFIG", "LAST", "METRICS", "evaluate", "read_metrics", "train"]  # run-directory names
 
 
 def train(
@@ -112,11 +112,12 @@ def train(
     """
     run_dir = Path(run_dir)
     if resume:
-        if (run_dir / CONFIG).is_file() and not is_run_dir(run_dir):
+        if (run_dir / CONFIG_FILE).is_file() and not is_run_dir(run_dir):
             raise UserError(f"{run_dir} has no committed checkpoint (it stopped before its first save): start it "
-                            f"again with moejet train --config {run_dir / CONFIG} --out {run_dir}")
-        if not is_run_dir(run_dir) or not (run_dir / CONFIG).is_file():
-            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG} / {POINTER}): check the path")
+                            f"again with moejet train --config {run_dir / CONFIG_FILE} --out {run_dir}")
+        if not is_run_dir(run_dir) or not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG_FILE} / {POINTER}): check the "
+                            "path")
         config = _read_run_config(run_dir, overrides)
         planned = _read_run_config(run_dir).schedule.epochs
         if extend not in EXTEND_MODES:
@@ -133,26 +134,26 @@ def train(
     elif is_run_dir(run_dir):  # a config alone (killed before the first save) is started over
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
 
-    d = setup(config.train.device)
+    world = setup(config.train.device)
     try:
-        metrics = _train(config, run_dir, resume, stop_after, progress, d, on_epoch, verbose, extend)
-        if d.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
+        metrics = _train(config, run_dir, resume, stop_after, progress, world, on_epoch, verbose, extend)
+        if world.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
             torch.distributed.barrier()
         return metrics
     finally:
-        teardown(d)
+        teardown(world)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, d: Dist,
+def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, world: World,
            on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool,
            extend: str | None = None) -> list[dict[str, Any]]:
     t = config.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
-    micro, accum = batch_plan(config, d.world_size)
-    amp_dtype = _amp_dtype(t.amp, d.device)
+    micro, accum = batch_plan(config, world.world_size)
+    amp_dtype = _amp_dtype(t.amp, world.device)
     fsdp = t.strategy == "fsdp"
-    if fsdp and not d.enabled:
+    if fsdp and not world.enabled:
         raise UserError("train.strategy=fsdp shards the model over processes: launch with torchrun --nproc_per_node "
                         "N (N > 1), or use train.strategy=ddp for one process")
 
@@ -167,14 +168,14 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
 
     seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
     if resume:
-        model, model_name, model_kwargs = _resume_model(run_dir, d.is_main)
+        model, model_name, model_kwargs = _resume_model(run_dir, world.is_main)
     else:
         model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
-    model.to(d.device)
+    model.to(world.device)
     build.set_grad_checkpointing(model, t.grad_checkpointing)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    whole = shard_model(model, d, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
+    whole = shard_model(model, world, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
     optimizer = build.build_optimizer(config, model)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -182,24 +183,24 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     loss_fn = build.build_loss(config)
 
     train_samples = SeededSamples(train_ds, t.seed)
-    sampler = ResumableSampler(train_samples, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=t.seed)
+    sampler = ResumableSampler(train_samples, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=t.seed)
     loader_rng = torch.Generator()
     train_loader = DataLoader(
         train_samples, batch_size=micro, sampler=sampler, drop_last=False, generator=loader_rng,
-        num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and d.device.type == "cuda",
+        num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and world.device.type == "cuda",
         worker_init_fn=_seed_worker, persistent_workers=False,
     )
-    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, d)
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world)
     telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
                                   batch_size=t.eval_batch_size or micro, num_workers=config.data.num_workers)
     # every image every epoch: the sampler pads the ranks to equal length, the last global batch is smaller
     steps_per_epoch = -(-len(train_loader) // accum)
-    if config.debug.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.debug.max_steps_per_epoch)
+    if t.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
-    layout = {"processes": d.world_size, "micro_batch": micro, "accumulation": accum,
+    layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
               "steps_per_epoch": steps_per_epoch}  # what a mid-epoch recovery point is only valid for
 
     state = {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0, "restart_step": None}
@@ -215,7 +216,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             if extend is not None:
                 raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
                                 f"above {state['epoch']}")
-            if d.is_main:
+            if world.is_main:
                 print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
                       "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue",
                       flush=True)
@@ -227,65 +228,65 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         if state["restart_step"] is not None:
             scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
     else:
-        if d.is_main:
-            with atomic_output(run_dir / CONFIG) as tmp:
+        if world.is_main:
+            with atomic_output(run_dir / CONFIG_FILE) as tmp:
                 tmp.write_text(dump_config(config) + CONFIG_END)
-        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False, d)
-    if resume and d.is_main:  # overrides given with --resume are part of the run from now on
-        with atomic_output(run_dir / CONFIG) as tmp:
+        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, False, world)
+    if resume and world.is_main:  # overrides given with --resume are part of the run from now on
+        with atomic_output(run_dir / CONFIG_FILE) as tmp:
             tmp.write_text(dump_config(config) + CONFIG_END)
 
     train_model: nn.Module = model
     if t.compile:
         train_model = torch.compile(model)
-    if d.enabled and not fsdp:
-        train_model = DistributedDataParallel(train_model, device_ids=[d.device.index] if d.device.type == "cuda"
-                                              else None)
-    logs, closes = open_loggers(run_dir, config) if d.is_main else ([], [])
-    if d.is_main and verbose:
+    if world.enabled and not fsdp:
+        device_ids = [world.device.index] if world.device.type == "cuda" else None
+        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+    logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
+    if world.is_main and verbose:
         print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
-              f"{len(val_ds)} val images, {num_classes} classes); {d.world_size} process(es) on {d.device}; "
-              f"global batch {t.batch_size} = {micro} x {d.world_size} x {accum} accumulation; "
+              f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
+              f"global batch {t.batch_size} = {micro} x {world.world_size} x {accum} accumulation; "
               f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
 
     epochs_run = 0
     for epoch in range(state["epoch"], config.schedule.epochs):
         if stop_after is not None and epochs_run >= stop_after:
             break
-        seed_everything(epoch_seed(t.seed, epoch, d.rank))
-        loader_rng.manual_seed(epoch_seed(t.seed, epoch, d.rank))
+        seed_everything(epoch_seed(t.seed, epoch, world.rank))
+        loader_rng.manual_seed(epoch_seed(t.seed, epoch, world.rank))
         train_samples.set_epoch(epoch)
         sampler.set_epoch(epoch)
         start_step, loss_sum, done_s = 0, torch.zeros(2, dtype=torch.float64), 0.0
         if recovery is not None:  # continue the epoch: its RNG streams and loss sums as they were, its images skipped
-            set_rng_state(recovery["rng"][d.rank])
-            start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][d.rank],
+            set_rng_state(recovery["rng"][world.rank])
+            start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][world.rank],
                                             recovery["elapsed_s"])
             recovery = None
         sampler.start = start_step * accum * micro
         start = time.perf_counter() - done_s
         save_point = functools.partial(
             _save_recovery, run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, mixup, state,
-            layout, d, start)
+            layout, world, start)
         train_loss, images = _train_epoch(
             config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
-            ema, mixup, loss_fn, amp_dtype, state, run_dir, d, progress, start_step, loss_sum.to(d.device),
+            ema, mixup, loss_fn, amp_dtype, state, run_dir, world, progress, start_step, loss_sum.to(world.device),
             save_point if t.recovery_every else None, whole,
-            StepLog(t.log_every, epoch, config.schedule.epochs, steps_per_epoch, d.world_size, d.device)
-            if t.log_every and verbose and d.is_main else None,
+            StepLog(t.log_every, epoch, config.schedule.epochs, steps_per_epoch, world.world_size, world.device)
+            if t.log_every and verbose and world.is_main else None,
         )
         train_time = time.perf_counter() - start
         last_epoch = epoch + 1 == config.schedule.epochs
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                                "train_images": images}
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_prefixed(evaluate(model, val_loader, d, amp_dtype, t.channels_last), "val_"))
+            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, t.channels_last), "val_"))
             if ema is not None:
-                ema_eval = evaluate(ema.module, val_loader, d, amp_dtype, t.channels_last)
+                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, t.channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
             if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
-                routing = _routing(model, telemetry_loader, d, amp_dtype, t.channels_last)
-                if d.is_main:
+                routing = _routing(model, telemetry_loader, world, amp_dtype, t.channels_last)
+                if world.is_main:
                     row["routing"] = routing
         epoch_time = time.perf_counter() - start
         state["wall_time_s"] += epoch_time
@@ -300,8 +301,9 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]
-        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best, d)
-        if d.is_main:
+        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
+              world)
+        if world.is_main:
             if verbose:
                 print(_summary(row, config.schedule.epochs), flush=True)
             for log in logs:
@@ -318,7 +320,7 @@ def _train_epoch(
     config: Config, epoch: int, train_model: nn.Module, model: nn.Module, loader: DataLoader, steps: int,
     accum: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None,
     ema: ModelEmaV3 | None, mixup: Any, loss_fn: nn.Module, amp_dtype: torch.dtype | None, state: dict[str, Any],
-    run_dir: Path, d: Dist, progress: bool, start_step: int = 0, loss_sum: torch.Tensor | None = None,
+    run_dir: Path, world: World, progress: bool, start_step: int = 0, loss_sum: torch.Tensor | None = None,
     save_point: Callable[[int, torch.Tensor], None] | None = None, whole: list[nn.Parameter] | None = None,
     step_log: StepLog | None = None,
 ) -> tuple[float, int]:
@@ -338,13 +340,13 @@ def _train_epoch(
     train_model.train()
     scheduler.step_update(state["step"])
     if loss_sum is None:
-        loss_sum = torch.zeros(2, device=d.device, dtype=torch.float64)  # (sum of per-image losses, images)
+        loss_sum = torch.zeros(2, device=world.device, dtype=torch.float64)  # (sum of per-image losses, images)
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
-               dynamic_ncols=True, disable=not (progress and d.is_main))
+               dynamic_ncols=True, disable=not (progress and world.is_main))
     batches = iter(loader)
     micro, rank_images = loader.batch_size, loader.sampler.num_samples
     for step_in_epoch in range(start_step, steps):
-        step_loss = torch.zeros(2, device=d.device, dtype=torch.float64)
+        step_loss = torch.zeros(2, device=world.device, dtype=torch.float64)
         first = step_in_epoch * accum * micro
         step_images = min(accum * micro, rank_images - first)  # this rank's images in this step
         micro_steps = -(-step_images // micro)
@@ -354,22 +356,20 @@ def _train_epoch(
             batch = next(batches)
             if step_log is not None:
                 step_log.waited(time.perf_counter() - waiting)
-            images, targets = _to_device(batch, d.device, t.channels_last)
+            images, targets = _to_device(batch, world.device, t.channels_last)
             if mixup is not None:
                 mix = mix or draw_mix(mixup, images.shape)
                 images, targets = apply_mix(images, targets, mixup, *mix)
             sync = micro_step == micro_steps - 1
-            with _no_sync(train_model, sync), _autocast(d.device, amp_dtype):
+            with _no_sync(train_model, sync), _autocast(world.device, amp_dtype):
                 loss = loss_fn(train_model(images).float(), targets)
-                if config.debug.nan_at_step == state["step"] + 1:  # test hook: simulate a diverging run
-                    loss = loss * float("nan")
                 weighted = loss * (images.shape[0] / step_images)
                 (scaler.scale(weighted) if scaler else weighted).backward()
             step_loss += torch.stack([loss.detach().double() * images.shape[0],
-                                      torch.tensor(images.shape[0], device=d.device, dtype=torch.float64)])
+                                      torch.tensor(images.shape[0], device=world.device, dtype=torch.float64)])
         if whole:
-            average_grads(whole, d)
-        bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), d)
+            average_grads(whole, world)
+        bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), world)
         if bad.item():
             optimizer.zero_grad(set_to_none=True)
             bar.close()
@@ -395,7 +395,7 @@ def _train_epoch(
             ema.update(model, step=state["step"])
         loss_sum += step_loss
         bar.update(1)
-        if progress and d.is_main:
+        if progress and world.is_main:
             bar.set_postfix(loss=f"{(step_loss[0] / step_loss[1]).item():.4f}",
                             lr=f"{max(g['lr'] for g in optimizer.param_groups):.3g}")
         if step_log is not None:
@@ -407,7 +407,7 @@ def _train_epoch(
         if save_point is not None and (step_in_epoch + 1) % every == 0 and step_in_epoch + 1 < steps:
             save_point(step_in_epoch + 1, loss_sum)
     bar.close()
-    loss_sum = all_reduce_sum(loss_sum, d)
+    loss_sum = all_reduce_sum(loss_sum, world)
     return (loss_sum[0] / loss_sum[1]).item(), int(loss_sum[1].item())
 
 
@@ -440,52 +440,52 @@ def apply_mix(images: torch.Tensor, targets: torch.Tensor, mixup: Mixup, lam: fl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None = None,
+def evaluate(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over every rank's shard of the data."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, device=d.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
+    sums = torch.zeros(4, device=world.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
     # a sharded model's forward is collective: ranks with fewer batches repeat their last one, uncounted
     repeats = 0
     if is_sharded(model):
-        repeats = int(all_reduce_max(torch.tensor(len(loader), device=d.device), d).item()) - len(loader)
+        repeats = int(all_reduce_max(torch.tensor(len(loader), device=world.device), world).item()) - len(loader)
     images = None
     for batch in loader:
-        images, targets = _to_device(batch, d.device, channels_last)
-        with _autocast(d.device, amp_dtype):
+        images, targets = _to_device(batch, world.device, channels_last)
+        with _autocast(world.device, amp_dtype):
             logits = model(images).float()
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices
         hit = top == targets[:, None]
         sums += torch.stack([hit[:, 0].sum(), hit.any(dim=-1).sum(),
                              nn.functional.cross_entropy(logits, targets, reduction="sum"),
-                             torch.tensor(targets.numel(), device=d.device)]).double()
+                             torch.tensor(targets.numel(), device=world.device)]).double()
     if repeats and images is None:
-        raise UserError(f"the validation set has fewer images than the {d.world_size} processes: use fewer "
+        raise UserError(f"the validation set has fewer images than the {world.world_size} processes: use fewer "
                         "processes or a larger validation set")
     for _ in range(repeats):
-        with _autocast(d.device, amp_dtype):
+        with _autocast(world.device, amp_dtype):
             model(images)
     if is_sharded(model):
         model.reshard()  # FSDP keeps the root's parameters whole after a forward without backward
     model.train(was_training)
-    sums = all_reduce_sum(sums, d)
+    sums = all_reduce_sum(sums, world)
     n = max(sums[3].item(), 1.0)
     return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
             "images": int(sums[3].item())}
 
 
-def _routing(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dtype | None,
+def _routing(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torch.dtype | None,
              channels_last: bool) -> dict[str, dict[str, float]]:
     """Routing telemetry of every MoE layer on ``loader``'s images; the RNG streams of training are untouched
     (a layer with eval-mode noise draws from a forked generator)."""
     def images():
         for batch in loader:
-            yield _to_device(batch, d.device, channels_last)[0]
+            yield _to_device(batch, world.device, channels_last)[0]
 
-    with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []), \
-            _autocast(d.device, amp_dtype):
+    with torch.random.fork_rng(devices=[world.device] if world.device.type == "cuda" else []), \
+            _autocast(world.device, amp_dtype):
         routing = routing_telemetry(model, images())
     if is_sharded(model):
         model.reshard()  # as in evaluate(): the root's parameters stay whole after a forward without backward
@@ -495,11 +495,11 @@ def _routing(model: nn.Module, loader: DataLoader, d: Dist, amp_dtype: torch.dty
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _eval_loader(dataset: Any, batch_size: int, config: Config, d: Dist) -> DataLoader:
+def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World) -> DataLoader:
     """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact)."""
-    shard = Subset(dataset, range(d.rank, len(dataset), d.world_size)) if d.enabled else dataset
+    shard = Subset(dataset, range(world.rank, len(dataset), world.world_size)) if world.enabled else dataset
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers,
-                      pin_memory=config.data.pin_memory and d.device.type == "cuda")
+                      pin_memory=config.data.pin_memory and world.device.type == "cuda")
 
 
 class ResumableSampler(DistributedSampler):
@@ -572,20 +572,20 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
           scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
-          metrics: list[dict[str, Any]], is_best: bool, d: Dist) -> None:
+          metrics: list[dict[str, Any]], is_best: bool, world: World) -> None:
     """metrics, then the epoch's weights + state committed together by rank 0 (see :mod:`.checkpointing`); a
     sharded model's optimizer shards are written by every rank first."""
-    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, d)
-    if not d.is_main:
+    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, world)
+    if not world.is_main:
         return
-    with atomic_output(run_dir / METRICS) as tmp:  # rows past the committed epoch are dropped on resume
+    with atomic_output(run_dir / METRICS_FILE) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
     payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
     save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
 
 
 def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                  d: Dist) -> tuple[nn.Module | dict[str, torch.Tensor], bool]:
+                  world: World) -> tuple[nn.Module | dict[str, torch.Tensor], bool]:
     """``(what rank 0 saves as the checkpoint's weights, whether the optimizer state went to a sharded directory)``.
 
     A sharded model (collective): every rank writes its optimizer shards next to ``weights``, then the full state
@@ -597,20 +597,20 @@ def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: tor
     stepped = bool(optimizer.state)
     if stepped:
         save_sharded(run_dir, sharded_path(weights), {"optimizer": get_optimizer_state_dict(model, optimizer)},
-                     d.is_main)
+                     world.is_main)
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)), stepped
 
 
 def _save_recovery(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any],
                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, mixup: Any,
-                   state: dict[str, Any], layout: dict[str, int], d: Dist, epoch_start: float, step_in_epoch: int,
+                   state: dict[str, Any], layout: dict[str, int], world: World, epoch_start: float, step_in_epoch: int,
                    loss_sum: torch.Tensor) -> None:
     """A mid-epoch recovery point after ``step_in_epoch`` steps: every rank's RNG states and (loss sum, images) go
     to rank 0, which commits them with the shared state (see :func:`.checkpointing.save_recovery`)."""
-    ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, d)
+    ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, world)
     weights, sharded = _sharded_save(run_dir, recovery_paths(run_dir, state["epoch"], state["step"])[0], model,
-                                     optimizer, d)
-    if not d.is_main:
+                                     optimizer, world)
+    if not world.is_main:
         return
     payload = _payload(optimizer, scheduler, scaler, ema, state, [r["rng"] for r in ranks], sharded=sharded)
     payload.update(step_in_epoch=step_in_epoch, loss_sums=[r["loss_sum"] for r in ranks], layout=layout,
@@ -631,17 +631,17 @@ def _payload(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, ema:
     }
 
 
-def _gather(obj: Any, d: Dist) -> list[Any]:
+def _gather(obj: Any, world: World) -> list[Any]:
     """``obj`` of every rank, in rank order (on every rank)."""
-    if not d.enabled:
+    if not world.enabled:
         return [obj]
-    gathered: list[Any] = [None] * d.world_size
+    gathered: list[Any] = [None] * world.world_size
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
 
 
 def _read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    path = run_dir / CONFIG
+    path = run_dir / CONFIG_FILE
     try:
         whole = path.read_text().endswith(CONFIG_END)
     except (OSError, UnicodeDecodeError) as err:
@@ -730,9 +730,9 @@ def _load_state(
     else:
         set_rng_state(payload["rng"])
     try:
-        metrics = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines() if line.strip()]
+        metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as err:
-        raise UserError(f"{run_dir / METRICS} is damaged ({type(err).__name__}): restore it or delete it "
+        raise UserError(f"{run_dir / METRICS_FILE} is damaged ({type(err).__name__}): restore it or delete it "
                         "(the resumed run then lists only its new epochs)") from None
     state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
     state["restart_step"] = payload.get("restart_step")
@@ -742,7 +742,7 @@ def _load_state(
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of ``RUN/metrics.jsonl``."""
-    path = Path(run_dir) / METRICS
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise UserError(f"{path} does not exist: is {run_dir} a moejet run directory?")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from ..errors import UserError
+from ..io.weights import MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from . import build
+from .checkpointing import BEST, CONFIG_FILE, LAST
 from .config import Config, load_config
 from .distributed import seed_everything, setup, teardown
-from .engine import BEST, CONFIG, LAST, _amp_dtype, _eval_loader, evaluate
+from .engine import _amp_dtype, _eval_loader, evaluate
 
 
 def evaluate_checkpoint(
@@ -21,7 +22,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``config``'s val split. moejet files rebuild their own model; other weight
     files are loaded strictly into ``config``'s model. Works under torchrun (metrics are all-reduced)."""
-    d = setup(device or config.train.device)
+    world = setup(device or config.train.device)
     try:
         seed_everything(config.train.seed)
         checkpoint = Path(checkpoint)
@@ -45,12 +46,12 @@ def evaluate_checkpoint(
                 f"checkpoint {checkpoint} predicts {out_features} classes but {config.data.dataset!r} has {classes}: "
                 "evaluate it on the dataset it was trained on"
             )
-        model.to(d.device)
-        loader = _eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, d)
-        result = evaluate(model, loader, d, _amp_dtype(config.train.amp, d.device), config.train.channels_last)
+        model.to(world.device)
+        loader = _eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, world)
+        result = evaluate(model, loader, world, _amp_dtype(config.train.amp, world.device), config.train.channels_last)
         return {"checkpoint": str(checkpoint), "model": name, "dataset": config.data.dataset, **result}
     finally:
-        teardown(d)
+        teardown(world)
 
 
 # our val split is each dataset's official test split, so the best epoch is chosen on the test set
@@ -64,12 +65,12 @@ def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | Non
     The result records ``which``; a best-epoch result carries ``note`` (:data:`BEST_NOTE`).
     """
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG}): check the path")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} is not a moejet run directory (no {CONFIG_FILE}): check the path")
     path = run_dir / {"best": BEST, "last": LAST}[which]
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
-    result = evaluate_checkpoint(path, load_config(run_dir / CONFIG, overrides), batch_size, device)
+    result = evaluate_checkpoint(path, load_config(run_dir / CONFIG_FILE, overrides), batch_size, device)
     return {**result, "which": which, **({"note": BEST_NOTE} if which == "best" else {})}
 
 

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
+from ..device import resolve_device
 from ..errors import UserError
+from ..io.files import plain_json
 from ..recycle.output import MODEL_FILE, REPORT_FILE
 from .config import Config, recycle_switches
 from .distributed import rng_state, set_rng_state
@@ -32,7 +33,7 @@ def recipe(config: Config, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     successor_kwargs = {k: v for k, v in kwargs.items() if k not in TRAINING_KWARGS}
     raw = {"recycle": dataclasses.asdict(config.recycle), "variant": config.variant, "successor": name,
            "successor_kwargs": successor_kwargs}
-    return json.loads(json.dumps(raw))  # tuples -> lists, as read back from recycle.json
+    return plain_json(raw)  # tuples -> lists, as read back from recycle.json
 
 
 def recycle_into_run(config: Config, run_dir: str | Path, name: str, kwargs: dict[str, Any]) -> Path:
@@ -63,11 +64,10 @@ def _saved_recipe(out: Path) -> dict[str, Any] | None:
 
 
 def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
-    from ..recycle.cli import recycle_sources
-    from ..recycle.output import summary, write_outputs
+    from ..recycle import recycle_sources, summary, write_outputs
 
-    r, t = config.recycle, config.train
-    device = "cpu" if t.device == "cpu" or not torch.cuda.is_available() else "cuda"
+    r = config.recycle
+    device = str(resolve_device(config.train.device))
     print(f"moejet train: recycling {r.predecessor or r.predecessor_checkpoint} into {wanted['successor']} "
           f"({r.strategy}) -> {out / MODEL_FILE}", flush=True)
     saved_rng = rng_state()

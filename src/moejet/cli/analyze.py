@@ -1,6 +1,6 @@
 """``moejet analyze``: expert attention maps, contributions, convergence curves, cost tables, recycling coverage.
 
-Heavy imports (torch, matplotlib) happen inside the handlers so ``moejet --help`` stays fast.
+Heavy imports (matplotlib) happen inside the handlers so ``moejet --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
+from .common import parse_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     k = sub.add_parser("cost", help="params and MACs per image (with / without routing), as in Table 4")
     k.add_argument("models", nargs="+", metavar="MODEL", help="timm model names or moejet checkpoints")
     k.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model keyword argument (YAML value), e.g. --set moe_layers=[10,11]; repeatable")
+                   help="model keyword argument (a Python literal), e.g. --set moe_layers=[10,11]; repeatable")
     k.add_argument("--out", help="also write cost.md and cost.json to this directory")
     k.set_defaults(func=run_cost)
 
@@ -54,22 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="moejet model checkpoint (.safetensors)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/analysis)")
 
 
 def _load(args: argparse.Namespace):
-    import torch
+    from ..analysis.common import load_moe_model
+    from ..device import resolve_device
 
-    from .io import load_moe_model
-
-    model = load_moe_model(args.checkpoint)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
-    try:
-        model.to(torch.device(device))
-    except (RuntimeError, AssertionError) as err:
-        raise UserError(f"cannot use device {args.device!r} ({err}): pass --device cpu") from None
+    device = resolve_device(args.device)
+    model = load_moe_model(args.checkpoint).to(device)
     input_size = (3, args.img_size, args.img_size) if args.img_size else None
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "analysis"
     return model, input_size, out
@@ -92,14 +86,14 @@ def _png_size(path: Path) -> str:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from .report import write_attention
+    from ..analysis.report import write_attention
 
     model, input_size, out = _load(args)
     return _report(*write_attention(model, args.image, out, args.top_k, args.layers, input_size))
 
 
 def run_contributions(args: argparse.Namespace) -> int:
-    from .report import write_contributions
+    from ..analysis.report import write_contributions
 
     model, input_size, out = _load(args)
     return _report(*write_contributions(model, args.data, out, args.images, args.batch_size, input_size,
@@ -107,7 +101,7 @@ def run_contributions(args: argparse.Namespace) -> int:
 
 
 def run_curves(args: argparse.Namespace) -> int:
-    from .report import write_curves
+    from ..analysis.report import write_curves
 
     first = Path(args.runs[0])
     out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "analysis"
@@ -115,9 +109,9 @@ def run_curves(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    from .report import write_cost
+    from ..analysis.report import write_cost
 
-    files, table = write_cost(args.models, args.out, **parse_sets(args.set))
+    files, table = write_cost(args.models, args.out, **parse_kwargs(args.set, "--set"))
     print(table)
     print("\nMACs per image at each model's input size (torch FlopCounterMode, attention included); "
           "'routing' = MoE logits, dispatch and combine matmuls.")
@@ -127,24 +121,8 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def run_recycling(args: argparse.Namespace) -> int:
-    from .recycling import recycle_report_path
-    from .report import write_recycling
+    from ..analysis.recycling import recycle_report_path
+    from ..analysis.report import write_recycling
 
     out = Path(args.out) if args.out else recycle_report_path(args.report).parent / "analysis"
     return _report(*write_recycling(args.report, out))
-
-
-def parse_sets(items: list[str]) -> dict:
-    """``["k=v", ...]`` -> kwargs, values parsed as YAML (ints, floats, lists, booleans, strings)."""
-    import yaml
-
-    kwargs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
-    return kwargs

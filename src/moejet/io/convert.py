@@ -9,70 +9,44 @@ checkpoints come wrapped by MMEngine (``{"meta", "state_dict", "message_hub", "o
 The converted model is built with the options that make our forward pass equal the release's: entmax15 combine,
 L2-normalised keys, noise added after the temperatures and also in eval, a query LayerNorm with eps 1e-5, and
 average pooling with ``fc_norm``. The pickle is read with ``torch.load(weights_only=True)``; MMEngine's
-bookkeeping objects (message hub buffers, numpy values) are read into inert stand-ins, never imported or run.
+bookkeeping objects (message hub buffers, numpy values) are read into inert stand-ins
+(:class:`moejet.io.weights.Inert`), never imported or run.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import build_from_checkpoint, load_into, save_model
-from .errors import UserError
+from ..errors import UserError
+from .weights import load_into, read_torch_file, save_model, unwrap_state_dict
 
-# the SpheroMoE / model options under which our forward pass is the release's (see moejet.variants)
-RELEASE_FORWARD = dict(variant="release", key_l2norm=True, combine="entmax15", noise_after_temperature=True,
-                       noise_in_eval=True, query_norm_eps=1e-5, global_pool="avg")
+# variant="release" sets every SpheroMoE switch to the release's value (moejet.variants.MODEL_SWITCHES); the
+# release's V-JetMoE also pools by averaging with fc_norm
+RELEASE_FORWARD = dict(variant="release", global_pool="avg")
 MODEL_BY_WIDTH = {192: ("vjetmoe_tiny_patch16_224", 3), 384: ("vjetmoe_small_patch16_224", 6)}
 EXPERT_KEYS = {"vit_fc1.weight": "fc1_weight", "vit_fc1.bias": "fc1_bias",
                "vit_fc2.weight": "fc2_weight", "vit_fc2.bias": "fc2_bias"}
-WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "module")
-PREFIXES = ("module.", "model.", "backbone.")
-
-
-class Inert:
-    """Stand-in for any non-tensor object of a checkpoint (MMEngine buffers, numpy scalars): keeps its state,
-    runs nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
+PREFIXES = ("module.", "model.", "backbone.")  # DDP, EMA and MMPretrain wrappers of the release's models
 
 
 def load_release_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The model state dict of a released checkpoint, read with ``weights_only=True``."""
+    """The model state dict of a released checkpoint (MMEngine wrapper and prefixes removed)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: pass the released .pth file")
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        with torch.serialization.safe_globals([(Inert, name) for name in unsafe]):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, AttributeError) as err:
-        why = str(err).splitlines()[0][:160] if str(err) else ""
-        raise UserError(f"cannot read {path} ({type(err).__name__}: {why}): is it a complete PyTorch checkpoint? "
-                        "re-download it") from None
-    for key in WRAPPER_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"{path} holds no state dict of tensors: pass a released MoE Jetpack checkpoint")
-    state = {}
-    for key, value in obj.items():
+    state = unwrap_state_dict(read_torch_file(path), path)
+    out = {}
+    for key, value in state.items():
         for prefix in PREFIXES:
             key = key.removeprefix(prefix)
-        state[key] = value
-    return state
+        out[key] = value
+    return out
 
 
 def release_architecture(state: dict[str, torch.Tensor], source: str) -> tuple[str, dict[str, Any]]:
@@ -139,27 +113,9 @@ def convert(path: str | os.PathLike, out: str | os.PathLike) -> tuple[str, dict[
     """Write ``out`` (moejet safetensors with model header) from a released checkpoint; returns (name, kwargs)."""
     import timm
 
-    import moejet.models  # noqa: F401  (registers the models)
-
     state = load_release_file(path)
     name, kwargs = release_architecture(state, str(path))
     model = timm.create_model(name, **kwargs)
     load_into(model, release_to_moejet(state, kwargs["moe_layers"]), str(path))
     save_model(model, out, name, kwargs, metadata={"moejet.converted_from": Path(path).name})
     return name, kwargs
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="convert the authors' released MoE Jetpack weights to moejet",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a released .pth (recycled init or fine-tuned, MMPretrain format)")
-    p.add_argument("--out", required=True, help="output .safetensors (loadable by moejet eval/train/analyze)")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    name, kwargs = convert(args.checkpoint, args.out)
-    build_from_checkpoint(args.out)  # proves the file rebuilds
-    print(f"wrote {args.out}: {name} with {len(kwargs['moe_layers'])} MoE blocks "
-          f"({kwargs['core_experts']} core / {kwargs['univ_experts']} universal experts), release forward options")
-    return 0

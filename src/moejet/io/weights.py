@@ -1,17 +1,14 @@
-"""Model files: safetensors weights that carry the timm model name and kwargs needed to rebuild them.
+"""Model weight files: safetensors that carry the timm model name and kwargs needed to rebuild them.
 
-Every file moejet writes goes through :func:`atomic_output`, so an interrupted run never leaves a
-truncated file behind. User files are read with safetensors or ``torch.load(weights_only=True)``.
+Files are written atomically (:func:`moejet.io.files.atomic_output`). User files are read with safetensors or
+``torch.load(weights_only=True)``; objects a pickle holds besides tensors are read into inert stand-ins
+(:class:`Inert`), never imported or run.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,48 +18,10 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .errors import UserError
+from ..errors import UserError
+from .files import atomic_output, plain_json
 
 MODEL_KEY, KWARGS_KEY = "moejet.model", "moejet.model_kwargs"
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path``, else delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        fsync_path(tmp)  # the data is on disk before the name points at it (else a power cut leaves 0 bytes)
-        os.replace(tmp, path)
-        fsync_path(path.parent)  # ... and the rename itself is durable
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file's (or a directory's entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def save_model(
@@ -75,7 +34,7 @@ def save_model(
     """Save weights as safetensors with the model's timm name and kwargs in the header (byte-reproducible)."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    header = {MODEL_KEY: model_name, KWARGS_KEY: json.dumps(model_kwargs or {}, default=_jsonable)}
+    header = {MODEL_KEY: model_name, KWARGS_KEY: json.dumps(plain_json(model_kwargs or {}))}
     header.update(metadata or {})
     with atomic_output(path) as tmp:
         save_file(state, str(tmp), metadata=header)
@@ -104,12 +63,6 @@ def _sort_header(path: Path) -> None:
         f.truncate()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (range, tuple, set)):
-        return list(value)
-    raise TypeError(f"model kwarg {value!r} is not JSON-serialisable")
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The safetensors header metadata of ``path`` (errors name the file and what to do)."""
     path = Path(path)
@@ -124,39 +77,53 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         ) from None
 
 
-# objects a timm train.py checkpoint holds besides tensors: its command-line arguments
-TRAINING_CHECKPOINT_GLOBALS = [argparse.Namespace]
-WEIGHTS_KEYS = {"model": ("state_dict", "model", "model_state", "module"), "ema": ("state_dict_ema", "model_ema")}
+# where training checkpoints keep their weights: timm train.py {'state_dict', 'state_dict_ema', 'args', ...},
+# MMEngine {'meta', 'state_dict', 'optimizer', ...} and other {'model': ...} wrappers
+WRAPPER_KEYS = {"model": ("state_dict", "model", "model_state", "module"), "ema": ("state_dict_ema", "model_ema")}
 
 
-def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
-    """Weights from ``.safetensors`` or ``.pth``/``.pt``/``.bin`` (read with ``weights_only=True``).
+class Inert:
+    """Stand-in for any non-tensor object of a checkpoint (timm's saved ``argparse.Namespace``, MMEngine buffers,
+    numpy scalars): keeps its state, runs nothing."""
 
-    Training checkpoints (timm ``train.py``: ``{'state_dict', 'state_dict_ema', 'args', ...}``, and other
-    ``{'model': ...}`` wrappers) give their model weights, or their EMA weights with ``weights="ema"``.
-    """
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` with every global the file names besides torch's read as
+    :class:`Inert`. Any failure is a one-line UserError."""
     path = Path(path)
-    if weights not in WEIGHTS_KEYS:
-        raise UserError(f"weights={weights!r}: use one of {', '.join(WEIGHTS_KEYS)}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: check the path")
     try:
-        if path.suffix == ".safetensors":
-            obj = load_file(str(path))
-        else:
-            with torch.serialization.safe_globals(TRAINING_CHECKPOINT_GLOBALS):
-                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001  (not a zip checkpoint: the plain weights-only load below decides)
+            unsafe = []
+        with torch.serialization.safe_globals([(Inert, name) for name in unsafe]):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything; every case is the user's file)
         msg = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); "
             "it may be truncated or not a weights file: re-create or re-download it"
         ) from None
+
+
+def unwrap_state_dict(obj: Any, path: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
+    """The state dict of tensors inside a loaded checkpoint ``obj``: itself, or the model (``weights="model"``) or
+    EMA (``"ema"``) weights of a training checkpoint (:data:`WRAPPER_KEYS`)."""
+    if weights not in WRAPPER_KEYS:
+        raise UserError(f"weights={weights!r}: use one of {', '.join(WRAPPER_KEYS)}")
     if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        found = [k for k in WEIGHTS_KEYS[weights] if isinstance(obj.get(k), dict)]
+        found = [k for k in WRAPPER_KEYS[weights] if isinstance(obj.get(k), dict)]
         if not found:
             if weights == "ema":
-                raise UserError(f"checkpoint {path} holds no EMA weights (no {' / '.join(WEIGHTS_KEYS['ema'])}): "
+                raise UserError(f"checkpoint {path} holds no EMA weights (no {' / '.join(WRAPPER_KEYS['ema'])}): "
                                 "use its model weights (model.init_checkpoint_weights=model)")
             raise UserError(f"checkpoint {path} holds no state dict (keys: {', '.join(map(str, list(obj)[:8]))}): "
                             "pass a weights file")
@@ -164,9 +131,31 @@ def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str
     elif weights == "ema":
         raise UserError(f"checkpoint {path} is a plain weights file without EMA weights: "
                         "use model.init_checkpoint_weights=model")
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors: pass a weights file")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str, torch.Tensor]:
+    """Weights from ``.safetensors`` or ``.pth``/``.pt``/``.bin`` (:func:`read_torch_file`).
+
+    Training checkpoints give their model weights, or their EMA weights with ``weights="ema"``
+    (:func:`unwrap_state_dict`); a DDP ``module.`` prefix is removed.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist: check the path")
+        try:
+            obj = load_file(str(path))
+        except Exception as err:  # noqa: BLE001
+            msg = str(err).splitlines()[0][:200] if str(err) else ""
+            raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); it may be truncated: "
+                            "re-create or re-download it") from None
+    else:
+        obj = read_torch_file(path)
+    state = unwrap_state_dict(obj, path, weights)
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def build_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, str, dict[str, Any]]:
@@ -181,8 +170,6 @@ def build_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[nn
             "build the model yourself and load the weights with load_state_dict()"
         )
     name, kwargs = meta[MODEL_KEY], {**json.loads(meta.get(KWARGS_KEY, "{}")), **overrides}
-    import moejet.models  # noqa: F401  (registers our models)
-
     if not timm.is_model(name):
         raise UserError(f"checkpoint {path} is for model {name!r}, which this timm does not know")
     model = timm.create_model(name, **kwargs)

@@ -7,11 +7,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from ..analysis.io import write_text
-from .report import seed_summary
-from .setup import FULL, QUICK
+from ..demo.pretrain import pretrain
+from ..demo.run import run_seeds
+from ..demo.setup import FULL, QUICK
+from ..device import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,37 +23,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo-YYYYmmdd-HHMMSS)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--quick", action="store_true", help="tiny budget (under 90 s): checks the pipeline, not results")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; several write a mean ± spread summary")
+    p.add_argument("--seeds", type=seed_list, default=[0],
+                   help="comma-separated seeds; several write a mean ± spread summary")
     p.add_argument("--core-only", action="store_true",
                    help="only the four arms of the paper's Table 1 (skip Soft MoE + recycling and Sparse Upcycling)")
     p.add_argument("--pretrain", action="store_true",
                    help="regenerate the shipped predecessors from scratch on synthetic-upstream (slow)")
-    p.add_argument("--pretrain-roles", default="S,T",
+    p.add_argument("--pretrain-roles", type=role_list, default=("S", "T"),
                    help="which predecessors --pretrain trains (S,T; run one per process to use several cores)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .pretrain import pretrain
-    from .run import run_demo
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (argparse type of ``--seeds``)."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct non-negative integer seeds, e.g. 0,1,2")
+    return seeds
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+def role_list(text: str) -> tuple[str, ...]:
+    roles = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not roles or not set(roles) <= {"S", "T"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose S, T or S,T")
+    return roles
+
+
+def run(args: argparse.Namespace) -> int:
+    device = str(resolve_device(args.device))
     budget = QUICK if args.quick else FULL
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.pretrain:
-        roles = tuple(r.strip() for r in args.pretrain_roles.split(",") if r.strip())
-        record = pretrain(out / "pretrain", budget, device, roles=roles)
-        print(json.dumps(record, indent=2))
+        print(json.dumps(pretrain(out / "pretrain", budget, device, roles=args.pretrain_roles), indent=2))
         return 0
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    results = []
-    for seed in seeds:
-        seed_out = out if len(seeds) == 1 else out / f"seed-{seed}"
-        results.append(run_demo(seed_out, budget, device, seed, include_optional=not args.core_only))
-        print(f"\nreport: {seed_out / 'report.md'}")
-        print((seed_out / "results.md").read_text())
-    if len(seeds) > 1:
-        summary = seed_summary(results)
-        write_text(out / "seeds.md", summary + "\n")
-        print(summary)
+    run_seeds(out, budget, device, args.seeds, include_optional=not args.core_only)
     return 0

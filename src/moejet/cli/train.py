@@ -1,12 +1,11 @@
-"""``moejet train`` and ``moejet eval`` (both also run under ``torchrun --nproc_per_node N -m moejet ...``)."""
+"""``moejet train``: fine-tune from a YAML config, or resume a run (also under ``torchrun --nproc_per_node N -m moejet
+train ...``)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from ..checkpoint import write_json
 from ..errors import UserError
 
 
@@ -28,27 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="leave after this many epochs of this invocation (the run stays resumable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one summary line per epoch)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=run_train)
-
-    e = subparsers.add_parser("eval", help="top-1 / top-5 of a run or a checkpoint on a dataset's val split")
-    source = e.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, metavar="RUN_DIR", help="a `moejet train` run directory")
-    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a weights file (needs --config)")
-    e.add_argument("--config", type=Path, help="config naming the dataset (with --checkpoint)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (e.g. --set data.root=/data)")
-    e.add_argument("--which", choices=("best", "last"), default="last",
-                   help="checkpoint of the run (default last; best is selected on the val split, which for our "
-                   "datasets is the official test split)")
-    e.add_argument("--batch-size", type=int, help="images per process and batch")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's train.device")
-    e.add_argument("--out", type=Path, help="eval.json path (default: RUN_DIR/eval.json or next to --checkpoint)")
-    e.set_defaults(func=run_eval)
+    p.set_defaults(func=run)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .config import dump_config, load_config
-    from .engine import train
+def run(args: argparse.Namespace) -> int:
+    from ..train import dump_config, load_config, train
 
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError("--stop-after must be >= 1")
@@ -69,27 +52,4 @@ def run_train(args: argparse.Namespace) -> int:
     if config.name == "run":
         config.name = args.config.stem
     train(config, args.out or Path("runs") / config.name, stop_after=args.stop_after, progress=not args.no_progress)
-    return 0
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .evaluation import evaluate_checkpoint, evaluate_run, format_result
-
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
-    if args.run is not None:
-        if args.config is not None:
-            raise UserError("--run uses the run's own config.yaml: drop --config")
-        result = evaluate_run(args.run, args.which, args.batch_size, args.device, args.overrides)
-        out = args.out or args.run / "eval.json"
-    else:
-        if args.config is None:
-            raise UserError("--checkpoint needs --config FILE naming the dataset to evaluate on")
-        result = evaluate_checkpoint(args.checkpoint, load_config(args.config, args.overrides), args.batch_size,
-                                     args.device)
-        out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.eval.json")
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(format_result(result))
-        write_json(out, result)
     return 0

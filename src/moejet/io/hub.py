@@ -18,11 +18,14 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from .checkpoint import build_from_checkpoint, read_metadata
-from .errors import UserError
-from .models.common import plain_json
+from ..errors import UserError
+from ..recycle.output import REPORT_FILE
+from ..train.checkpointing import BEST, CONFIG_FILE, LAST, METRICS_FILE
+from ..train.recycling_step import RECYCLE_DIR
+from .files import plain_json
+from .weights import build_from_checkpoint, read_metadata
 
-WEIGHTS_FILES = ("last.safetensors", "best.safetensors")  # a run directory's weights, in order of preference
+WEIGHTS_FILES = (LAST, BEST)  # a run directory's weights, in order of preference
 RECYCLE_KEYS = ("moejet.recycle.predecessor", "moejet.recycle.strategy", "moejet.recycle.seed")
 
 
@@ -56,7 +59,7 @@ def describe(weights: Path, run_dir: Path | None) -> dict[str, Any]:
     if "moejet.epoch" in meta:
         info["epoch"] = int(meta["moejet.epoch"])
     if run_dir is not None:
-        config_path, metrics_path = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+        config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
         if config_path.is_file():
             info["config"] = yaml.safe_load(config_path.read_text()) or {}
         if metrics_path.is_file():
@@ -66,7 +69,7 @@ def describe(weights: Path, run_dir: Path | None) -> dict[str, Any]:
             best = max(rows, key=lambda r: r.get("val_top1", float("-inf")), default=None)
             if best is not None and best is not info["metrics"]:
                 info["best_metrics"] = best
-        recycle_report = run_dir / "recycle" / "recycle.json"
+        recycle_report = run_dir / RECYCLE_DIR / REPORT_FILE
         if recycle_report.is_file():
             report = json.loads(recycle_report.read_text())
             info["recycle"] = {"predecessor": report["predecessor"]["name"], "strategy": report["strategy"],
@@ -131,8 +134,8 @@ def write_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str
     """Write ``out`` (config.json, model.safetensors, README.md) for ``source``; atomic: all files or none."""
     from timm.models import save_for_hf
 
-    from .analysis.cost import count_macs, count_params
-    from .analysis.io import input_size_of
+    from ..analysis.cost import count_macs, count_params
+    from ..models.common import input_size_of
 
     weights, run_dir = resolve_source(source)
     model, name, kwargs = build_from_checkpoint(weights)
@@ -191,30 +194,5 @@ def load_published(path_or_id: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` of a published folder (``local-dir:``) or Hub id (``hf-hub:``), with its weights."""
     import timm
 
-    import moejet.models  # noqa: F401  (registers the architectures)
-
     prefix = "local-dir:" if Path(path_or_id).is_dir() else "hf-hub:"
     return timm.create_model(prefix + str(path_or_id), pretrained=True, **kwargs)
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "publish", help="write a Hugging Face Hub folder (config.json, model.safetensors, model card); upload it",
-        description="Publish a moejet model (a run directory or a .safetensors file written by moejet) so that "
-                    "timm.create_model('hf-hub:ID', pretrained=True) or 'local-dir:DIR' loads it.",
-    )
-    p.add_argument("source", help="a `moejet train` run directory (its last.safetensors) or a moejet .safetensors file")
-    p.add_argument("--repo-id", help="Hugging Face Hub repository to create/update, e.g. user/vjetmoe-tiny-cifar100")
-    p.add_argument("--out", help="also (or only, without --repo-id) write the folder here; must be new or empty")
-    p.add_argument("--private", action="store_true", help="create the Hub repository as private")
-    p.add_argument("--token", help="Hub token (default: huggingface-cli login / HF_TOKEN)")
-    p.add_argument("--no-macs", action="store_true", help="skip counting MACs for the model card (faster)")
-    p.set_defaults(func=_run)
-
-
-def _run(args: Any) -> int:
-    result = publish(args.source, args.repo_id, args.out, args.private, args.token, macs=not args.no_macs)
-    print(f"published {args.source} -> {result}")
-    if args.out:
-        print(f'load it with: timm.create_model("local-dir:{args.out}", pretrained=True)  (after `import moejet`)')
-    return 0

@@ -7,7 +7,6 @@ no file is left behind. The batch dimension is dynamic in all three formats.
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from pathlib import Path
@@ -16,8 +15,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_output, build_from_checkpoint
-from .errors import UserError
+from ..errors import UserError
+from ..models.common import input_size_of
+from .files import atomic_output
+from .weights import build_from_checkpoint
 
 FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".ts"}
 TRACE_BATCH, CHECK_BATCH = 2, 3
@@ -88,8 +89,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     """Write ``checkpoint`` (a moejet safetensors file) to ``out`` in format ``fmt``; returns the max abs
     difference between the written file's output and the eager model's on a fresh batch. The image size is
     fixed in the export: ``img_size`` (default: the size the model expects, e.g. its pretrained config's)."""
-    from .analysis.io import input_size_of
-
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
@@ -118,21 +117,3 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
             raise UserError(f"the {fmt} export of {checkpoint} differs from the model by {difference:.3g} "
                             f"(> --atol {atol:g}); nothing was written")
     return difference
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a moejet checkpoint (torch.export, ONNX or TorchScript)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a .safetensors file written by moejet (recycle, train, convert)")
-    p.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="export")
-    p.add_argument("--out", help="output file (default: the checkpoint's name with .pt2 / .onnx / .ts)")
-    p.add_argument("--img-size", type=int, help="export resolution (default: the model's input size, e.g. 224)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |export - eager| on the check batch")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(FORMATS[args.fmt])
-    difference = export_checkpoint(args.checkpoint, out, args.fmt, args.atol, args.img_size)
-    print(f"wrote {out} ({args.fmt}); max |export - eager| on a batch of {CHECK_BATCH}: {difference:.3g}")
-    return 0

@@ -12,8 +12,10 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 
-from ..checkpoint import atomic_output, build_from_checkpoint
 from ..errors import UserError
+from ..io.files import atomic_output
+from ..io.weights import build_from_checkpoint
+from ..models.common import input_size_of
 from .routing import moe_layers
 
 DPI = 100  # figures are saved at exactly figsize * DPI pixels (no tight bbox), so their size is known
@@ -36,14 +38,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path} ({err}): pass a JPEG/PNG image PIL can open") from None
-
-
-def input_size_of(model: nn.Module) -> tuple[int, int, int]:
-    """``(C, H, W)`` the model expects: a fixed-size ViT's ``img_size``, else its pretrained config's."""
-    patch_embed = getattr(model, "patch_embed", None)
-    if patch_embed is not None and not getattr(model, "dynamic_img_size", False) and patch_embed.img_size:
-        return (3, *patch_embed.img_size)
-    return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
 
 
 def eval_transforms(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[Any, Any]:
@@ -75,12 +69,6 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    return Path(path)
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
     return Path(path)
 
 
