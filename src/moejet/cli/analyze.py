@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import parse_kwargs
+from ..models.common import check_model_kwargs
+from .common import integer, number, parse_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,21 +21,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a = sub.add_parser("attention", help="dispatch maps of the most important experts per MoE layer on one image")
     _model_args(a)
     a.add_argument("--image", required=True, help="image file (anything PIL reads)")
-    a.add_argument("--layers", type=int, nargs="+", metavar="BLOCK",
+    a.add_argument("--layers", type=integer(0), nargs="+", metavar="BLOCK",
                    help="0-based MoE block indices to show (default: all MoE blocks)")
-    a.add_argument("--top-k", type=int, default=3, help="experts per path (core / universal) and layer (default 3)")
+    a.add_argument("--top-k", type=integer(1), default=3,
+                   help="experts per path (core / universal) and layer (default 3)")
     a.set_defaults(func=run_attention)
 
     c = sub.add_parser("contributions", help="per-expert contribution to each MoE layer's output (Table 8)")
     _model_args(c)
     c.add_argument("--data", required=True, metavar="DATASET_SPEC", help="dataset spec, e.g. cifar100 or synthetic")
-    c.add_argument("--images", type=int, default=256, help="validation images to average over (default 256)")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--images", type=integer(1), default=256, help="validation images to average over (default 256)")
+    c.add_argument("--batch-size", type=integer(1), default=32)
     c.set_defaults(func=run_contributions)
 
     v = sub.add_parser("curves", help="val top-1 vs epoch and wall time of runs, time to a target accuracy")
     v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training run directories (with metrics.jsonl)")
-    v.add_argument("--target", type=float, default=76.0, help="target val top-1 in percent (default 76)")
+    v.add_argument("--target", type=number(0.0, 100.0), default=76.0, help="target val top-1 in percent (default 76)")
     v.add_argument("--out", help="output directory (default: FIRST_RUN/analysis)")
     v.set_defaults(func=run_curves)
 
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="moejet model checkpoint (.safetensors)")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--img-size", type=integer(8), help="input resolution (default: the model's)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/analysis)")
 
@@ -111,7 +113,9 @@ def run_curves(args: argparse.Namespace) -> int:
 def run_cost(args: argparse.Namespace) -> int:
     from ..analysis.report import write_cost
 
-    files, table = write_cost(args.models, args.out, **parse_kwargs(args.set, "--set"))
+    kwargs = parse_kwargs(args.set, "--set")
+    check_model_kwargs(kwargs, "--set ")
+    files, table = write_cost(args.models, args.out, **kwargs)
     print(table)
     print("\nMACs per image at each model's input size (torch FlopCounterMode, attention included); "
           "'routing' = MoE logits, dispatch and combine matmuls.")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
+import math
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
@@ -21,3 +24,39 @@ def parse_kwargs(items: list[str] | None, flag: str) -> dict[str, Any]:
             parsed = {"true": True, "false": False, "none": None}.get(value.strip().lower(), value.strip())
         out[key.strip()] = list(parsed) if isinstance(parsed, tuple) else parsed
     return out
+
+
+def integer(low: int) -> Callable[[str], int]:
+    """argparse ``type``: an integer >= ``low``; ``invalid_example`` is a value it refuses (for the tests)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    parse.invalid_example = str(low - 1)  # type: ignore[attr-defined]
+    return parse
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+           ) -> Callable[[str], float]:
+    """argparse ``type``: a finite number from ``low`` to ``high``, either end excluded with ``low_open`` /
+    ``high_open``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low) or (
+                high_open and value == high):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text} is outside {interval}")
+        return value
+
+    parse.invalid_example = "nan"  # type: ignore[attr-defined]
+    return parse

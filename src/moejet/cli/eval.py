@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from .common import integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--which", choices=("best", "last"), default="last",
                    help="checkpoint of the run (default last; best is selected on the val split, which for our "
                    "datasets is the official test split)")
-    e.add_argument("--batch-size", type=int, help="images per process and batch")
+    e.add_argument("--batch-size", type=integer(1), help="images per process and batch")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's train.device")
     e.add_argument("--out", type=Path, help="eval.json path (default: RUN_DIR/eval.json or next to --checkpoint)")
     e.set_defaults(func=run)
@@ -32,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from ..train import load_config
     from ..train.evaluation import evaluate_checkpoint, evaluate_run, format_result
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
     if args.run is not None:
         if args.config is not None:
             raise UserError("--run uses the run's own config.yaml: drop --config")

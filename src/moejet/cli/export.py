@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..io import export
 from ..io.export import CHECK_BATCH, FORMATS, export_checkpoint
+from .common import integer, number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a .safetensors file written by moejet (recycle, train, convert)")
     p.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="export")
     p.add_argument("--out", help="output file (default: the checkpoint's name with .pt2 / .onnx / .ts)")
-    p.add_argument("--img-size", type=int, help="export resolution (default: the model's input size, e.g. 224)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed |export - eager| on the check batch")
+    p.add_argument("--img-size", type=integer(8), help="export resolution (default: the model's input size, e.g. 224)")
+    p.add_argument("--atol", type=number(0.0, low_open=True), default=1e-4,
+                   help="largest allowed |export - eager| on the check batch")
     p.set_defaults(func=run)
 
 

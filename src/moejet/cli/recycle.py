@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.common import check_model_kwargs
 from ..recycle.api import SWITCH_CHOICES
 from ..recycle.select import RECYCLE_STRATEGIES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
-from .common import parse_kwargs
+from .common import integer, number, parse_kwargs
 
 SWITCH_HELP = {
     "importance_metric": "channel/neuron importance",
@@ -44,23 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-data", default="synthetic", metavar="DATASET_SPEC",
                    help="calibration dataset (train split): cifar100, imagenet, folder:PATH, synthetic, ... "
                         "(default: synthetic, needs no data on disk)")
-    p.add_argument("--calib-images", type=int, default=1024, help="calibration images (0: none, for "
+    p.add_argument("--calib-images", type=integer(0), default=1024, help="calibration images (0: none, for "
                    "uniform/random/upcycle)")
-    p.add_argument("--calib-img-size", type=int, default=None,
+    p.add_argument("--calib-img-size", type=integer(8), default=None,
                    help="calibration image side (default: the predecessor's data config)")
     p.add_argument("--data-root", default=None, help="where datasets live (default: the data module's default)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--batch-size", type=integer(1), default=64)
+    p.add_argument("--workers", type=integer(0), default=2, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=integer(0), default=0)
     p.add_argument("--variant", default="paper", choices=VARIANTS,
                    help="set every switch below to the paper's (default) or the released code's value")
     for switch in RECYCLE_SWITCHES:
         p.add_argument("--" + switch.name.replace("_", "-"), default=None, choices=SWITCH_CHOICES[switch.name],
                        help=f"{SWITCH_HELP[switch.name]}: {switch.paper} (paper) | {switch.release} (release); "
                             "default: the --variant's")
-    p.add_argument("--graph-parts", type=int, default=32, help="target METIS parts per layer (graph)")
-    p.add_argument("--coact-percentile", type=float, default=90.0,
+    p.add_argument("--graph-parts", type=integer(1), default=32, help="target METIS parts per layer (graph)")
+    p.add_argument("--coact-percentile", type=number(0.0, 100.0, low_open=True, high_open=True), default=90.0,
                    help="a neuron is active above this percentile of its layer's activations (graph)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -71,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
     from ..recycle import recycle_sources, summary, write_outputs
 
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
+    pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
+    check_model_kwargs(succ_kwargs, "--successor-arg ")
+    check_model_kwargs(pred_kwargs, "--predecessor-arg ")
     state, report = recycle_sources(
         predecessor=args.predecessor, predecessor_checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
-        predecessor_kwargs=parse_kwargs(args.predecessor_arg, "--predecessor-arg"),
+        predecessor_kwargs=pred_kwargs,
         dense_checkpoint=args.dense_checkpoint, successor=args.successor, successor_kwargs=succ_kwargs,
         strategy=args.strategy, calib_data=args.calib_data, calib_images=args.calib_images,
         calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from .common import integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--extend", choices=("continue", "cosine-restart"),
                    help="with --resume and a larger schedule.epochs: continue = the cosine recomputed for the new "
                         "length; cosine-restart = a new cosine from optim.lr over the added epochs")
-    p.add_argument("--stop-after", type=int, metavar="EPOCHS",
+    p.add_argument("--stop-after", type=integer(1), metavar="EPOCHS",
                    help="leave after this many epochs of this invocation (the run stays resumable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one summary line per epoch)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -33,8 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import dump_config, load_config, train
 
-    if args.stop_after is not None and args.stop_after < 1:
-        raise UserError("--stop-after must be >= 1")
     if args.resume is not None:
         if args.config is not None:
             raise UserError("--resume uses the run's own config.yaml: drop --config (use --set to change values)")

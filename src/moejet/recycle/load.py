@@ -98,6 +98,8 @@ def resolve_predecessor(name: str | None, checkpoint: str | os.PathLike | None,
     header's architecture (pretrained tags aside).
     """
     kwargs = dict(kwargs or {})
+    if checkpoint and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint {checkpoint} does not exist: check the path")
     header = header_model(checkpoint)
     if header is None:
         if not name:

@@ -23,6 +23,7 @@ import yaml
 
 from ..errors import UserError
 from ..io.files import plain_json
+from ..models.common import check_model_kwargs
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
@@ -300,6 +301,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ok = isinstance(value, bool) if hint is bool else isinstance(value, hint) and not isinstance(value, bool)
+    if ok and hint is float and not math.isfinite(value):
+        raise UserError(f"config key {key} must be a finite number, got {value!r}")
     if ok:
         return value
     raise UserError(f"config key {key} must be {_type_name(hint)}, got {value!r}")
@@ -360,6 +363,8 @@ def _validate_model(config: Config, need: Need) -> None:
     else:
         need(config.recycle == RecycleConfig(), "model.init",
              "the recycle section is read only with model.init=recycle: set it (or drop the recycle section)")
+    need(_is_model(model.name), "model.name", "not a timm model: see `moejet models` or timm.list_models()")
+    check_model_kwargs(model.kwargs, "config key model.kwargs.")
     need("num_classes" not in model.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")
     need("drop_path_rate" not in model.kwargs, "model.kwargs", "set model.drop_path_rate instead of a kwarg")
     need(0.0 <= model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
@@ -367,15 +372,20 @@ def _validate_model(config: Config, need: Need) -> None:
 
 def _validate_data(data: DataConfig, need: Need) -> None:
     need(bool(data.dataset.strip()), "data.dataset", "name a dataset (e.g. cifar100 or synthetic)")
+    _check_dataset_spec(data.dataset, "data.dataset")
+    need(data.interpolation in INTERPOLATIONS, "data.interpolation", f"use one of {', '.join(INTERPOLATIONS)}")
     need(data.img_size >= 8, "data.img_size", "must be at least 8 pixels")
     for key, vec in (("data.mean", data.mean), ("data.std", data.std)):
         need(vec is None or len(vec) == 3, key, "give 3 values (RGB)")
+    need(data.mean is None or all(0.0 <= v <= 1.0 for v in data.mean), "data.mean", "must be in [0, 1] (pixel scale)")
     need(data.std is None or all(v > 0 for v in data.std), "data.std", "must be positive")
     need(data.crop_pct is None or 0.0 < data.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
     need(data.num_workers >= 0, "data.num_workers", "must be >= 0")
 
 
 def _validate_augment(augment: AugmentConfig, need: Need) -> None:
+    need(augment.auto_augment is None or _is_auto_augment(augment.auto_augment), "augment.auto_augment",
+         "not a timm auto-augment policy (e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original) or null")
     need(0.0 < augment.scale[0] <= augment.scale[1] <= 1.0, "augment.scale", "must be 0 < min <= max <= 1")
     for key in ("hflip", "random_erasing", "mixup_prob", "mixup_switch_prob"):
         need(0.0 <= getattr(augment, key) <= 1.0, f"augment.{key}", "must be a probability in [0, 1]")
@@ -385,6 +395,7 @@ def _validate_augment(augment: AugmentConfig, need: Need) -> None:
 
 
 def _validate_optim(optim: OptimConfig, need: Need) -> None:
+    need(_is_optimizer(optim.opt), "optim.opt", "not a timm optimizer: see timm.optim.list_optimizers()")
     need(optim.moe_lr_scale in MOE_LR_SCALES, "optim.moe_lr_scale", f"use one of {', '.join(MOE_LR_SCALES)}")
     need(optim.lr is None or optim.lr > 0, "optim.lr", "must be > 0 (or null to scale base_lr)")
     need(optim.base_lr > 0, "optim.base_lr", "must be > 0")
@@ -426,6 +437,8 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.max_steps_per_epoch is None or train.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
          "must be >= 1 or null")
     need(train.telemetry_images >= 0, "train.telemetry_images", "must be >= 0 (0 = off)")
+    need(train.seed >= 0, "train.seed", "must be >= 0")
+    need(train.wandb_project.strip() != "", "train.wandb_project", "name the W&B project")
 
 
 def _validate_recycle(config: Config, need: Need) -> None:
@@ -451,6 +464,56 @@ def _validate_recycle(config: Config, need: Need) -> None:
     need(bool(recycle.calib_data.strip()), "recycle.calib_data", "name a dataset (e.g. imagenet or synthetic)")
     need(recycle.batch_size >= 1, "recycle.batch_size", "must be >= 1")
     need(recycle.workers >= 0, "recycle.workers", "must be >= 0")
+    need(recycle.seed >= 0, "recycle.seed", "must be >= 0")
+    need(recycle.predecessor is None or _is_model(recycle.predecessor), "recycle.predecessor",
+         "not a timm model name (e.g. vit_small_patch16_224.augreg_in21k)")
+    check_model_kwargs(recycle.predecessor_kwargs, "config key recycle.predecessor_kwargs.")
+    _check_dataset_spec(recycle.calib_data, "recycle.calib_data")
+
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")  # timm's create_transform
+
+
+def _is_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+def _is_optimizer(name: str) -> bool:
+    from timm.optim import list_optimizers
+
+    return name.lower() in list_optimizers()
+
+
+def _check_dataset_spec(spec: str, key: str) -> None:
+    from ..data import parse_dataset_spec
+
+    try:
+        parse_dataset_spec(spec)
+    except UserError as err:
+        raise UserError(f"config key {key} = {spec!r} is invalid: {err}") from None
+
+
+def _is_auto_augment(policy: str) -> bool:
+    from timm.data import create_transform
+
+    try:
+        create_transform(32, is_training=True, auto_augment=policy)
+    except Exception:  # noqa: BLE001  (timm reports a bad policy as AssertionError, KeyError or ValueError)
+        return False
+    return True
+
+
+def check_input_files(config: Config) -> None:
+    """The files a new run reads before its first step exist (each missing one is a UserError naming its key)."""
+    files = {"model.init_checkpoint": config.model.init_checkpoint}
+    if config.model.init == "recycle":
+        files.update({"recycle.predecessor_checkpoint": config.recycle.predecessor_checkpoint,
+                      "recycle.dense_checkpoint": config.recycle.dense_checkpoint})
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"config key {key} = {path!r} is invalid: the file does not exist; check the path")
 
 
 def recycle_switches(config: Config) -> dict[str, str | None]:

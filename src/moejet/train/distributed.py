@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from ..device import resolve_device
 from ..errors import UserError
 
 
@@ -43,7 +44,7 @@ def setup(device: str = "auto") -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("config key train.device = 'cuda' but no CUDA GPU is visible: use train.device=cpu or auto")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device).type == "cuda"  # auto: CUDA, else the CPU (training does not use MPS)
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         torch_device = torch.device("cuda", torch.cuda.current_device())

@@ -66,7 +66,7 @@ from .checkpointing import (
     sync_last,
     weights_path,
 )
-from .config import Config, batch_plan, dump_config, load_config
+from .config import Config, batch_plan, check_input_files, dump_config, load_config
 from .distributed import (
     World,
     all_reduce_max,
@@ -133,6 +133,8 @@ def train(
         raise UserError("give a config to train (or resume a run directory)")
     elif is_run_dir(run_dir):  # a config alone (killed before the first save) is started over
         raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
+    else:
+        check_input_files(config)
 
     world = setup(config.train.device)
     try:

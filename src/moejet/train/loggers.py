@@ -4,7 +4,6 @@ asked for in the config and installed (a missing package is a warning, never an 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -13,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..io.files import plain_json
 from .config import Config
 
 Log = Callable[[dict[str, float], int], None]  # (scalars, epoch) -> None
@@ -54,7 +54,7 @@ def open_loggers(run_dir: Path, config: Config) -> tuple[list[Log], list[Callabl
             _warn("train.wandb", "wandb", "wandb")
         else:
             run = wandb.init(project=config.train.wandb_project, name=config.name, id=wandb_run_id(run_dir),
-                             resume="allow", dir=str(run_dir), config=json.loads(json.dumps(asdict(config))))
+                             resume="allow", dir=str(run_dir), config=plain_json(asdict(config)))
             logs.append(lambda values, epoch: run.log({**values, "epoch": epoch}, step=epoch))
             closes.append(run.finish)
     return logs, closes
