@@ -397,7 +397,7 @@ SOURCES = [
     ("layer scale", "1e-6 in ConvNeXt-F", "paper Table 6 (timm ConvNeXt's default); ViTs have none as released "
      f"(layer_scale=False in {R_SCRATCH})"),
     ("recycling calibration", "38,400 ImageNet train images (importance, graph)",
-     "release: 300 batches x 256 images"),
+     "release: torch.arange(128 * 300) = 38,400 images in batches of 256"),
     ("recycling predecessors", "ViT-S/16 in21k experts + ViT-T/16 in21k dense part (V-JetMoE-T, Soft MoE-T), "
      "ConvNeXt-T in22k (C-JetMoE-F, ConvNeXt-F Dense (21k)), ViT-B/16 + ViT-S/16 in21k (V-JetMoE-S)",
      "paper §4.3 (ViT-S and ViT-T in21k into V-JetMoE-T) and App. A Table 5 (ViT-S/16, ConvNeXt-T, in21k from "

@@ -1,13 +1,17 @@
 """configs/: the committed files are generate.py's output, load through the schema, and carry the fixed recipe."""
 
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 import yaml
 
-from moejet.train.config import load_config
+from moejet.errors import UserError
+from moejet.train import build
+from moejet.train.config import batch_plan, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -23,11 +27,19 @@ def is_sphero(cfg: dict) -> bool:
     return m["name"] in SPHERO_MODELS or (m["name"] == "cjetmoe_femto" and m["kwargs"].get("moe_type") != "soft")
 
 
-def test_committed_files_are_generated(tmp_path):
-    subprocess.run([sys.executable, str(CONFIGS / "generate.py"), str(tmp_path)], check=True, capture_output=True)
-    generated = sorted(p.name for p in tmp_path.iterdir())
-    assert generated == sorted([p.name for p in YAMLS] + ["README.md"])
-    for name in generated:
+def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch):
+    """configs/ holds generate.py's configs and README.md and nothing else, byte for byte."""
+    spec = importlib.util.spec_from_file_location("configs_generate", CONFIGS / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ left in configs/
+    monkeypatch.setitem(sys.modules, spec.name, generate)
+    spec.loader.exec_module(generate)
+    written = generate.write_configs(tmp_path)
+    (tmp_path / "README.md").write_text(generate.readme())  # what `python configs/generate.py DIR` adds
+    assert sorted(p.name for p in written) == sorted(p.name for p in tmp_path.glob("*.yaml"))
+    committed = sorted(p.name for p in CONFIGS.iterdir() if p.is_file() and p.name != "generate.py")
+    assert sorted(p.name for p in tmp_path.iterdir()) == committed
+    for name in committed:
         assert (tmp_path / name).read_bytes() == (CONFIGS / name).read_bytes(), f"{name}: rerun configs/generate.py"
 
 
@@ -74,7 +86,7 @@ def test_table3_rows_differ_only_in_their_recycling_recipe():
     assert {r["strategy"] for r in recipes.values()} == {"graph", "importance", "random", "uniform", "upcycle"}
     assert recipes["table3_upcycle_in1k"]["predecessor"] == "vit_tiny_patch16_224.augreg_in21k"
     assert recipes["table3_upcycle_in1k"]["dense_checkpoint"] is None
-    assert [r["calib_images"] for r in recipes.values()] == [76800, 76800, 0, 0, 0]  # graph, importance: calibrated
+    assert [r["calib_images"] for r in recipes.values()] == [38400, 38400, 0, 0, 0]  # graph, importance: calibrated
     strip = [{k: v for k, v in cfg.items() if k not in ("name", "description")} for cfg in rows.values()]
     assert all(s == strip[0] for s in strip)
     assert strip[0]["model"]["name"] == "vjetmoe_tiny_patch16_224"
@@ -135,3 +147,44 @@ def test_paper_table7_values_and_imagenet_follows_the_paper_not_the_release():
         if cfg["data"]["dataset"] == "dtd":
             assert (cfg["schedule"]["epochs"], cfg["model"]["drop_path_rate"]) == (600, 0.2), path.name
         assert cfg["train"]["seed"] == 3407
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+def test_every_config_validates_and_builds(path, tmp_path):
+    config = load_config(path)
+    assert config.name == path.stem
+    name, kwargs = build.model_kwargs(build_config := _scratch(config), num_classes=10)
+    with torch.device("meta"):
+        model = build.create_model(name, kwargs, pretrained=False)
+    assert model.num_classes == 10
+    build.build_optimizer(config, model)
+    train_tf, val_tf = build.build_transforms(config, model)
+    assert train_tf is not None and val_tf is not None and build.build_loss(config) is not None
+    micro, accum = batch_plan(config, world_size=1)
+    assert micro * accum == config.train.batch_size
+    if config.model.init == "recycle":  # the recipe's predecessor fits this successor (weights aside)
+        from moejet.recycle.api import check_pair
+
+        r = config.recycle
+        with torch.device("meta"):
+            predecessor = timm.create_model(r.predecessor, **r.predecessor_kwargs)
+        pair = check_pair(predecessor, model, r.strategy, dense=r.dense_checkpoint is not None)
+        assert pair.moe_blocks or config.model.name == "convnext_femto_d18"
+    if config.data.dataset.startswith("synthetic"):
+        assert build.build_dataset(build_config, "val", val_tf).num_classes > 1
+    else:  # no data on disk: the documented error, naming where it looked
+        empty = _with_root(config, tmp_path)
+        with pytest.raises(UserError, match="not found"):
+            build.build_dataset(empty, "val", val_tf)
+
+
+def _scratch(config):
+    from dataclasses import replace
+
+    return replace(config, model=replace(config.model, init="scratch", init_checkpoint=None))
+
+
+def _with_root(config, root):
+    from dataclasses import replace
+
+    return replace(config, data=replace(config.data, root=str(root)))

@@ -1,16 +1,18 @@
+"""demo: the shipped predecessors, the quick demo's artefacts, and the report's statistics."""
+
 import json
 
 import pytest
 import torch
 from PIL import Image
 
-from moejet.io.weights import build_from_checkpoint
 from moejet.cli import main
 from moejet.demo.pretrain import ASSETS, RECORD, sha256
 from moejet.demo.report import findings, ordering, seed_summary
 from moejet.demo.run import check_assets
 from moejet.demo.setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, QUICK
 from moejet.errors import UserError
+from moejet.io.weights import build_from_checkpoint
 
 
 @pytest.mark.parametrize(("asset", "expected"), [(ASSET_S, PREDECESSOR_S), (ASSET_T, PREDECESSOR_T)])
@@ -123,17 +125,48 @@ def test_predecessor_margin_is_an_unpaired_interval_and_the_report_says_when_the
                                                                  "arms": []})[1]
 
 
-def test_the_shipped_predecessors_hold_the_papers_premise():
-    """Issue 12: S (the wider predecessor) trained with T's recipe and budget ends clearly stronger upstream."""
-    from moejet.demo.pretrain import load_record
-    from moejet.demo.report import predecessor_margin
-    from moejet.demo.setup import FULL
+def fabricated_results(top1s, val_images=50):
+    """A demo result as `moejet demo` writes it: arms with per-image correctness, predecessors, budget, machine."""
+    labels = {"moe_jetpack": "MoE Jetpack", "dense_pretrained": "Dense (pre-trained)",
+              "softmoe_scratch": "Soft MoE (scratch)", "dense_scratch": "Dense (scratch)"}
+    arms = []
+    for arm, top1 in top1s.items():
+        right = round(top1 * val_images / 100)
+        arms.append({"arm": arm, "label": labels[arm], "init": "scratch", "params": 2e6, "macs": 3e6, "top1": top1,
+                     "top5": 99.0, "train_time_s": 10.0, "recycle_time_s": 1.0,
+                     "correct": [1] * right + [0] * (val_images - right)})
+    spec = "synthetic-upstream:size=32,per_class=2,val_per_class=3"  # 100 classes x 3 val images
+    preds = {role: {"upstream_val_top1": top1, "data": spec, "epochs": 1, "train_time_s": 60.0, "threads": 1}
+             for role, top1 in (("S", 40.0), ("T", 20.0))}
+    return {"arms": arms, "predecessors": {"predecessors": preds}, "val_images": val_images, "seed": 0,
+            "processor": "cpu", "threads": 2, "device": "cpu", "torch": "2", "total_time_s": 120.0,
+            "budget": {"downstream": "synthetic-downstream", "epochs": 2, "batch": 32, "lr": 1e-3, "warmup": 0}}
 
-    preds = load_record()["predecessors"]
-    for p in preds.values():
-        assert (p["epochs"], p["data"]) == (FULL.pretrain_epochs, FULL.pretrain_upstream)
-    diff, half, images = predecessor_margin(preds)
-    assert images >= 5000 and diff - half > 0, (diff, half)
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_the_report_states_the_ordering_findings_and_pictures_of_its_results(tmp_path, holds):
+    """write_report on a fabricated result: the table it writes is results_table's, the paper ordering verdict is
+    ordering()'s, every finding is listed, and each picture is linked relative to the report."""
+    from moejet.demo.report import predecessor_margin, results_table, write_report
+
+    top1s = {"moe_jetpack": 60.0, "dense_pretrained": 50.0, "softmoe_scratch": 30.0 if holds else 10.0,
+             "dense_scratch": 20.0}
+    results = fabricated_results(top1s)
+    picture = tmp_path / "analysis" / "curves.png"
+    report = write_report(tmp_path, results, [picture, tmp_path / "analysis" / "notes.txt"]).read_text()
+    assert (tmp_path / "results.md").read_text() == results_table(results["arms"]) + "\n"
+    assert results_table(results["arms"]) in report
+    assert ordering(results["arms"])[0] is holds
+    assert f"**{'reproduced' if holds else 'not reproduced'}**" in report
+    assert f"Observed: {ordering(results['arms'])[1]}." in report
+    lines = findings(results)
+    assert len(lines) == 2 + 3  # predecessors, their margin, each arm against MoE Jetpack
+    assert all(f"- {line}" in report for line in lines)
+    assert "![curves](analysis/curves.png)" in report and "notes" not in report  # only pictures are shown
+    # the margin is scored on the val images the predecessors' data spec holds: 100 classes x 3
+    diff, half, images = predecessor_margin(results["predecessors"]["predecessors"])
+    assert (diff, images) == (20.0, 300) and diff - half > 0
+    assert "the wider S is the stronger checkpoint" in lines[1]
 
 
 def test_recycled_arms_differ_only_in_their_initial_weights(tmp_path):

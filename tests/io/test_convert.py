@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from entmax import entmax15
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.io.weights import build_from_checkpoint
 from moejet.cli import main
+from moejet.io.weights import build_from_checkpoint
 
 DIM, DEPTH, MOE_LAYERS, CORE, UNIV, CLASSES = 192, 3, (1, 2), 2, 4, 5
 NOISE_MULT = 1 / (CORE + UNIV)  # the release config's noise_mult = 1 / (c_EXPs + u_EXPs)

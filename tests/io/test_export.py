@@ -7,8 +7,8 @@ import timm
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.io.weights import save_model
 from moejet.cli import main
+from moejet.io.weights import save_model
 
 VIT = ("vjetmoe_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2,
                                         num_classes=10, moe_layers=(2, 3), core_experts=2, univ_experts=4))

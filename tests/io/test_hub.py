@@ -11,16 +11,16 @@ import yaml
 from timm.models import save_for_hf
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.io.weights import save_model
 from moejet.cli import main
-
-TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=10)
-VIT_KW = dict(TINY_VIT, moe_layers=range(2, 4), core_experts=2, univ_experts=4)
-TINY_CONVNEXT = dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_classes=10)
-CONV_KW = dict(TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
+from moejet.io.weights import save_model
 
 
-def make_run(tmp_path, name="vjetmoe_tiny_patch16_224", kwargs=VIT_KW):
+@pytest.fixture(scope="module")
+def vit_kw(tiny_moe):
+    return tiny_moe("vit", moe_layers=range(2, 4))  # a range, as a user may pass it
+
+
+def make_run(tmp_path, kwargs, name="vjetmoe_tiny_patch16_224"):
     """A run directory as `moejet train` leaves it: weights at epoch 3, config, metrics (best at epoch 2)."""
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs)
@@ -35,16 +35,17 @@ def make_run(tmp_path, name="vjetmoe_tiny_patch16_224", kwargs=VIT_KW):
     return run, model.eval()
 
 
-def test_models_built_with_a_range_export_with_timm(tmp_path):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **VIT_KW)  # timm raised ValueError on the range
+def test_models_built_with_a_range_export_with_timm(vit_kw, tmp_path):
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **vit_kw)  # timm raised ValueError on the range
     save_for_hf(model, tmp_path)
     args = json.loads((tmp_path / "config.json").read_text())["model_args"]
     assert args["moe_layers"] == [2, 3] and args["core_experts"] == 2
 
 
-@pytest.mark.parametrize("name,kwargs", [("vjetmoe_tiny_patch16_224", VIT_KW), ("cjetmoe_femto", CONV_KW)])
-def test_publish_out_round_trips_through_timm_local_dir(tmp_path, capsys, name, kwargs):
-    run, model = make_run(tmp_path, name, kwargs)
+@pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])
+def test_publish_out_round_trips_through_timm_local_dir(vit_kw, tiny_moe, tmp_path, capsys, name):
+    kwargs = vit_kw if name.startswith("vjet") else tiny_moe("convnext")
+    run, model = make_run(tmp_path, kwargs, name)
     out = tmp_path / "published"
     assert main(["publish", str(run), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
@@ -60,10 +61,10 @@ def test_publish_out_round_trips_through_timm_local_dir(tmp_path, capsys, name, 
     assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M" in card
 
 
-def test_publish_a_recycled_file_names_its_source(tmp_path, capsys):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **VIT_KW)
+def test_publish_a_recycled_file_names_its_source(vit_kw, tmp_path, capsys):
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **vit_kw)
     path = tmp_path / "model.safetensors"
-    save_model(model, path, "vjetmoe_tiny_patch16_224", VIT_KW, metadata={
+    save_model(model, path, "vjetmoe_tiny_patch16_224", vit_kw, metadata={
         "moejet.recycle.predecessor": "vit_small_patch16_224", "moejet.recycle.strategy": "importance",
         "moejet.recycle.seed": "0"})
     assert main(["publish", str(path), "--out", str(tmp_path / "pub"), "--no-macs"]) == 0
@@ -72,7 +73,7 @@ def test_publish_a_recycled_file_names_its_source(tmp_path, capsys):
     assert "MACs" not in card and "## Results" not in card
 
 
-def test_publish_repo_id_uploads_the_folder(tmp_path, capsys, monkeypatch):
+def test_publish_repo_id_uploads_the_folder(vit_kw, tmp_path, capsys, monkeypatch):
     import huggingface_hub
 
     calls = []
@@ -92,7 +93,7 @@ def test_publish_repo_id_uploads_the_folder(tmp_path, capsys, monkeypatch):
             return "https://huggingface.co/me/tiny/commit/abc"
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    run, _ = make_run(tmp_path)
+    run, _ = make_run(tmp_path, vit_kw)
     assert main(["publish", str(run), "--repo-id", "me/tiny", "--private", "--token", "t0", "--no-macs"]) == 0
     assert calls[0] == ("token", "t0") and calls[1] == ("create_repo", "me/tiny", True)
     kind, repo, files, card = calls[2]
@@ -102,8 +103,8 @@ def test_publish_repo_id_uploads_the_folder(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["nowhere", "missing", "not_empty", "no_weights"])
-def test_publish_bad_input_is_a_one_line_error(tmp_path, capsys, case):
-    run, _ = make_run(tmp_path)
+def test_publish_bad_input_is_a_one_line_error(vit_kw, tmp_path, capsys, case):
+    run, _ = make_run(tmp_path, vit_kw)
     out = tmp_path / "out"
     args = {
         "nowhere": ["publish", str(run)],

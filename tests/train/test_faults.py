@@ -17,31 +17,22 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file
 
 import moejet.io.files
-from moejet.io.weights import save_model
 from moejet.cli import main
 from moejet.data import datasets
 from moejet.errors import UserError
+from moejet.io.weights import save_model
 from moejet.train import build, load_config, train
 from moejet.train.checkpointing import read_pointer
 from moejet.train.config import dump_config
 from moejet.train.engine import read_metrics
-from test_train import TINY_VIT, tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # module scope: the shared runs below must see the same thread count as the tests
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-CONFIG = dict(debug={"max_steps_per_epoch": 2}, train={"batch_size": 8, "seed": 0, "deterministic": True,
-                                                       "ema": True, "ema_decay": 0.9})
+CONFIG = dict(train={"batch_size": 8, "seed": 0, "deterministic": True, "ema": True, "ema_decay": 0.9,
+                     "max_steps_per_epoch": 2})
 
 
 def same_weights(a, b):
@@ -50,14 +41,14 @@ def same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tiny_config, tmp_path_factory):
     run = tmp_path_factory.mktemp("straight") / "run"
     train(tiny_config(**CONFIG), run, progress=False, verbose=False)
     return run
 
 
 @pytest.fixture(scope="module")
-def after_one_epoch(tmp_path_factory):
+def after_one_epoch(tiny_config, tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
     train(tiny_config(**CONFIG), run, stop_after=1, progress=False, verbose=False)
     return run
@@ -143,10 +134,10 @@ def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_p
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_resume_needs_nothing_but_the_run_directory(tmp_path, monkeypatch):
+def test_resume_needs_nothing_but_the_run_directory(train_vit, tiny_config, tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
-    model = timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TINY_VIT)
-    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TINY_VIT})
+    model = timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **train_vit)
+    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **train_vit})
     config = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(init)}, **CONFIG)
     straight = train(config, tmp_path / "straight", progress=False, verbose=False)
     train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
@@ -175,7 +166,7 @@ def lrs(rows):
     return [row["lr"] for row in rows]
 
 
-def test_extending_a_run_needs_a_schedule_mode(straight, tmp_path):
+def test_extending_a_run_needs_a_schedule_mode(tiny_config, straight, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight, run)
     with pytest.raises(UserError, match=r"^schedule.epochs changed from 2 to 4: say how the schedule continues with "
@@ -248,14 +239,20 @@ def cli(*args, fsize=None, **popen):
                             stderr=subprocess.PIPE, text=True, preexec_fn=limit if fsize else None, **popen)
 
 
-def tiny_yaml(path, **train_keys):
-    config = tiny_config(**{**CONFIG, "train": {**CONFIG["train"], **train_keys}},
-                         schedule={"epochs": 3, "warmup_epochs": 0})
-    path.write_text(dump_config(config))
-    return path
+@pytest.fixture(scope="module")
+def tiny_yaml(tiny_config):
+    """``tiny_yaml(path, **train_keys)``: a 3-epoch CONFIG run (with these train keys) as a config file."""
+
+    def write(path, **train_keys):
+        config = tiny_config(**{**CONFIG, "train": {**CONFIG["train"], **train_keys}},
+                             schedule={"epochs": 3, "warmup_epochs": 0})
+        path.write_text(dump_config(config))
+        return path
+
+    return write
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path):
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tiny_yaml, tmp_path):
     config = tiny_yaml(tmp_path / "tiny.yaml", recovery_every=1)  # kills land before, between and in recovery writes
     straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
     assert straight.wait() == 0, straight.stderr.read()
@@ -273,7 +270,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tm
         assert same_weights(run / "last.safetensors", tmp_path / "straight" / "last.safetensors"), attempt
 
 
-def test_a_file_size_limit_is_exit_2_with_a_one_line_error_and_the_run_resumes(tmp_path):
+def test_a_file_size_limit_is_exit_2_with_a_one_line_error_and_the_run_resumes(tiny_yaml, tmp_path):
     config = tiny_yaml(tmp_path / "tiny.yaml")
     run = tmp_path / "run"
     assert cli("train", "--config", config, "--out", run, "--no-progress", "--stop-after", "1").wait() == 0
@@ -298,11 +295,17 @@ AUGMENT = {"auto_augment": "rand-m9-mstd0.5-inc1", "scale": [0.08, 1.0], "hflip"
            "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}  # every random draw of the paper's recipe
 
 
-def mid_config(workers=0, recovery_every=3, **train_keys):
-    """8 steps per epoch (32 images, 4 per step as 2 micro-batches of 2), drop path, full augmentation."""
-    return tiny_config(model={"drop_path_rate": 0.1}, augment=AUGMENT, data={"num_workers": workers},
-                       train={"batch_size": 4, "micro_batch_size": 2, "seed": 0, "deterministic": True, "ema": True,
-                              "ema_decay": 0.9, "recovery_every": recovery_every, **train_keys})
+@pytest.fixture(scope="module")
+def mid_config(tiny_config):
+    """``mid_config(workers=0, recovery_every=3, **train_keys)``: 8 steps per epoch (32 images, 4 per step as 2
+    micro-batches of 2), drop path, full augmentation."""
+
+    def config(workers=0, recovery_every=3, **train_keys):
+        return tiny_config(model={"drop_path_rate": 0.1}, augment=AUGMENT, data={"num_workers": workers},
+                           train={"batch_size": 4, "micro_batch_size": 2, "seed": 0, "deterministic": True,
+                                  "ema": True, "ema_decay": 0.9, "recovery_every": recovery_every, **train_keys})
+
+    return config
 
 
 def run_files(run):
@@ -310,7 +313,7 @@ def run_files(run):
 
 
 @pytest.fixture(scope="module")
-def mid_straight(tmp_path_factory):
+def mid_straight(mid_config, tmp_path_factory):
     """Uninterrupted runs without recovery points, by number of workers: (run dir, metrics)."""
     runs = {}
     for workers in (0, 2):
@@ -325,7 +328,8 @@ def test_augmentations_do_not_depend_on_the_number_of_workers(mid_straight):
     assert [r["train_loss"] for r in rows0] == [r["train_loss"] for r in rows2]
 
 
-def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_straight, tmp_path, monkeypatch):
+def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_config, mid_straight, tmp_path,
+                                                                          monkeypatch):
     from moejet.train import engine
 
     seen, real = [], engine.save_recovery
@@ -382,8 +386,8 @@ def count_train_images(monkeypatch):
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("crash", [2, 4])  # epoch 1 after step 5 (recovery point at 3) / epoch 2 after 13 (at 11)
-def test_a_crash_mid_epoch_resumes_from_the_recovery_point_bit_exactly(mid_straight, tmp_path, monkeypatch, workers,
-                                                                       crash):
+def test_a_crash_mid_epoch_resumes_from_the_recovery_point_bit_exactly(mid_config, mid_straight, tmp_path, monkeypatch,
+                                                                       workers, crash):
     run = tmp_path / "run"
     crash_at_recovery(monkeypatch, crash)
     with pytest.raises(Crash):
@@ -404,7 +408,7 @@ def test_a_crash_mid_epoch_resumes_from_the_recovery_point_bit_exactly(mid_strai
 
 
 @pytest.fixture(scope="module")
-def mid_recovery(tmp_path_factory):
+def mid_recovery(mid_config, tmp_path_factory):
     """A run killed in epoch 1 after step 5: its recovery point is step 3."""
     run = tmp_path_factory.mktemp("recovery") / "run"
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -475,10 +479,10 @@ def test_a_full_disk_during_a_recovery_write_keeps_the_previous_point(mid_recove
     assert same_weights(run / "last.safetensors", mid_straight[0][0] / "last.safetensors")
 
 
-def _recovery_worker(rank, ports, root):
+def _recovery_worker(rank, ports, root, config):
     """One of 2 gloo ranks: an uninterrupted run, then a run that crashes before its 2nd recovery point (epoch 1,
     after step 5; the point kept is step 3), then its resume. Every rank crashes at the same step: none is left
-    waiting in a collective."""
+    waiting in a collective. ``config``: ``mid_config(device="cpu")``."""
     from moejet.train import engine
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
@@ -492,11 +496,11 @@ def _recovery_worker(rank, ports, root):
         real(*args)
 
     os.environ["MASTER_PORT"] = str(ports[0])
-    train(mid_config(device="cpu"), root / "straight", progress=False, verbose=False)
+    train(config, root / "straight", progress=False, verbose=False)
     os.environ["MASTER_PORT"] = str(ports[1])
     engine._save_recovery = save
     with pytest.raises(Crash):
-        train(mid_config(device="cpu"), root / "run", progress=False, verbose=False)
+        train(config, root / "run", progress=False, verbose=False)
     engine._save_recovery = real
     os.environ["MASTER_PORT"] = str(ports[2])
     if rank == 0:
@@ -517,8 +521,9 @@ def free_ports(n):
     return ports
 
 
-def test_two_processes_resume_mid_epoch_with_every_ranks_rng_and_loss_sums(tmp_path):
-    torch.multiprocessing.spawn(_recovery_worker, args=(free_ports(3), tmp_path), nprocs=2)
+def test_two_processes_resume_mid_epoch_with_every_ranks_rng_and_loss_sums(mid_config, tmp_path):
+    torch.multiprocessing.spawn(_recovery_worker, args=(free_ports(3), tmp_path, mid_config(device="cpu")),
+                                nprocs=2)
     assert same_weights(tmp_path / "run" / "last.safetensors", tmp_path / "straight" / "last.safetensors")
     timing = ("images_per_s", "epoch_time_s", "wall_time_s")
     rows = [{k: v for k, v in row.items() if k not in timing} for row in read_metrics(tmp_path / "run")]
