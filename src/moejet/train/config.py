@@ -102,7 +102,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 512  # global batch per optimizer step, whatever the number of processes
-    micro_batch_size: int | None = None  # per process and forward pass; null = batch_size / processes
+    micro_batch_size: int | None = None  # at most this many images per process and forward pass; null = the share
     eval_batch_size: int | None = None  # per process; null = micro batch
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA only, with grad scaler)
     channels_last: bool = False
@@ -419,8 +419,6 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(train.micro_batch_size is None or train.micro_batch_size >= 1, "train.micro_batch_size",
          "must be >= 1 or null")
-    need(train.micro_batch_size is None or train.batch_size % train.micro_batch_size == 0, "train.micro_batch_size",
-         f"must divide train.batch_size={train.batch_size}")
     need(train.eval_batch_size is None or train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1 or null")
     need(train.amp in AMP_MODES, "train.amp", f"use one of {', '.join(AMP_MODES)}")
     need(train.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
@@ -529,26 +527,17 @@ def _get(config: Config, key: str) -> Any:
 
 
 def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
-    """``(micro batch per process, accumulation steps)`` so that micro x world x accum = train.batch_size."""
-    batch, micro = config.train.batch_size, config.train.micro_batch_size
-    if micro is None:
-        if batch % world_size:
-            raise UserError(
-                f"config key train.batch_size = {batch} is not divisible by the {world_size} processes: "
-                "choose a multiple of the process count"
-            )
-        micro = batch // world_size
-    if batch % (micro * world_size):
-        raise UserError(
-            f"config key train.batch_size = {batch} is not divisible by train.micro_batch_size ({micro}) x "
-            f"{world_size} processes: choose micro_batch_size so that micro x processes divides batch_size"
-        )
-    if config.mixup_active and micro % 2:
-        raise UserError(
-            f"config key train.micro_batch_size = {micro} is odd: timm's mixup / cutmix needs an even batch per "
-            "process; choose an even micro batch (or turn mixup and cutmix off)"
-        )
-    return micro, batch // (micro * world_size)
+    """``(micro batch, accumulation steps)`` per process: ``train.micro_batch_size`` is a per-process maximum
+    (null: the process's whole share of the global batch), and accumulation makes up the rest. Any global batch
+    runs on any number of processes up to the batch size (see :mod:`moejet.data.sampler`)."""
+    from ..data.sampler import accumulation
+
+    batch = config.train.batch_size
+    if world_size > batch:
+        raise UserError(f"config key train.batch_size = {batch} is smaller than the {world_size} processes: every "
+                        "process needs at least one image per step; use fewer processes or a larger batch")
+    micro = config.train.micro_batch_size or math.ceil(batch / world_size)
+    return micro, accumulation(batch, world_size, micro)
 
 
 # ------------------------------------------------------------------------------------------------ writing

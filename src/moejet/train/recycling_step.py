@@ -64,7 +64,8 @@ def _saved_recipe(out: Path) -> dict[str, Any] | None:
 
 
 def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
-    from ..recycle import recycle_sources, summary, write_outputs
+    from ..recycle.output import summary, write_outputs
+    from ..recycle.pipeline import recycle_sources
 
     r = config.recycle
     device = str(resolve_device(config.train.device))
