@@ -47,14 +47,16 @@ class GlobalBatchSampler(Sampler[list[int]]):
         micro: at most this many images per micro-batch (``train.micro_batch_size``).
         seed: the run seed; :meth:`set_epoch` picks the epoch, ``start_step`` skips steps already trained
             (a mid-epoch resume), without loading their images.
+        tag_epoch: yield ``(epoch, index)`` pairs, which :class:`~moejet.data.seeding.SeededSamples` seeds from
+            (so persistent DataLoader workers need not be told the epoch).
     """
 
     def __init__(self, num_images: int, global_batch: int, world_size: int, rank: int, micro: int,
-                 seed: int = 0, shuffle: bool = True) -> None:
+                 seed: int = 0, shuffle: bool = True, tag_epoch: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside the {world_size} processes")
         self.num_images, self.global_batch, self.world_size, self.rank = num_images, global_batch, world_size, rank
-        self.micro, self.seed, self.shuffle = micro, seed, shuffle
+        self.micro, self.seed, self.shuffle, self.tag_epoch = micro, seed, shuffle, tag_epoch
         self.accum = accumulation(global_batch, world_size, micro)
         self.epoch, self.start_step = 0, 0
 
@@ -81,8 +83,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
             return torch.arange(self.num_images)
         return torch.randperm(self.num_images, generator=torch.Generator().manual_seed(self.seed + self.epoch))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         order = self.order().tolist()
+        if self.tag_epoch:
+            order = [(self.epoch, i) for i in order]
         for step in range(self.start_step, self.steps):
             first = step * self.global_batch + sum(shares(self.step_images(step), self.world_size)[:self.rank])
             for size in self.micro_sizes(step):

@@ -31,6 +31,7 @@ INIT_MODES = ("scratch", "checkpoint", "pretrained", "recycle")
 MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
+DDP_COMMS = ("fp32", "bf16")
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DataConfig:
     std: tuple[float, ...] | None = None
     interpolation: str = "bicubic"
     crop_pct: float | None = None  # eval centre-crop fraction; default: the model's
-    num_workers: int = 4  # per process
+    num_workers: int | None = None  # per process; null = this machine's cores / processes on it
     pin_memory: bool = True
 
 
@@ -105,7 +106,7 @@ class TrainConfig:
     micro_batch_size: int | None = None  # at most this many images per process and forward pass; null = the share
     eval_batch_size: int | None = None  # per process; null = micro batch
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA only, with grad scaler)
-    channels_last: bool = False
+    channels_last: bool | None = None  # null: on for ConvNeXt models on CUDA (faster convolutions), else off
     compile: bool = False  # torch.compile the model
     # timm's set_grad_checkpointing(): every block's activations are recomputed in the backward pass instead of
     # kept (one extra forward pass per step, far less activation memory; same gradients)
@@ -128,6 +129,9 @@ class TrainConfig:
     recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
     max_steps_per_epoch: int | None = None  # cut every epoch short (smoke runs); null = every image every epoch
     strategy: str = "ddp"  # ddp (a full replica per process) | fsdp (FSDP2: weights, grads, optimizer state sharded)
+    ddp_comm: str = "fp32"  # fp32 | bf16: DDP's gradient all-reduce in bf16 (half the bytes; torch's compression hook)
+    fsdp_reshard_after_forward: bool = True  # fsdp: free each unit's gathered weights after its forward (less memory)
+    save_every: int = 1  # epochs between checkpoints (the last epoch, and where --stop-after stops, always save)
 
 
 @dataclass
@@ -380,7 +384,7 @@ def _validate_data(data: DataConfig, need: Need) -> None:
     need(data.mean is None or all(0.0 <= v <= 1.0 for v in data.mean), "data.mean", "must be in [0, 1] (pixel scale)")
     need(data.std is None or all(v > 0 for v in data.std), "data.std", "must be positive")
     need(data.crop_pct is None or 0.0 < data.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
-    need(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(data.num_workers is None or data.num_workers >= 0, "data.num_workers", "must be >= 0 or null")
 
 
 def _validate_augment(augment: AugmentConfig, need: Need) -> None:
@@ -435,6 +439,8 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.max_steps_per_epoch is None or train.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
          "must be >= 1 or null")
     need(train.telemetry_images >= 0, "train.telemetry_images", "must be >= 0 (0 = off)")
+    need(train.ddp_comm in DDP_COMMS, "train.ddp_comm", f"use one of {', '.join(DDP_COMMS)}")
+    need(train.save_every >= 1, "train.save_every", "must be >= 1")
     need(train.seed >= 0, "train.seed", "must be >= 0")
     need(train.wandb_project.strip() != "", "train.wandb_project", "name the W&B project")
 

@@ -100,7 +100,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
+def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None = None,
+                reshard_after_forward: bool = True) -> list[nn.Parameter]:
     """FSDP2 in place: ``fully_shard`` every block / stage, then the root; returns the parameters left whole.
 
     Each process keeps 1 / world_size of every sharded parameter (dim 0), its gradient and so its optimizer state;
@@ -110,11 +111,31 @@ def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None 
     """
     whole = [p for p in model.parameters() if p.ndim == 0]
     kwargs = {"mesh": init_device_mesh(world.device.type, (world.world_size,)), "ignored_params": set(whole),
-              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
+              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32),
+              "reshard_after_forward": reshard_after_forward}
     for unit in shard_units(model):
         fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
     return whole
+
+
+def wrap_ddp(model: nn.Module, world: World, comm: str = "fp32") -> nn.Module:
+    """DDP with gradients as views of its communication buckets (no copy into them), and with ``comm="bf16"``
+    torch's bf16 compression hook: the all-reduce moves half the bytes, and the averaged gradients are fp32 again."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    if comm == "bf16":
+        ddp.register_comm_hook(None, bf16_compress_hook)
+    return ddp
+
+
+def default_workers(local_processes: int) -> int:
+    """DataLoader workers per process: this machine's usable cores shared by its processes (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(local_processes, 1))
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -167,7 +188,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     cuda = state["cuda"]
-    if isinstance(cuda, list):  # written by earlier moejet versions: every visible GPU's state; this process's is its own device's
+    if isinstance(cuda, list):  # earlier moejet versions saved every visible GPU's state: take this device's
         cuda = cuda[torch.cuda.current_device()] if cuda and torch.cuda.is_available() and \
             torch.cuda.current_device() < len(cuda) else None
     if cuda is not None and torch.cuda.is_available():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+from timm.models.convnext import ConvNeXt
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.distributed.checkpoint.state_dict import (
@@ -46,10 +48,11 @@ from ..data import SeededSamples
 from ..data.sampler import GlobalBatchSampler
 from ..errors import UserError
 from ..io.files import atomic_output
-from ..io.weights import build_from_checkpoint, read_metadata
+from ..io.weights import build_from_checkpoint, read_metadata, save_model
 from ..models import moe_modules
 from . import build
 from .checkpointing import (
+    BEST,
     CONFIG_FILE,
     LAST,
     METRICS_FILE,
@@ -72,6 +75,7 @@ from .distributed import (
     all_reduce_max,
     all_reduce_sum,
     average_grads,
+    default_workers,
     epoch_seed,
     is_sharded,
     rng_state,
@@ -81,6 +85,7 @@ from .distributed import (
     setup,
     shard_model,
     teardown,
+    wrap_ddp,
 )
 from .loggers import StepLog, open_loggers, scalars
 from .telemetry import routing_telemetry
@@ -175,9 +180,16 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
     model.to(world.device)
     build.set_grad_checkpointing(model, t.grad_checkpointing)
-    if t.channels_last:
+    if t.channels_last is None:  # resolved once, and written so into the run's config.yaml
+        t.channels_last = world.device.type == "cuda" and isinstance(model, ConvNeXt)  # faster convolutions on GPUs
+    channels_last = t.channels_last
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    whole = shard_model(model, world, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
+    if world.device.type == "cuda" and not t.deterministic:
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # the optimizer must see the sharded parameters
+    whole = shard_model(model, world, amp_dtype, t.fsdp_reshard_after_forward) if fsdp else []
     optimizer = build.build_optimizer(config, model)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -185,16 +197,20 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     loss_fn = build.build_loss(config)
 
     train_samples = SeededSamples(train_ds, t.seed)
-    sampler = GlobalBatchSampler(len(train_samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed)
+    sampler = GlobalBatchSampler(len(train_samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed,
+                                 tag_epoch=True)
     loader_rng = torch.Generator()
-    train_loader = DataLoader(
-        train_samples, batch_sampler=sampler, generator=loader_rng,
-        num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and world.device.type == "cuda",
-        worker_init_fn=_seed_worker, persistent_workers=False,
+    workers = config.data.num_workers
+    if workers is None:
+        workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    train_loader = DataLoader(  # workers live for the whole run: the sampler's (epoch, index) keys seed each image
+        train_samples, batch_sampler=sampler, generator=loader_rng, num_workers=workers,
+        pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
     )
-    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world)
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers)
     telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
-                                  batch_size=t.eval_batch_size or micro, num_workers=config.data.num_workers)
+                                  batch_size=t.eval_batch_size or micro, num_workers=0)
     # every image every epoch (a last step with fewer images than processes aside), the last global batch smaller
     steps_per_epoch = sampler.steps
     if t.max_steps_per_epoch:
@@ -242,8 +258,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if t.compile:
         train_model = torch.compile(model)
     if world.enabled and not fsdp:
-        device_ids = [world.device.index] if world.device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        train_model = wrap_ddp(train_model, world, t.ddp_comm)
     logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
     if world.is_main and verbose:
         print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
@@ -283,12 +298,12 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                                "train_images": images}
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, t.channels_last), "val_"))
+            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, channels_last), "val_"))
             if ema is not None:
-                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, t.channels_last)
+                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
             if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
-                routing = _routing(model, telemetry_loader, world, amp_dtype, t.channels_last)
+                routing = _routing(model, telemetry_loader, world, amp_dtype, channels_last)
                 if world.is_main:
                     row["routing"] = routing
         epoch_time = time.perf_counter() - start
@@ -304,8 +319,12 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]
-        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
-              world)
+        stopping = stop_after is not None and epochs_run + 1 >= stop_after
+        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
+            _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
+                  world)
+        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+            _save_between(run_dir, model, model_name, model_kwargs, state, metrics, is_best, world)
         if world.is_main:
             if verbose:
                 print(_summary(row, config.schedule.epochs), flush=True)
@@ -516,10 +535,13 @@ def _routing(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World) -> DataLoader:
-    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact)."""
+def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None
+                 ) -> DataLoader:
+    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact); the workers stay
+    between evaluations."""
     shard = Subset(dataset, range(world.rank, len(dataset), world.world_size)) if world.enabled else dataset
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers,
+    workers = config.data.num_workers or 0 if workers is None else workers
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=config.data.pin_memory and world.device.type == "cuda")
 
 
@@ -542,8 +564,12 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[t
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp``'s dtype. ``auto``: bf16 on a GPU that computes in bf16 natively (never emulated: that is
+    slower than fp32), else fp16 with a grad scaler; no autocast on a CPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise UserError("config key train.amp = 'fp16' needs a CUDA GPU (grad scaler): use bf16 or none on the CPU")
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -586,10 +612,44 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
     weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, world)
     if not world.is_main:
         return
+    payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
+    if metrics:  # what this save writes: the weights, the state (optimizer, EMA) and best's copy of the weights
+        weight_bytes = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module) else weights)
+        metrics[-1]["checkpoint_bytes"] = weight_bytes * (1 + is_best) + tensor_bytes(payload)
+    _write_metrics(run_dir, metrics)
+    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def _save_between(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], state: dict[str, Any],
+                  metrics: list[dict[str, Any]], is_best: bool, world: World) -> None:
+    """An epoch without a checkpoint (``train.save_every``): its metrics row, and best's weights if it is the best."""
+    weights = model
+    if is_best and is_sharded(model):  # gathering the full weights is collective
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.is_main:
+        return
+    metrics[-1]["checkpoint_bytes"] = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module)
+                                                   else weights) if is_best else 0
+    _write_metrics(run_dir, metrics)
+    if is_best:
+        save_model(weights, run_dir / BEST, name, kwargs,
+                   metadata={"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])})
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
     with atomic_output(run_dir / METRICS_FILE) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
-    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
