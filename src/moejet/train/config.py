@@ -132,6 +132,7 @@ class TrainConfig:
     ddp_comm: str = "fp32"  # fp32 | bf16: DDP's gradient all-reduce in bf16 (half the bytes; torch's compression hook)
     fsdp_reshard_after_forward: bool = True  # fsdp: free each unit's gathered weights after its forward (less memory)
     save_every: int = 1  # epochs between checkpoints (the last epoch, and where --stop-after stops, always save)
+    dist_timeout_min: float = 60.0  # how long processes wait for each other (rank 0 recycling, downloads)
 
 
 @dataclass
@@ -441,6 +442,7 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.telemetry_images >= 0, "train.telemetry_images", "must be >= 0 (0 = off)")
     need(train.ddp_comm in DDP_COMMS, "train.ddp_comm", f"use one of {', '.join(DDP_COMMS)}")
     need(train.save_every >= 1, "train.save_every", "must be >= 1")
+    need(train.dist_timeout_min > 0, "train.dist_timeout_min", "must be > 0 (minutes)")
     need(train.seed >= 0, "train.seed", "must be >= 0")
     need(train.wandb_project.strip() != "", "train.wandb_project", "name the W&B project")
 

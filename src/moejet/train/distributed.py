@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
@@ -37,8 +39,11 @@ class World:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> World:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE`` > 1; pick the device."""
+def setup(device: str = "auto", timeout_min: float = 60.0) -> World:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE`` > 1; pick the device.
+
+    ``timeout_min`` is how long a collective waits: long enough for rank 0 to recycle a predecessor or download a
+    dataset while the others wait (torch's default is 10 minutes)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,8 +56,29 @@ def setup(device: str = "auto") -> World:
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return World(rank, world_size, torch_device)
+
+
+def check_shared_dir(run_dir: Path, world: World) -> None:
+    """Every rank must see the run directory rank 0 writes to (checkpoints, recycled weights): rank 0 writes a token
+    there, every rank reads it, and all of them stop with a one-line error if any rank does not see it."""
+    if not world.enabled:
+        return
+    token = run_dir / f".moejet-shared-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        token.write_text(str(os.getpid()))
+    dist.barrier()
+    seen = torch.tensor([float(token.is_file())], device=world.device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MIN)
+    dist.barrier()
+    if world.is_main:
+        token.unlink(missing_ok=True)
+    if seen.item() < 1:
+        raise UserError(f"some processes do not see the run directory {run_dir}: multi-node runs need it on a "
+                        "filesystem every node shares (NFS, Lustre, ...); pass --out on one")
 
 
 def teardown(world: World) -> None:

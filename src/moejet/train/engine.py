@@ -75,6 +75,7 @@ from .distributed import (
     all_reduce_max,
     all_reduce_sum,
     average_grads,
+    check_shared_dir,
     default_workers,
     epoch_seed,
     is_sharded,
@@ -141,8 +142,9 @@ def train(
     else:
         check_input_files(config)
 
-    world = setup(config.train.device)
+    world = setup(config.train.device, config.train.dist_timeout_min)
     try:
+        check_shared_dir(run_dir, world)
         metrics = _train(config, run_dir, resume, stop_after, progress, world, on_epoch, verbose, extend)
         if world.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
             torch.distributed.barrier()
