@@ -128,13 +128,15 @@ def build_dataset(
 
 
 def torchvision_dataset(name: str, root: Path, split: str, transform: Callable | None, download: bool):
-    """A torchvision dataset; under torch.distributed only local rank 0 of each node downloads, the others wait."""
+    """A torchvision dataset. Under torch.distributed only local rank 0 of each node downloads, the others wait; the
+    downloads of several nodes (or runs) into one shared root take turns under a file lock, so the first downloads
+    and the rest find the files there."""
     if download and torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         error = None
         if int(os.environ.get("LOCAL_RANK", torch.distributed.get_rank())) == 0:
             try:
-                _open_torchvision(name, root, split, None, download=True)
+                _download(name, root, split)
             except UserError as err:
                 error = str(err)
         errors = [None] * torch.distributed.get_world_size()
@@ -142,7 +144,18 @@ def torchvision_dataset(name: str, root: Path, split: str, transform: Callable |
         if any(errors):
             raise UserError(next(e for e in errors if e))
         download = False
-    return _open_torchvision(name, root, split, transform, download)
+    if download:
+        _download(name, root, split)
+    return _open_torchvision(name, root, split, transform, download=False)
+
+
+def _download(name: str, root: Path, split: str) -> None:
+    """Download (or verify) dataset ``name`` into ``root``, one process per filesystem at a time."""
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f".{name}.download.lock")):
+        _open_torchvision(name, root, split, None, download=True)
 
 
 def _open_torchvision(name: str, root: Path, split: str, transform: Callable | None, download: bool):

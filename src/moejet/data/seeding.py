@@ -40,8 +40,9 @@ class SeededSamples(torch.utils.data.Dataset):
     The caller's RNG states are restored afterwards, so with ``num_workers=0`` loading does not move the main
     process's streams (dropout, drop path, mixup) either; the DataLoader fetches a batch through
     :meth:`__getitems__`, which saves and restores them once per batch (NumPy's state costs ~0.2 ms to copy).
-    Call :meth:`set_epoch` before iterating each epoch's loader (workers take a copy of the dataset when the iterator
-    starts: ``persistent_workers`` must be off).
+    Call :meth:`set_epoch` before iterating each epoch's loader, or index with ``(epoch, index)`` pairs (as
+    :class:`~moejet.data.sampler.GlobalBatchSampler` does), which also holds in persistent DataLoader workers: those
+    keep their copy of the dataset, and of its epoch, from one epoch to the next.
     """
 
     def __init__(self, dataset: Any, seed: int):
@@ -53,15 +54,15 @@ class SeededSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[Any]:
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[Any]:
         with isolated_rng():
-            return [self._seeded_sample(index) for index in indices]
+            return [self._seeded_sample(*(key if isinstance(key, tuple) else (self.epoch, key))) for key in keys]
 
-    def _seeded_sample(self, index: int) -> Any:
-        seed = sample_seed(self.seed, self.epoch, index)
+    def _seeded_sample(self, epoch: int, index: int) -> Any:
+        seed = sample_seed(self.seed, epoch, index)
         torch.default_generator.manual_seed(seed)
         np.random.seed(seed % 2**32)  # timm's RandAugment draws its ops with NumPy
         random.seed(seed)  # torchvision / timm transforms draw with torch and Python's random

@@ -272,7 +272,8 @@ def read_pointer(run_dir: Path) -> dict[str, Any]:
 def load_state(path: Path) -> dict[str, Any]:
     """A run's state file, read with ``weights_only=True``; any damage is a one-line error naming it."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped: the ranks of a node share the page cache instead of each holding the optimizer state
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise UserError(f"{path} is missing: restore it to resume the run") from None
     except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything)

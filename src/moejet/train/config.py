@@ -31,6 +31,7 @@ INIT_MODES = ("scratch", "checkpoint", "pretrained", "recycle")
 MOE_LR_SCALES = ("top", "depth")
 DEVICES = ("auto", "cpu", "cuda")
 DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")
+DDP_COMMS = ("fp32", "bf16")
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DataConfig:
     std: tuple[float, ...] | None = None
     interpolation: str = "bicubic"
     crop_pct: float | None = None  # eval centre-crop fraction; default: the model's
-    num_workers: int = 4  # per process
+    num_workers: int | None = None  # per process; null = this machine's cores / processes on it
     pin_memory: bool = True
 
 
@@ -102,10 +103,10 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 512  # global batch per optimizer step, whatever the number of processes
-    micro_batch_size: int | None = None  # per process and forward pass; null = batch_size / processes
+    micro_batch_size: int | None = None  # at most this many images per process and forward pass; null = the share
     eval_batch_size: int | None = None  # per process; null = micro batch
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | none | bf16 | fp16 (CUDA only, with grad scaler)
-    channels_last: bool = False
+    channels_last: bool | None = None  # null: on for ConvNeXt models on CUDA (faster convolutions), else off
     compile: bool = False  # torch.compile the model
     # timm's set_grad_checkpointing(): every block's activations are recomputed in the backward pass instead of
     # kept (one extra forward pass per step, far less activation memory; same gradients)
@@ -128,6 +129,10 @@ class TrainConfig:
     recovery_every: int = 0  # optimizer steps between mid-epoch recovery checkpoints; 0 = epoch ends only
     max_steps_per_epoch: int | None = None  # cut every epoch short (smoke runs); null = every image every epoch
     strategy: str = "ddp"  # ddp (a full replica per process) | fsdp (FSDP2: weights, grads, optimizer state sharded)
+    ddp_comm: str = "fp32"  # fp32 | bf16: DDP's gradient all-reduce in bf16 (half the bytes; torch's compression hook)
+    fsdp_reshard_after_forward: bool = True  # fsdp: free each unit's gathered weights after its forward (less memory)
+    save_every: int = 1  # epochs between checkpoints (the last epoch, and where --stop-after stops, always save)
+    dist_timeout_min: float = 60.0  # how long processes wait for each other (rank 0 recycling, downloads)
 
 
 @dataclass
@@ -380,7 +385,7 @@ def _validate_data(data: DataConfig, need: Need) -> None:
     need(data.mean is None or all(0.0 <= v <= 1.0 for v in data.mean), "data.mean", "must be in [0, 1] (pixel scale)")
     need(data.std is None or all(v > 0 for v in data.std), "data.std", "must be positive")
     need(data.crop_pct is None or 0.0 < data.crop_pct <= 1.0, "data.crop_pct", "must be in (0, 1]")
-    need(data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(data.num_workers is None or data.num_workers >= 0, "data.num_workers", "must be >= 0 or null")
 
 
 def _validate_augment(augment: AugmentConfig, need: Need) -> None:
@@ -419,8 +424,6 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.batch_size >= 1, "train.batch_size", "must be >= 1")
     need(train.micro_batch_size is None or train.micro_batch_size >= 1, "train.micro_batch_size",
          "must be >= 1 or null")
-    need(train.micro_batch_size is None or train.batch_size % train.micro_batch_size == 0, "train.micro_batch_size",
-         f"must divide train.batch_size={train.batch_size}")
     need(train.eval_batch_size is None or train.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1 or null")
     need(train.amp in AMP_MODES, "train.amp", f"use one of {', '.join(AMP_MODES)}")
     need(train.device in DEVICES, "train.device", f"use one of {', '.join(DEVICES)}")
@@ -437,6 +440,9 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
     need(train.max_steps_per_epoch is None or train.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
          "must be >= 1 or null")
     need(train.telemetry_images >= 0, "train.telemetry_images", "must be >= 0 (0 = off)")
+    need(train.ddp_comm in DDP_COMMS, "train.ddp_comm", f"use one of {', '.join(DDP_COMMS)}")
+    need(train.save_every >= 1, "train.save_every", "must be >= 1")
+    need(train.dist_timeout_min > 0, "train.dist_timeout_min", "must be > 0 (minutes)")
     need(train.seed >= 0, "train.seed", "must be >= 0")
     need(train.wandb_project.strip() != "", "train.wandb_project", "name the W&B project")
 
@@ -529,26 +535,17 @@ def _get(config: Config, key: str) -> Any:
 
 
 def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
-    """``(micro batch per process, accumulation steps)`` so that micro x world x accum = train.batch_size."""
-    batch, micro = config.train.batch_size, config.train.micro_batch_size
-    if micro is None:
-        if batch % world_size:
-            raise UserError(
-                f"config key train.batch_size = {batch} is not divisible by the {world_size} processes: "
-                "choose a multiple of the process count"
-            )
-        micro = batch // world_size
-    if batch % (micro * world_size):
-        raise UserError(
-            f"config key train.batch_size = {batch} is not divisible by train.micro_batch_size ({micro}) x "
-            f"{world_size} processes: choose micro_batch_size so that micro x processes divides batch_size"
-        )
-    if config.mixup_active and micro % 2:
-        raise UserError(
-            f"config key train.micro_batch_size = {micro} is odd: timm's mixup / cutmix needs an even batch per "
-            "process; choose an even micro batch (or turn mixup and cutmix off)"
-        )
-    return micro, batch // (micro * world_size)
+    """``(micro batch, accumulation steps)`` per process: ``train.micro_batch_size`` is a per-process maximum
+    (null: the process's whole share of the global batch), and accumulation makes up the rest. Any global batch
+    runs on any number of processes up to the batch size (see :mod:`moejet.data.sampler`)."""
+    from ..data.sampler import accumulation
+
+    batch = config.train.batch_size
+    if world_size > batch:
+        raise UserError(f"config key train.batch_size = {batch} is smaller than the {world_size} processes: every "
+                        "process needs at least one image per step; use fewer processes or a larger batch")
+    micro = config.train.micro_batch_size or math.ceil(batch / world_size)
+    return micro, accumulation(batch, world_size, micro)
 
 
 # ------------------------------------------------------------------------------------------------ writing

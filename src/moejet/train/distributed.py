@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
@@ -37,8 +39,11 @@ class World:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> World:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE`` > 1; pick the device."""
+def setup(device: str = "auto", timeout_min: float = 60.0) -> World:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) when ``WORLD_SIZE`` > 1; pick the device.
+
+    ``timeout_min`` is how long a collective waits: long enough for rank 0 to recycle a predecessor or download a
+    dataset while the others wait (torch's default is 10 minutes)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,8 +56,29 @@ def setup(device: str = "auto") -> World:
     else:
         torch_device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return World(rank, world_size, torch_device)
+
+
+def check_shared_dir(run_dir: Path, world: World) -> None:
+    """Every rank must see the run directory rank 0 writes to (checkpoints, recycled weights): rank 0 writes a token
+    there, every rank reads it, and all of them stop with a one-line error if any rank does not see it."""
+    if not world.enabled:
+        return
+    token = run_dir / f".moejet-shared-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        token.write_text(str(os.getpid()))
+    dist.barrier()
+    seen = torch.tensor([float(token.is_file())], device=world.device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MIN)
+    dist.barrier()
+    if world.is_main:
+        token.unlink(missing_ok=True)
+    if seen.item() < 1:
+        raise UserError(f"some processes do not see the run directory {run_dir}: multi-node runs need it on a "
+                        "filesystem every node shares (NFS, Lustre, ...); pass --out on one")
 
 
 def teardown(world: World) -> None:
@@ -100,7 +126,8 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return []
 
 
-def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None = None) -> list[nn.Parameter]:
+def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None = None,
+                reshard_after_forward: bool = True) -> list[nn.Parameter]:
     """FSDP2 in place: ``fully_shard`` every block / stage, then the root; returns the parameters left whole.
 
     Each process keeps 1 / world_size of every sharded parameter (dim 0), its gradient and so its optimizer state;
@@ -110,11 +137,31 @@ def shard_model(model: nn.Module, world: World, param_dtype: torch.dtype | None 
     """
     whole = [p for p in model.parameters() if p.ndim == 0]
     kwargs = {"mesh": init_device_mesh(world.device.type, (world.world_size,)), "ignored_params": set(whole),
-              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
+              "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32),
+              "reshard_after_forward": reshard_after_forward}
     for unit in shard_units(model):
         fully_shard(unit, **kwargs)
     fully_shard(model, **kwargs)
     return whole
+
+
+def wrap_ddp(model: nn.Module, world: World, comm: str = "fp32") -> nn.Module:
+    """DDP with gradients as views of its communication buckets (no copy into them), and with ``comm="bf16"``
+    torch's bf16 compression hook: the all-reduce moves half the bytes, and the averaged gradients are fp32 again."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    if comm == "bf16":
+        ddp.register_comm_hook(None, bf16_compress_hook)
+    return ddp
+
+
+def default_workers(local_processes: int) -> int:
+    """DataLoader workers per process: this machine's usable cores shared by its processes (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(local_processes, 1))
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -156,7 +203,8 @@ def rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's device only: a resume on a machine with fewer GPUs must still restore it
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
                   "gauss": float(gauss)},
         "python": random.getstate(),
@@ -165,8 +213,12 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # earlier moejet versions saved every visible GPU's state: take this device's
+        cuda = cuda[torch.cuda.current_device()] if cuda and torch.cuda.is_available() and \
+            torch.cuda.current_device() < len(cuda) else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     version, internal, gauss = state["python"]

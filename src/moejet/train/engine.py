@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+from timm.models.convnext import ConvNeXt
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.distributed.checkpoint.state_dict import (
@@ -40,16 +41,18 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data import SeededSamples
+from ..data.sampler import GlobalBatchSampler
 from ..errors import UserError
 from ..io.files import atomic_output
-from ..io.weights import build_from_checkpoint, read_metadata
+from ..io.weights import build_from_checkpoint, read_metadata, save_model
 from ..models import moe_modules
 from . import build
 from .checkpointing import (
+    BEST,
     CONFIG_FILE,
     LAST,
     METRICS_FILE,
@@ -72,6 +75,8 @@ from .distributed import (
     all_reduce_max,
     all_reduce_sum,
     average_grads,
+    check_shared_dir,
+    default_workers,
     epoch_seed,
     is_sharded,
     rng_state,
@@ -81,6 +86,7 @@ from .distributed import (
     setup,
     shard_model,
     teardown,
+    wrap_ddp,
 )
 from .loggers import StepLog, open_loggers, scalars
 from .telemetry import routing_telemetry
@@ -136,8 +142,9 @@ def train(
     else:
         check_input_files(config)
 
-    world = setup(config.train.device)
+    world = setup(config.train.device, config.train.dist_timeout_min)
     try:
+        check_shared_dir(run_dir, world)
         metrics = _train(config, run_dir, resume, stop_after, progress, world, on_epoch, verbose, extend)
         if world.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
             torch.distributed.barrier()
@@ -175,9 +182,16 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
     model.to(world.device)
     build.set_grad_checkpointing(model, t.grad_checkpointing)
-    if t.channels_last:
+    if t.channels_last is None:  # resolved once, and written so into the run's config.yaml
+        t.channels_last = world.device.type == "cuda" and isinstance(model, ConvNeXt)  # faster convolutions on GPUs
+    channels_last = t.channels_last
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    whole = shard_model(model, world, amp_dtype) if fsdp else []  # the optimizer must see the sharded parameters
+    if world.device.type == "cuda" and not t.deterministic:
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # the optimizer must see the sharded parameters
+    whole = shard_model(model, world, amp_dtype, t.fsdp_reshard_after_forward) if fsdp else []
     optimizer = build.build_optimizer(config, model)
     ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -185,18 +199,22 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     loss_fn = build.build_loss(config)
 
     train_samples = SeededSamples(train_ds, t.seed)
-    sampler = ResumableSampler(train_samples, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=t.seed)
+    sampler = GlobalBatchSampler(len(train_samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed,
+                                 tag_epoch=True)
     loader_rng = torch.Generator()
-    train_loader = DataLoader(
-        train_samples, batch_size=micro, sampler=sampler, drop_last=False, generator=loader_rng,
-        num_workers=config.data.num_workers, pin_memory=config.data.pin_memory and world.device.type == "cuda",
-        worker_init_fn=_seed_worker, persistent_workers=False,
+    workers = config.data.num_workers
+    if workers is None:
+        workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    train_loader = DataLoader(  # workers live for the whole run: the sampler's (epoch, index) keys seed each image
+        train_samples, batch_sampler=sampler, generator=loader_rng, num_workers=workers,
+        pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0,
     )
-    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world)
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers)
     telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
-                                  batch_size=t.eval_batch_size or micro, num_workers=config.data.num_workers)
-    # every image every epoch: the sampler pads the ranks to equal length, the last global batch is smaller
-    steps_per_epoch = -(-len(train_loader) // accum)
+                                  batch_size=t.eval_batch_size or micro, num_workers=0)
+    # every image every epoch (a last step with fewer images than processes aside), the last global batch smaller
+    steps_per_epoch = sampler.steps
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     if steps_per_epoch == 0:
@@ -242,13 +260,13 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     if t.compile:
         train_model = torch.compile(model)
     if world.enabled and not fsdp:
-        device_ids = [world.device.index] if world.device.type == "cuda" else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+        train_model = wrap_ddp(train_model, world, t.ddp_comm)
     logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
     if world.is_main and verbose:
         print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
               f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
-              f"global batch {t.batch_size} = {micro} x {world.world_size} x {accum} accumulation; "
+              f"global batch {t.batch_size} on {world.world_size} process(es), micro-batches of up to {micro} x "
+              f"{accum} accumulation; "
               f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
 
     epochs_run = 0
@@ -265,7 +283,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][world.rank],
                                             recovery["elapsed_s"])
             recovery = None
-        sampler.start = start_step * accum * micro
+        sampler.start_step = start_step
         start = time.perf_counter() - done_s
         save_point = functools.partial(
             _save_recovery, run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, mixup, state,
@@ -282,12 +300,12 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                                "train_images": images}
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, t.channels_last), "val_"))
+            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, channels_last), "val_"))
             if ema is not None:
-                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, t.channels_last)
+                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
             if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
-                routing = _routing(model, telemetry_loader, world, amp_dtype, t.channels_last)
+                routing = _routing(model, telemetry_loader, world, amp_dtype, channels_last)
                 if world.is_main:
                     row["routing"] = routing
         epoch_time = time.perf_counter() - start
@@ -303,8 +321,12 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
         if is_best:
             state["best_top1"] = row["val_top1"]
-        _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
-              world)
+        stopping = stop_after is not None and epochs_run + 1 >= stop_after
+        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
+            _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
+                  world)
+        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+            _save_between(run_dir, model, model_name, model_kwargs, state, metrics, is_best, world)
         if world.is_main:
             if verbose:
                 print(_summary(row, config.schedule.epochs), flush=True)
@@ -333,8 +355,12 @@ def _train_epoch(
     ``train.recovery_every`` steps (not after the last step: the epoch checkpoint follows).
 
     The last step takes what is left (fewer or smaller micro-batches). Each micro-batch's mean loss is weighted by
-    its share of the step's images, so a step's gradient is that of the mean loss over its global batch (every
-    rank holds the same number of images per step, the sampler pads them equal, and DDP averages over ranks).
+    ``images * world_size / images of the global step``, so after DDP's average over processes a step's gradient is
+    that of the mean loss over its global batch, however the sampler shared it out (:mod:`moejet.data.sampler`).
+
+    No call waits for the device except on a ``train.log_every`` step, before a recovery point and at the epoch
+    end: image counts are Python ints, loss sums stay on the device, and a non-finite loss is caught at the next
+    of those points (the run stops there, before anything is saved, naming the first bad step).
     Mixup / cutmix draw lambda and the cutmix box once per step (:func:`draw_mix`). ``whole``: parameters FSDP
     left unsharded, whose gradients are averaged here. ``step_log``: prints a line every ``train.log_every`` steps.
     """
@@ -346,14 +372,14 @@ def _train_epoch(
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
                dynamic_ncols=True, disable=not (progress and world.is_main))
     batches = iter(loader)
-    micro, rank_images = loader.batch_size, loader.sampler.num_samples
+    sampler = loader.batch_sampler
+    first_bad = torch.full((), -1, dtype=torch.int64, device=world.device)  # first step with a non-finite loss
     for step_in_epoch in range(start_step, steps):
-        step_loss = torch.zeros(2, device=world.device, dtype=torch.float64)
-        first = step_in_epoch * accum * micro
-        step_images = min(accum * micro, rank_images - first)  # this rank's images in this step
-        micro_steps = -(-step_images // micro)
+        step_loss = torch.zeros((), device=world.device, dtype=torch.float64)  # sum of this rank's image losses
+        step_images, global_images = 0, sampler.step_images(step_in_epoch)
+        micro_sizes = sampler.micro_sizes(step_in_epoch)
         mix = None
-        for micro_step in range(micro_steps):
+        for micro_step, size in enumerate(micro_sizes):
             waiting = time.perf_counter()
             batch = next(batches)
             if step_log is not None:
@@ -362,25 +388,16 @@ def _train_epoch(
             if mixup is not None:
                 mix = mix or draw_mix(mixup, images.shape)
                 images, targets = apply_mix(images, targets, mixup, *mix)
-            sync = micro_step == micro_steps - 1
+            sync = micro_step == len(micro_sizes) - 1
             with _no_sync(train_model, sync), _autocast(world.device, amp_dtype):
                 loss = loss_fn(train_model(images).float(), targets)
-                weighted = loss * (images.shape[0] / step_images)
+                weighted = loss * (size * world.world_size / global_images)
                 (scaler.scale(weighted) if scaler else weighted).backward()
-            step_loss += torch.stack([loss.detach().double() * images.shape[0],
-                                      torch.tensor(images.shape[0], device=world.device, dtype=torch.float64)])
+            step_loss += loss.detach().double() * size
+            step_images += size
         if whole:
             average_grads(whole, world)
-        bad = all_reduce_max((~torch.isfinite(step_loss[:1])).float(), world)
-        if bad.item():
-            optimizer.zero_grad(set_to_none=True)
-            bar.close()
-            good = read_metadata(run_dir / LAST).get("moejet.epoch", "?") if (run_dir / LAST).exists() else "none"
-            raise UserError(
-                f"the training loss became non-finite at epoch {epoch + 1}, step {step_in_epoch + 1} "
-                f"(optimizer step {state['step'] + 1}); stopped. The last good checkpoint is {run_dir / LAST} "
-                f"(epoch {good}): lower optim.lr or raise schedule.warmup_epochs, then --resume {run_dir}"
-            )
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step_loss), state["step"] + 1, first_bad)
         if scaler is not None:
             scaler.unscale_(optimizer)
         if config.optim.clip_grad is not None:
@@ -395,22 +412,44 @@ def _train_epoch(
         scheduler.step_update(state["step"])
         if ema is not None:
             ema.update(model, step=state["step"])
-        loss_sum += step_loss
+        loss_sum[0] += step_loss
+        loss_sum[1] += step_images  # a Python number: no copy to the device
         bar.update(1)
-        if progress and world.is_main:
-            bar.set_postfix(loss=f"{(step_loss[0] / step_loss[1]).item():.4f}",
-                            lr=f"{max(g['lr'] for g in optimizer.param_groups):.3g}")
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        # the same steps on every rank: the check is collective
+        logging = t.log_every > 0 and (step_in_epoch + 1) % t.log_every == 0
+        saving = save_point is not None and (step_in_epoch + 1) % t.recovery_every == 0 and step_in_epoch + 1 < steps
+        if logging or saving:
+            _stop_if_nonfinite(first_bad, world, run_dir, steps, optimizer, bar)
         if step_log is not None:
-            line = step_log.step(step_in_epoch + 1, step_loss[0].item(), int(step_loss[1].item()),
-                                 max(g["lr"] for g in optimizer.param_groups))
+            line = step_log.step(step_in_epoch + 1, step_loss, step_images, global_images, lr)
             if line is not None:
                 (tqdm.write if progress else print)(f"moejet train: {line}")
-        every = config.train.recovery_every
-        if save_point is not None and (step_in_epoch + 1) % every == 0 and step_in_epoch + 1 < steps:
+                bar.set_postfix(loss=step_log.last_loss, lr=f"{lr:.3g}")
+        if saving:
             save_point(step_in_epoch + 1, loss_sum)
+    _stop_if_nonfinite(first_bad, world, run_dir, steps, optimizer, bar)
     bar.close()
     loss_sum = all_reduce_sum(loss_sum, world)
     return (loss_sum[0] / loss_sum[1]).item(), int(loss_sum[1].item())
+
+
+def _stop_if_nonfinite(first_bad: torch.Tensor, world: World, run_dir: Path, steps_per_epoch: int,
+                       optimizer: torch.optim.Optimizer, bar: Any) -> None:
+    """Raise if any rank saw a non-finite loss (one all-reduce and one sync); the weights past that step are not
+    saved."""
+    bad_step = int(all_reduce_max(first_bad.clone(), world).item())
+    if bad_step < 0:
+        return
+    optimizer.zero_grad(set_to_none=True)
+    bar.close()
+    good = read_metadata(run_dir / LAST).get("moejet.epoch", "?") if (run_dir / LAST).exists() else "none"
+    epoch, step = divmod(bad_step - 1, steps_per_epoch)
+    raise UserError(
+        f"the training loss became non-finite at epoch {epoch + 1}, step {step + 1} (optimizer step {bad_step}); "
+        f"stopped. The last good checkpoint is {run_dir / LAST} (epoch {good}): lower optim.lr or raise "
+        f"schedule.warmup_epochs, then --resume {run_dir}"
+    )
 
 
 @torch.no_grad()
@@ -447,7 +486,8 @@ def evaluate(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over every rank's shard of the data."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, device=world.device, dtype=torch.float64)  # correct@1, correct@5, loss sum, images
+    sums = torch.zeros(3, device=world.device, dtype=torch.float64)  # correct@1, correct@5, loss sum
+    count = 0  # images: a Python int, so no batch waits for the device
     # a sharded model's forward is collective: ranks with fewer batches repeat their last one, uncounted
     repeats = 0
     if is_sharded(model):
@@ -461,8 +501,8 @@ def evaluate(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
         top = logits.topk(k, dim=-1).indices
         hit = top == targets[:, None]
         sums += torch.stack([hit[:, 0].sum(), hit.any(dim=-1).sum(),
-                             nn.functional.cross_entropy(logits, targets, reduction="sum"),
-                             torch.tensor(targets.numel(), device=world.device)]).double()
+                             nn.functional.cross_entropy(logits, targets, reduction="sum")]).double()
+        count += targets.shape[0]
     if repeats and images is None:
         raise UserError(f"the validation set has fewer images than the {world.world_size} processes: use fewer "
                         "processes or a larger validation set")
@@ -472,10 +512,10 @@ def evaluate(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
     if is_sharded(model):
         model.reshard()  # FSDP keeps the root's parameters whole after a forward without backward
     model.train(was_training)
-    sums = all_reduce_sum(sums, world)
-    n = max(sums[3].item(), 1.0)
-    return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
-            "images": int(sums[3].item())}
+    sums = all_reduce_sum(torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=world.device)]),
+                          world).tolist()  # one sync for the whole evaluation
+    n = max(sums[3], 1.0)
+    return {"top1": 100 * sums[0] / n, "top5": 100 * sums[1] / n, "loss": sums[2] / n, "images": int(sums[3])}
 
 
 def _routing(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torch.dtype | None,
@@ -497,24 +537,14 @@ def _routing(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World) -> DataLoader:
-    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact)."""
+def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None
+                 ) -> DataLoader:
+    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact); the workers stay
+    between evaluations."""
     shard = Subset(dataset, range(world.rank, len(dataset), world.world_size)) if world.enabled else dataset
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers,
+    workers = config.data.num_workers or 0 if workers is None else workers
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=config.data.pin_memory and world.device.type == "cuda")
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler whose epoch order can start at position ``start``: a mid-epoch resume skips the images
-    already trained on without loading them (the order itself is a function of (seed, epoch) only)."""
-
-    start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -536,8 +566,12 @@ def _to_device(batch: Any, device: torch.device, channels_last: bool) -> tuple[t
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp``'s dtype. ``auto``: bf16 on a GPU that computes in bf16 natively (never emulated: that is
+    slower than fp32), else fp16 with a grad scaler; no autocast on a CPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if amp == "fp16" and device.type != "cuda":
         raise UserError("config key train.amp = 'fp16' needs a CUDA GPU (grad scaler): use bf16 or none on the CPU")
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -580,10 +614,44 @@ def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], op
     weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, world)
     if not world.is_main:
         return
+    payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
+    if metrics:  # what this save writes: the weights, the state (optimizer, EMA) and best's copy of the weights
+        weight_bytes = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module) else weights)
+        metrics[-1]["checkpoint_bytes"] = weight_bytes * (1 + is_best) + tensor_bytes(payload)
+    _write_metrics(run_dir, metrics)
+    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def _save_between(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], state: dict[str, Any],
+                  metrics: list[dict[str, Any]], is_best: bool, world: World) -> None:
+    """An epoch without a checkpoint (``train.save_every``): its metrics row, and best's weights if it is the best."""
+    weights = model
+    if is_best and is_sharded(model):  # gathering the full weights is collective
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.is_main:
+        return
+    metrics[-1]["checkpoint_bytes"] = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module)
+                                                   else weights) if is_best else 0
+    _write_metrics(run_dir, metrics)
+    if is_best:
+        save_model(weights, run_dir / BEST, name, kwargs,
+                   metadata={"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])})
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
     with atomic_output(run_dir / METRICS_FILE) as tmp:  # rows past the committed epoch are dropped on resume
         tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-    payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
-    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -48,7 +48,8 @@ def evaluate_checkpoint(
             )
         model.to(world.device)
         loader = _eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, world)
-        result = evaluate(model, loader, world, _amp_dtype(config.train.amp, world.device), config.train.channels_last)
+        result = evaluate(model, loader, world, _amp_dtype(config.train.amp, world.device),
+                          bool(config.train.channels_last))
         return {"checkpoint": str(checkpoint), "model": name, "dataset": config.data.dataset, **result}
     finally:
         teardown(world)

@@ -82,31 +82,40 @@ def peak_memory_mb(device: torch.device) -> tuple[str, float]:
 
 class StepLog:
     """One line every ``every`` optimizer steps (``train.log_every``): the window's mean train loss, the lr,
-    images/s over all processes, the share of the window spent waiting for data, and peak memory."""
+    images/s over all processes and per process, the share of the window spent waiting for data, and peak memory.
+    Loss sums stay on the device; the only sync is on a printing step."""
 
     def __init__(self, every: int, epoch: int, epochs: int, steps: int, world_size: int, device: torch.device):
         self.every, self.epoch, self.epochs, self.steps = every, epoch, epochs, steps
         self.world_size, self.device = world_size, device
+        self.last_loss: str | None = None
         self._reset()
 
     def _reset(self) -> None:
-        self.start, self.data_s, self.loss_sum, self.images = time.perf_counter(), 0.0, 0.0, 0
+        self.start, self.data_s, self.images, self.global_images = time.perf_counter(), 0.0, 0, 0
+        self.loss_sum: torch.Tensor | float = 0.0
 
     def waited(self, seconds: float) -> None:
         self.data_s += seconds
 
-    def step(self, step_in_epoch: int, loss_sum: float, images: int, lr: float) -> str | None:
-        """Record one finished step (1-based ``step_in_epoch``; this process's loss sum and images); returns the
-        line to print when the window is full or the epoch ends."""
-        self.loss_sum += loss_sum
+    def due(self, step_in_epoch: int) -> bool:
+        """Whether 1-based ``step_in_epoch`` prints a line."""
+        return step_in_epoch % self.every == 0 or step_in_epoch == self.steps
+
+    def step(self, step_in_epoch: int, loss_sum: torch.Tensor, images: int, global_images: int, lr: float
+             ) -> str | None:
+        """Record one finished step (1-based ``step_in_epoch``; this process's loss sum and images, the step's images
+        over all processes); returns the line to print when the window is full or the epoch ends."""
+        self.loss_sum = self.loss_sum + loss_sum
         self.images += images
-        if step_in_epoch % self.every and step_in_epoch != self.steps:
+        self.global_images += global_images
+        if not self.due(step_in_epoch):
             return None
         seconds = max(time.perf_counter() - self.start, 1e-9)
         kind, mib = peak_memory_mb(self.device)
-        line = (f"epoch {self.epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps}  "
-                f"loss {self.loss_sum / max(self.images, 1):.4f}  lr {lr:.3g}  "
-                f"{self.images * self.world_size / seconds:.1f} img/s  data {100 * self.data_s / seconds:.0f}%  "
-                f"peak {kind} {mib:.0f} MiB")
+        self.last_loss = f"{float(self.loss_sum) / max(self.images, 1):.4f}"
+        line = (f"epoch {self.epoch + 1}/{self.epochs} step {step_in_epoch}/{self.steps}  loss {self.last_loss}  "
+                f"lr {lr:.3g}  {self.global_images / seconds:.1f} img/s ({self.images / seconds:.1f} per process)  "
+                f"data {100 * self.data_s / seconds:.0f}%  peak {kind} {mib:.0f} MiB")
         self._reset()
         return line
