@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from entmax import entmax15
 from timm.layers import drop_path
 from torch.autograd.function import once_differentiable
 
+from .entmax import entmax15
 from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts_over_slots, fast_banks_ok, tracing
 
 COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
