@@ -14,8 +14,10 @@ def test_batch_plan_reaches_the_global_batch(tiny_config):
     config = tiny_config(train={"batch_size": 512, "micro_batch_size": 64})
     assert batch_plan(config, 1) == (64, 8) and batch_plan(config, 4) == (64, 2)
     assert batch_plan(tiny_config(train={"batch_size": 512}), 4) == (128, 1)
-    with pytest.raises(UserError, match=r"batch_size = 512 is not divisible by train.micro_batch_size \(64\) x 3"):
-        batch_plan(config, 3)
+    assert batch_plan(config, 3) == (64, 3)  # shares of 171, 171 and 170 images in 3 micro-batches of at most 64
+    assert batch_plan(tiny_config(train={"batch_size": 512}), 3) == (171, 1)
+    with pytest.raises(UserError, match=r"batch_size = 512 is smaller than the 1024 processes"):
+        batch_plan(config, 1024)
     assert config.lr == 2e-3 and tiny_config(optim={"lr": None}, train={"batch_size": 512}).lr == 4e-3 * 512 / 4096
 
 
@@ -31,7 +33,7 @@ def test_batch_plan_reaches_the_global_batch(tiny_config):
     ("schedule.warmup_epochs=5", "config key schedule.warmup_epochs = 5 is invalid: must be in [0, schedule.epochs=2)"),
     ("train.amp=fp8", "config key train.amp = 'fp8' is invalid: use one of auto, none, bf16, fp16"),
     ("model.init=checkpoint", "config key model.init_checkpoint = None is invalid: model.init is 'checkpoint'"),
-    ("train.micro_batch_size=3", "config key train.micro_batch_size = 3 is invalid: must divide train.batch_size=8"),
+    ("train.micro_batch_size=0", "config key train.micro_batch_size = 0 is invalid: must be >= 1 or null"),
     ("optim", "override 'optim' is not of the form section.key=value"),
     ("model.kwargs.img_size=48", "config key model.kwargs.img_size = 48 differs from data.img_size = 32: set them "
                                  "equal (or drop model.kwargs.img_size)"),

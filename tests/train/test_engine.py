@@ -143,7 +143,8 @@ def test_torchrun_two_processes_keep_the_global_batch(train_vit, tiny_config, wr
         env=moejet_env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("global batch 8 = 2 x 2 x 2 accumulation") == 1  # only rank 0 prints
+    # only rank 0 prints
+    assert proc.stdout.count("global batch 8 on 2 process(es), micro-batches of up to 2 x 2 accumulation") == 1
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["train_images"]) for r in ddp] == [(r["step"], r["train_images"]) for r in single] == [
         (3, 20)]

@@ -70,7 +70,7 @@ def test_step_lines_every_n_steps_average_the_window(tiny_config, tmp_path, caps
     losses = [float(line.split("loss ")[1].split()[0]) for line in lines]
     # the two windows (16 and 4 images) average to the epoch's train loss
     assert (16 * losses[0] + 4 * losses[1]) / 20 == pytest.approx(rows[0]["train_loss"], abs=1e-4)
-    assert all(" img/s  data " in line and "%  peak rss " in line and line.endswith(" MiB") for line in lines)
+    assert all(" per process)  data " in line and "%  peak rss " in line and line.endswith(" MiB") for line in lines)
     capsys.readouterr()
     train(tiny_config(train={"log_every": 0}, schedule={"epochs": 1}), tmp_path / "quiet", progress=False)
     assert " step " not in capsys.readouterr().out
