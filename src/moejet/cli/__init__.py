@@ -16,6 +16,8 @@ import tempfile
 import time
 import traceback
 
+import torch
+
 from ..errors import UserError
 from ..malloc import keep_freed_memory
 
@@ -63,7 +65,7 @@ def run(argv: list[str] | None = None, program: bool = False) -> int:
         parser.print_help()
         return 0
     try:
-        if program:
+        if program and not torch.cuda.is_available():  # CPU runs: a GPU run's host memory is not its hot path
             keep_freed_memory()
         return int(args.func(args) or 0)
     except UserError as err:

@@ -192,6 +192,8 @@ class SpheroMoE(nn.Module):
         # queries: LayerNorm (as the tokens), then onto the unit hypersphere
         queries = F.normalize(self.query_norm(self.queries), dim=-1)  # (S, d)
         logits = keys @ queries.t()  # (b, n, S): S = Q_norm K^T, stored transposed
+        if torch.is_autocast_enabled(logits.device.type):  # route in fp32: temperatures, noise, softmax / entmax
+            logits = logits.float()
         noisy = (self.training or self.noise_in_eval) and self.noise_std > 0
         if noisy and not self.noise_after_temperature:  # Algorithm 1: S + noise, then the temperatures
             logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output

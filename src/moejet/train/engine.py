@@ -257,8 +257,12 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             tmp.write_text(dump_config(config) + CONFIG_END)
 
     train_model: nn.Module = model
-    if t.compile:
+    eval_model, ema_model = model, ema.module if ema is not None else None
+    if t.compile:  # training, evaluation and the EMA's evaluation (telemetry records tensors: it stays eager)
         train_model = torch.compile(model)
+        if not fsdp:  # a sharded model's evaluation is collective and checks its FSDP state: eager
+            eval_model = train_model
+            ema_model = torch.compile(ema.module) if ema is not None else None
     if world.enabled and not fsdp:
         train_model = wrap_ddp(train_model, world, t.ddp_comm)
     logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
@@ -300,9 +304,9 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
                                "train_images": images}
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_prefixed(evaluate(model, val_loader, world, amp_dtype, channels_last), "val_"))
+            row.update(_prefixed(evaluate(eval_model, val_loader, world, amp_dtype, channels_last), "val_"))
             if ema is not None:
-                ema_eval = evaluate(ema.module, val_loader, world, amp_dtype, channels_last)
+                ema_eval = evaluate(ema_model, val_loader, world, amp_dtype, channels_last)
                 row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
             if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
                 routing = _routing(model, telemetry_loader, world, amp_dtype, channels_last)
