@@ -11,6 +11,8 @@ subprocess environments (``moejet_env``), and the recycling predecessors (``recy
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
 
@@ -153,6 +155,20 @@ def nan_loss_at_step(monkeypatch):
     """``nan_loss_at_step(k)``: from now on in this test, training's loss is NaN at optimizer step k (1-based,
     counted from the start of each ``train`` call). ``monkeypatch.undo()`` removes the fault."""
     return lambda k: install_nan_loss(k, monkeypatch.setattr)
+
+
+@pytest.fixture(scope="session")
+def torchrun(moejet_env):
+    """``torchrun(*args, nproc=2, program=("-m", "moejet"))``: ``program *args --no-progress`` under torchrun with
+    ``nproc`` CPU (gloo) processes; returns the finished process (stdout and stderr captured)."""
+
+    def run(*args, nproc=2, program=("-m", "moejet")):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+             *map(str, program), *map(str, args), "--no-progress"],
+            env=moejet_env, capture_output=True, text=True, timeout=300)
+
+    return run
 
 
 @pytest.fixture(scope="session")

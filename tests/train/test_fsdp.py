@@ -5,8 +5,6 @@ The multi-process tests launch ``torchrun`` with 2 gloo processes on the CPU (FS
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,31 +45,29 @@ def write_run_config(tiny_config, sections):
 
 
 @pytest.fixture(scope="module")
-def torchrun(moejet_env):
-    """``torchrun(*args, nan_at_step=None)``: ``moejet *args`` under torchrun with 2 CPU processes (with the NaN
-    fault of tests/helpers/nan_loss_at_step.py at that optimizer step); returns the finished process."""
+def torchrun2(torchrun):
+    """``torchrun2(*args, nan_at_step=None)``: ``moejet *args`` on 2 processes, with the NaN fault of
+    tests/helpers/nan_loss_at_step.py at that optimizer step when given."""
 
     def run(*args, nan_at_step=None):
-        program = ["-m", "moejet"] if nan_at_step is None else [str(HELPERS / "nan_loss_at_step.py"), str(nan_at_step)]
-        return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *program,
-             *map(str, args), "--no-progress"], env=moejet_env, capture_output=True, text=True, timeout=300)
+        program = ("-m", "moejet") if nan_at_step is None else (HELPERS / "nan_loss_at_step.py", nan_at_step)
+        return torchrun(*args, program=program)
 
     return run
 
 
 @pytest.fixture(scope="module")
-def runs(write_run_config, torchrun, tmp_path_factory):
+def runs(write_run_config, torchrun2, tmp_path_factory):
     """2-epoch runs with 2 processes: ddp, fsdp (a recovery point every step), and fsdp stopped by a NaN at
     optimizer step 5 (epoch 2, after its recovery point at step 4), then resumed."""
     tmp = tmp_path_factory.mktemp("fsdp")
     done = {}
     for name, keys in (("ddp", {}), ("fsdp", {"strategy": "fsdp", "recovery_every": 1})):
-        proc = torchrun("train", "--config", write_run_config(tmp / f"{name}.yaml", **keys), "--out", tmp / name)
+        proc = torchrun2("train", "--config", write_run_config(tmp / f"{name}.yaml", **keys), "--out", tmp / name)
         assert proc.returncode == 0, proc.stderr[-3000:]
         done[name] = tmp / name
     killed = tmp / "killed"
-    proc = torchrun("train", "--config", write_run_config(tmp / "killed.yaml", strategy="fsdp", recovery_every=1),
+    proc = torchrun2("train", "--config", write_run_config(tmp / "killed.yaml", strategy="fsdp", recovery_every=1),
                     "--out", killed, nan_at_step=5)
     assert proc.returncode != 0 and "non-finite at epoch 2, step 2" in proc.stdout + proc.stderr
     pointer = read_pointer(killed)  # stopped inside epoch 2: epoch 1 + its first step are committed, sharded
@@ -79,7 +75,7 @@ def runs(write_run_config, torchrun, tmp_path_factory):
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [
         "epoch-0001.dcp", "epoch-0001.safetensors", "epoch-0001.state.pt", "recovery-0001-00000004.dcp",
         "recovery-0001-00000004.safetensors", "recovery-0001-00000004.state.pt"]
-    proc = torchrun("train", "--resume", killed)  # the cause is gone
+    proc = torchrun2("train", "--resume", killed)  # the cause is gone
     assert proc.returncode == 0, proc.stderr[-3000:]
     done["killed"] = killed
     return done, tmp
@@ -180,7 +176,7 @@ def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages(train
     assert shard_units(mlp) == []  # only the root is sharded
 
 
-def test_fsdp_shards_convnext_stages_like_ddp(tiny_config, sections, torchrun, tmp_path):
+def test_fsdp_shards_convnext_stages_like_ddp(tiny_config, sections, torchrun2, tmp_path):
     kwargs = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 2), moe_layers=(2, 3, 4, 5), core_experts=(0, 0, 2, 2),
                   univ_experts=(0, 0, 4, 4))
     weights = {}
@@ -188,7 +184,7 @@ def test_fsdp_shards_convnext_stages_like_ddp(tiny_config, sections, torchrun, t
         config = tiny_config(**{**sections, "model": {"name": "cjetmoe_femto", "kwargs": kwargs},
                                 "train": {**sections["train"], "strategy": strategy}})
         (tmp_path / f"{strategy}.yaml").write_text(dump_config(config))
-        proc = torchrun("train", "--config", tmp_path / f"{strategy}.yaml", "--out", tmp_path / strategy)
+        proc = torchrun2("train", "--config", tmp_path / f"{strategy}.yaml", "--out", tmp_path / strategy)
         assert proc.returncode == 0, proc.stderr[-3000:]
         weights[strategy] = load_file(tmp_path / strategy / "last.safetensors")
     a, b = weights["ddp"], weights["fsdp"]

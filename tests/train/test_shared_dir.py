@@ -1,21 +1,15 @@
 """Multi-node runs need the run directory on a filesystem every process sees: a rank that does not see it stops the
 run with one line, on every rank, before any work."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 HELPER = Path(__file__).resolve().parents[1] / "helpers" / "unshared_run_dir.py"
 
 
-def test_a_rank_that_does_not_see_the_run_directory_stops_the_run(tiny_config_dict, write_config, moejet_env,
+def test_a_rank_that_does_not_see_the_run_directory_stops_the_run(tiny_config_dict, write_config, torchrun,
                                                                   tmp_path):
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config_dict(schedule={"epochs": 1}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HELPER),
-         "train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"],
-        env=moejet_env, capture_output=True, text=True, timeout=300,
-    )
+    proc = torchrun("train", "--config", cfg, "--out", tmp_path / "run", program=(HELPER,))
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("moejet train: error:")]
     assert len(errors) == 2
