@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.data import Mixup
+from timm.data.loader import fast_collate
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 from timm.models.convnext import ConvNeXt
 from timm.scheduler import CosineLRScheduler
@@ -170,7 +171,8 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     meta_name, meta_kwargs = config.model.name, {**config.model.kwargs}
     with torch.device("meta"):
         probe = build.create_model(meta_name, meta_kwargs, pretrained=False)
-    train_tf, val_tf = build.build_transforms(config, probe)
+    prefetch = build.uses_prefetcher(world.device)
+    train_tf, val_tf = build.build_transforms(config, probe, prefetch)
     train_ds = build.build_dataset(config, "train", train_tf)
     val_ds = build.build_dataset(config, "val", val_tf)
     num_classes = build.num_classes_of(train_ds, config)
@@ -208,11 +210,17 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     train_loader = DataLoader(  # workers live for the whole run: the sampler's (epoch, index) keys seed each image
         train_samples, batch_sampler=sampler, generator=loader_rng, num_workers=workers,
         pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0,
+        persistent_workers=workers > 0, collate_fn=fast_collate if prefetch else None,
     )
-    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers)
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers, prefetch)
+    if prefetch:
+        train_loader = build.device_loader(train_loader, config, probe, world.device, training=True)
+        val_loader = build.device_loader(val_loader, config, probe, world.device, training=False)
     telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
-                                  batch_size=t.eval_batch_size or micro, num_workers=0)
+                                  batch_size=t.eval_batch_size or micro, num_workers=0,
+                                  collate_fn=fast_collate if prefetch else None)
+    if prefetch:
+        telemetry_loader = build.device_loader(telemetry_loader, config, probe, world.device, training=False)
     # every image every epoch (a last step with fewer images than processes aside), the last global batch smaller
     steps_per_epoch = sampler.steps
     if t.max_steps_per_epoch:
@@ -541,14 +549,15 @@ def _routing(model: nn.Module, loader: DataLoader, world: World, amp_dtype: torc
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None
-                 ) -> DataLoader:
+def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,
+                 uint8: bool = False) -> DataLoader:
     """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact); the workers stay
-    between evaluations."""
+    between evaluations. ``uint8``: batches of uint8 images (for :func:`.build.device_loader`)."""
     shard = Subset(dataset, range(world.rank, len(dataset), world.world_size)) if world.enabled else dataset
     workers = config.data.num_workers or 0 if workers is None else workers
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=config.data.pin_memory and world.device.type == "cuda")
+                      pin_memory=config.data.pin_memory and world.device.type == "cuda",
+                      collate_fn=fast_collate if uint8 else None)
 
 
 def _seed_worker(worker_id: int) -> None:
