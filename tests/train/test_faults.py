@@ -73,14 +73,18 @@ def crash_at_fsync(monkeypatch, k):
     return calls
 
 
-def test_a_crash_at_every_write_of_a_save_leaves_the_run_resumable(after_one_epoch, straight, tmp_path, monkeypatch):
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background-save"])
+def test_a_crash_at_every_write_of_a_save_leaves_the_run_resumable(after_one_epoch, straight, tmp_path, monkeypatch,
+                                                                   background):
+    # with train.background_save the writes run in rank 0's writer thread; its crash surfaces when the run waits
+    overrides = ["train.background_save=true"] if background else []
     k, crashed = 1, True
     while crashed:
         run = tmp_path / f"k{k}"
         shutil.copytree(after_one_epoch, run)
         calls = crash_at_fsync(monkeypatch, k)
         try:
-            train(run_dir=run, resume=True, progress=False, verbose=False)
+            train(run_dir=run, resume=True, overrides=overrides, progress=False, verbose=False)
             crashed = False  # k is past the last write of the epoch-2 save
         except Crash:
             pass
@@ -252,8 +256,10 @@ def tiny_yaml(tiny_config):
     return write
 
 
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tiny_yaml, tmp_path):
-    config = tiny_yaml(tmp_path / "tiny.yaml", recovery_every=1)  # kills land before, between and in recovery writes
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background-save"])
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(tiny_yaml, tmp_path, background):
+    # kills land before, between and in recovery writes (and, with background_save, in the writer thread's writes)
+    config = tiny_yaml(tmp_path / "tiny.yaml", recovery_every=1, background_save=background)
     straight = cli("train", "--config", config, "--out", tmp_path / "straight", "--no-progress")
     assert straight.wait() == 0, straight.stderr.read()
     rng = random.Random(0)

@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,54 @@ def save_recovery(run_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor
         raise _write_error(run_dir, target, err, pointer) from None
     new = {weights, state, sharded_path(weights)}
     _unlink(run_dir, [rel for rel in _recovery_files(pointer) if run_dir / rel not in new])
+
+
+class BackgroundWriter:
+    """Runs rank 0's checkpoint writes in a thread while training goes on (``train.background_save``).
+
+    ``submit(fn, *args)`` first waits for the previous write, so saves stay in order and the pointer-last commit of
+    each is unchanged; an error (or a kill) in a write is raised by the next ``submit`` or ``wait``. The caller
+    hands over host copies (:func:`host_copy`) of everything training will change. Disabled, ``submit`` just calls.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.wait()
+        if not self.enabled:
+            fn(*args)
+            return
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as err:  # noqa: BLE001  (re-raised in the training thread)
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="moejet-checkpoint", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to host memory (nested dicts, lists and tuples rebuilt, the rest shared)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
 
 
 def _write_error(run_dir: Path, target: Path, err: Exception, previous: dict[str, Any] | None) -> UserError:

@@ -132,6 +132,9 @@ class TrainConfig:
     ddp_comm: str = "fp32"  # fp32 | bf16: DDP's gradient all-reduce in bf16 (half the bytes; torch's compression hook)
     fsdp_reshard_after_forward: bool = True  # fsdp: free each unit's gathered weights after its forward (less memory)
     save_every: int = 1  # epochs between checkpoints (the last epoch, and where --stop-after stops, always save)
+    # write rank 0's checkpoints in a thread while training goes on, from host copies (one more copy of the weights
+    # and optimizer state in host memory while it writes)
+    background_save: bool = False
     dist_timeout_min: float = 60.0  # how long processes wait for each other (rank 0 recycling, downloads)
 
 

@@ -58,6 +58,8 @@ from .checkpointing import (
     LAST,
     METRICS_FILE,
     POINTER,
+    BackgroundWriter,
+    host_copy,
     is_run_dir,
     load_sharded,
     load_state,
@@ -282,6 +284,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
               f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
 
     epochs_run = 0
+    writer = BackgroundWriter(t.background_save and world.is_main)
     for epoch in range(state["epoch"], config.schedule.epochs):
         if stop_after is not None and epochs_run >= stop_after:
             break
@@ -297,9 +300,13 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             recovery = None
         sampler.start_step = start_step
         start = time.perf_counter() - done_s
-        save_point = functools.partial(
+        recovery_point = functools.partial(
             _save_recovery, run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, mixup, state,
             layout, world, start)
+
+        def save_point(step_in_epoch: int, loss_sum: torch.Tensor, recovery_point=recovery_point) -> None:
+            writer.wait()  # the epoch's save before it is committed first
+            recovery_point(step_in_epoch, loss_sum)
         train_loss, images = _train_epoch(
             config, epoch, train_model, model, train_loader, steps_per_epoch, accum, optimizer, scheduler, scaler,
             ema, mixup, loss_fn, amp_dtype, state, run_dir, world, progress, start_step, loss_sum.to(world.device),
@@ -336,8 +343,9 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         stopping = stop_after is not None and epochs_run + 1 >= stop_after
         if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
             _save(run_dir, model, model_name, model_kwargs, optimizer, scheduler, scaler, ema, state, metrics, is_best,
-                  world)
+                  world, writer)
         else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+            writer.wait()
             _save_between(run_dir, model, model_name, model_kwargs, state, metrics, is_best, world)
         if world.is_main:
             if verbose:
@@ -347,6 +355,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
             if on_epoch is not None:
                 on_epoch(row)
         epochs_run += 1
+    writer.wait()  # the last save is committed before the run returns
     for close in closes:
         close()
     return metrics
@@ -621,18 +630,25 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
 
 def _save(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], optimizer: torch.optim.Optimizer,
           scheduler: Any, scaler: Any, ema: ModelEmaV3 | None, state: dict[str, Any],
-          metrics: list[dict[str, Any]], is_best: bool, world: World) -> None:
+          metrics: list[dict[str, Any]], is_best: bool, world: World, writer: BackgroundWriter | None = None) -> None:
     """metrics, then the epoch's weights + state committed together by rank 0 (see :mod:`.checkpointing`); a
-    sharded model's optimizer shards are written by every rank first."""
+    sharded model's optimizer shards are written by every rank first. ``writer``: rank 0's writes in the
+    background, from host copies taken now."""
+    if writer is not None:
+        writer.wait()  # the previous save is committed (or its error raised) before this one starts
     weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, optimizer, world)
     if not world.is_main:
         return
     payload = _payload(optimizer, scheduler, scaler, ema, state, rng_state(), sharded=sharded)
+    weights = weights.state_dict() if isinstance(weights, nn.Module) else weights
     if metrics:  # what this save writes: the weights, the state (optimizer, EMA) and best's copy of the weights
-        weight_bytes = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module) else weights)
-        metrics[-1]["checkpoint_bytes"] = weight_bytes * (1 + is_best) + tensor_bytes(payload)
+        metrics[-1]["checkpoint_bytes"] = tensor_bytes(weights) * (1 + is_best) + tensor_bytes(payload)
     _write_metrics(run_dir, metrics)
-    save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+    if writer is not None and writer.enabled:
+        weights, payload = host_copy(weights), host_copy(payload)
+        writer.submit(save_checkpoint, run_dir, weights, name, kwargs, payload, is_best)
+    else:
+        save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
 
 
 def _save_between(run_dir: Path, model: nn.Module, name: str, kwargs: dict[str, Any], state: dict[str, Any],
