@@ -12,7 +12,7 @@ def test_a_rank_that_does_not_see_the_run_directory_stops_the_run(tiny_config_di
     proc = torchrun("train", "--config", cfg, "--out", tmp_path / "run", program=(HELPER,))
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("moejet train: error:")]
-    assert len(errors) == 2
+    assert errors  # every rank raises; torchrun may stop the others before they print, once one has failed
     assert all("do not see the run directory" in e and "filesystem every node shares" in e for e in errors)
     assert "Traceback" not in proc.stderr.split("moejet train: error:")[0]
     assert not (tmp_path / "run" / "checkpoint.json").exists()
