@@ -89,9 +89,9 @@ def test_every_module_has_a_layer():
 
 
 def test_the_parser_sees_relative_absolute_and_function_level_imports():
-    engine = {(m, top) for m, _, top in imports("moejet.train.engine")}
-    assert ("moejet.train.build", True) in engine  # from . import build
-    assert ("moejet.io.weights", True) in engine  # from ..io.weights import ...
+    run = {(m, top) for m, _, top in imports("moejet.train.run")}
+    assert ("moejet.train.build", True) in run  # from . import build
+    assert ("moejet.io.files", True) in run  # from ..io.files import ...
     cli = {m for m, _, top in imports("moejet.cli") if not top}
     assert "moejet.train.distributed" in cli  # a function-level import
 

@@ -26,10 +26,9 @@ from moejet.cli import main
 from moejet.data import datasets
 from moejet.errors import UserError
 from moejet.io.weights import save_model
-from moejet.train import build, load_config, train
+from moejet.train import build, load_config, read_metrics, train
 from moejet.train.checkpointing import read_pointer
 from moejet.train.config import dump_config
-from moejet.train.engine import read_metrics
 
 CONFIG = dict(train={"batch_size": 8, "seed": 0, "deterministic": True, "ema": True, "ema_decay": 0.9,
                      "max_steps_per_epoch": 2})
@@ -336,9 +335,9 @@ def test_augmentations_do_not_depend_on_the_number_of_workers(mid_straight):
 
 def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_config, mid_straight, tmp_path,
                                                                           monkeypatch):
-    from moejet.train import engine
+    from moejet.train import checkpointing
 
-    seen, real = [], engine.save_recovery
+    seen, real = [], checkpointing.save_recovery
 
     def spy(run_dir, model, name, kwargs, payload):
         real(run_dir, model, name, kwargs, payload)
@@ -347,7 +346,7 @@ def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_co
         seen.append((pointer["epoch"], pointer["recovery"]["step_in_epoch"], state["step"], len(state["rng"]),
                      run_files(run_dir)))
 
-    monkeypatch.setattr(engine, "save_recovery", spy)
+    monkeypatch.setattr(checkpointing, "save_recovery", spy)
     run = tmp_path / "run"
     rows = train(mid_config(), run, progress=False, verbose=False)
     assert [s[:4] for s in seen] == [(0, 3, 3, 1), (0, 6, 6, 1), (1, 3, 11, 1), (1, 6, 14, 1)]
@@ -364,9 +363,9 @@ def test_recovery_points_are_committed_then_superseded_and_change_nothing(mid_co
 
 def crash_at_recovery(monkeypatch, n):
     """A kill just before the n-th recovery point is written: the steps since the previous one are lost."""
-    from moejet.train import engine
+    from moejet.train import checkpointing
 
-    calls, real = {"n": 0}, engine.save_recovery
+    calls, real = {"n": 0}, checkpointing.save_recovery
 
     def save(*args):
         calls["n"] += 1
@@ -374,7 +373,7 @@ def crash_at_recovery(monkeypatch, n):
             raise Crash("killed")
         real(*args)
 
-    monkeypatch.setattr(engine, "save_recovery", save)
+    monkeypatch.setattr(checkpointing, "save_recovery", save)
 
 
 def count_train_images(monkeypatch):
@@ -426,13 +425,14 @@ def mid_recovery(mid_config, tmp_path_factory):
 
 def test_a_crash_at_every_write_of_a_recovery_point_leaves_the_run_resumable(mid_recovery, mid_straight, tmp_path,
                                                                             monkeypatch):
-    from moejet.train import engine
+    from moejet.train import run as run_module
 
     for k in range(3, 9):  # after config.yaml (2): the recovery weights, state, pointer, file and directory each
         run = tmp_path / f"k{k}"
         shutil.copytree(mid_recovery, run)
         crash_at_fsync(monkeypatch, k)
-        monkeypatch.setattr(engine, "_save", lambda *args: pytest.fail("the recovery write was not interrupted"))
+        monkeypatch.setattr(run_module, "save_epoch",
+                            lambda *args, **kwargs: pytest.fail("the recovery write was not interrupted"))
         with pytest.raises(Crash):
             train(run_dir=run, resume=True, progress=False, verbose=False)
         monkeypatch.undo()
@@ -489,11 +489,11 @@ def _recovery_worker(rank, ports, root, config):
     """One of 2 gloo ranks: an uninterrupted run, then a run that crashes before its 2nd recovery point (epoch 1,
     after step 5; the point kept is step 3), then its resume. Every rank crashes at the same step: none is left
     waiting in a collective. ``config``: ``mid_config(device="cpu")``."""
-    from moejet.train import engine
+    from moejet.train import run as run_module
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)
-    calls, real = {"n": 0}, engine._save_recovery
+    calls, real = {"n": 0}, run_module.save_recovery_point
 
     def save(*args):
         calls["n"] += 1
@@ -504,10 +504,10 @@ def _recovery_worker(rank, ports, root, config):
     os.environ["MASTER_PORT"] = str(ports[0])
     train(config, root / "straight", progress=False, verbose=False)
     os.environ["MASTER_PORT"] = str(ports[1])
-    engine._save_recovery = save
+    run_module.save_recovery_point = save
     with pytest.raises(Crash):
         train(config, root / "run", progress=False, verbose=False)
-    engine._save_recovery = real
+    run_module.save_recovery_point = real
     os.environ["MASTER_PORT"] = str(ports[2])
     if rank == 0:
         pointer = read_pointer(root / "run")

@@ -40,17 +40,29 @@ import json
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..errors import UserError
 from ..io.files import atomic_output, write_json
-from ..io.weights import read_metadata, save_model
+from ..io.weights import build_from_checkpoint, read_metadata, save_model
+from .config import Config, load_config
+from .distributed import World, is_sharded, rng_state, set_rng_state
+from .state import TrainState
 
+CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
 POINTER, CKPT_DIR, LAST, BEST = "checkpoint.json", "checkpoints", "last.safetensors", "best.safetensors"
 CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"  # the run's resolved config, one JSON row per epoch
 
@@ -331,3 +343,202 @@ def load_state(path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng"} <= set(payload):
         raise UserError(f"{path} is not a moejet run state file: the run cannot be resumed from it")
     return payload
+
+
+# ------------------------------------------------------------------------ a run's saves and resumes
+
+def save_epoch(ts: TrainState, is_best: bool, writer: BackgroundWriter | None = None) -> None:
+    """metrics, then the epoch's weights + state committed together by rank 0 (see this module's docstring); a
+    sharded model's optimizer shards are written by every rank first. ``writer``: rank 0's writes in the
+    background, from host copies taken now."""
+    run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
+    state, metrics = ts.counters, ts.metrics
+    if writer is not None:
+        writer.wait()  # the previous save is committed (or its error raised) before this one starts
+    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, ts.optimizer, world)
+    if not world.is_main:
+        return
+    payload = _payload(ts, rng_state(), sharded=sharded)
+    weights = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    if metrics:  # what this save writes: the weights, the state (optimizer, EMA) and best's copy of the weights
+        metrics[-1]["checkpoint_bytes"] = tensor_bytes(weights) * (1 + is_best) + tensor_bytes(payload)
+    _write_metrics(run_dir, metrics)
+    if writer is not None and writer.enabled:
+        weights, payload = host_copy(weights), host_copy(payload)
+        writer.submit(save_checkpoint, run_dir, weights, name, kwargs, payload, is_best)
+    else:
+        save_checkpoint(run_dir, weights, name, kwargs, payload, is_best)
+
+
+def save_between(ts: TrainState, is_best: bool) -> None:
+    """An epoch without a checkpoint (``train.save_every``): its metrics row, and best's weights if it is the best."""
+    run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
+    state, metrics = ts.counters, ts.metrics
+    weights = model
+    if is_best and is_sharded(model):  # gathering the full weights is collective
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.is_main:
+        return
+    metrics[-1]["checkpoint_bytes"] = tensor_bytes(weights.state_dict() if isinstance(weights, nn.Module)
+                                                   else weights) if is_best else 0
+    _write_metrics(run_dir, metrics)
+    if is_best:
+        save_model(weights, run_dir / BEST, name, kwargs,
+                   metadata={"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])})
+
+
+def save_recovery_point(ts: TrainState, layout: dict[str, int], epoch_start: float, step_in_epoch: int,
+                        loss_sum: torch.Tensor) -> None:
+    """A mid-epoch recovery point after ``step_in_epoch`` steps: every rank's RNG states and (loss sum, images) go
+    to rank 0, which commits them with the shared state (see :func:`save_recovery`)."""
+    run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
+    state, mixup = ts.counters, ts.mixup
+    ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, world)
+    weights, sharded = _sharded_save(run_dir, recovery_paths(run_dir, state["epoch"], state["step"])[0], model,
+                                     ts.optimizer, world)
+    if not world.is_main:
+        return
+    payload = _payload(ts, [r["rng"] for r in ranks], sharded=sharded)
+    payload.update(step_in_epoch=step_in_epoch, loss_sums=[r["loss_sum"] for r in ranks], layout=layout,
+                   elapsed_s=time.perf_counter() - epoch_start,
+                   mixup_enabled=mixup.mixup_enabled if mixup is not None else None)
+    save_recovery(run_dir, weights, name, kwargs, payload)
+
+
+def _payload(ts: TrainState, rng: Any, sharded: bool = False) -> dict[str, Any]:
+    return {
+        **ts.counters,
+        "optimizer": None if sharded else ts.optimizer.state_dict(),  # sharded: in the checkpoint's .dcp directory
+        "scheduler": _plain_scheduler_state(ts.scheduler),
+        "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
+        "ema": ts.ema.state_dict() if ts.ema is not None else None,
+        "rng": rng,
+    }
+
+
+def load_run_state(ts: TrainState) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """``(state, metrics rows of the committed epochs, the mid-epoch recovery point or None)``."""
+    run_dir, model, optimizer, scaler, ema, mixup = ts.run_dir, ts.model, ts.optimizer, ts.scaler, ts.ema, ts.mixup
+    pointer = read_pointer(run_dir)
+    entry = pointer.get("recovery", pointer)
+    payload = load_state(run_dir / entry["state"])
+    if payload["epoch"] != pointer["epoch"] or payload.get("step_in_epoch", 0) != entry.get("step_in_epoch", 0):
+        raise UserError(f"{run_dir / entry['state']} holds epoch {payload['epoch']} + "
+                        f"{payload.get('step_in_epoch', 0)} steps but {run_dir / POINTER} names epoch "
+                        f"{pointer['epoch']} + {entry.get('step_in_epoch', 0)} steps: restore the run directory's "
+                        "files")
+    if payload["optimizer"] is None and "sharded" not in entry:
+        raise UserError(f"{run_dir / entry['state']} has no optimizer state and {run_dir / POINTER} names no sharded "
+                        "one: restore the run directory's files")
+    if ("sharded" in entry) != is_sharded(model) and ("sharded" in entry or payload["optimizer"]["state"]):
+        was, now = ("fsdp", "ddp") if "sharded" in entry else ("ddp", "fsdp")
+        raise UserError(f"{run_dir} was trained with train.strategy={was}: resume it with --set train.strategy={was} "
+                        f"(its optimizer state cannot be moved to {now})")
+    if "sharded" in entry:
+        optim_state = {"optimizer": get_optimizer_state_dict(model, optimizer)}  # this rank's shards, to fill in
+        load_sharded(run_dir / entry["sharded"], optim_state)
+    try:
+        if "sharded" in entry:
+            set_optimizer_state_dict(model, optimizer, optim_state["optimizer"])
+        else:
+            optimizer.load_state_dict(payload["optimizer"])  # the LR schedule is a function of the step: rebuilt
+        if scaler is not None and payload["scaler"] is not None:
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None:
+            if payload["ema"] is None:
+                raise UserError(f"{run_dir} was trained without EMA: resume it with train.ema=false")
+            ema.load_state_dict(payload["ema"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"{run_dir / entry['state']} does not match the run's config ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160]}): resume without changing the model or optimizer") from None
+    recovery = None
+    if "recovery" in pointer:
+        recovery = {k: payload[k] for k in ("step_in_epoch", "rng", "loss_sums", "layout", "elapsed_s")}
+        if mixup is not None and payload["mixup_enabled"] is not None:
+            mixup.mixup_enabled = payload["mixup_enabled"]
+    else:
+        set_rng_state(payload["rng"])
+    try:
+        metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run_dir / METRICS_FILE} is damaged ({type(err).__name__}): restore it or delete it "
+                        "(the resumed run then lists only its new epochs)") from None
+    state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
+    state["restart_step"] = payload.get("restart_step")
+    rows = [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
+    return state, rows, recovery
+
+
+def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:
+    with atomic_output(run_dir / METRICS_FILE) as tmp:  # rows past the committed epoch are dropped on resume
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _sharded_save(run_dir: Path, weights: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  world: World) -> tuple[nn.Module | dict[str, torch.Tensor], bool]:
+    """``(what rank 0 saves as the checkpoint's weights, whether the optimizer state went to a sharded directory)``.
+
+    A sharded model (collective): every rank writes its optimizer shards next to ``weights``, then the full state
+    dict is gathered on rank 0. An optimizer that has not stepped yet is left alone: DCP would initialise its state
+    with a zero-gradient step, which counts as Adam's first step.
+    """
+    if not is_sharded(model):
+        return model, False
+    stepped = bool(optimizer.state)
+    if stepped:
+        save_sharded(run_dir, sharded_path(weights), {"optimizer": get_optimizer_state_dict(model, optimizer)},
+                     world.is_main)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)), stepped
+
+
+def _gather(obj: Any, world: World) -> list[Any]:
+    """``obj`` of every rank, in rank order (on every rank)."""
+    if not world.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * world.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = run_dir / CONFIG_FILE
+    try:
+        whole = path.read_text().endswith(CONFIG_END)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is damaged ({type(err).__name__}): restore it to resume the run") from None
+    if not whole:
+        raise UserError(f"{path} is truncated or damaged (its last line is not {CONFIG_END.strip()!r}): restore it "
+                        "to resume the run")
+    return load_config(path, overrides)
+
+
+def _plain_scheduler_state(scheduler: Any) -> dict[str, Any]:
+    return {k: v for k, v in scheduler.state_dict().items() if isinstance(v, (int, float, str, bool, list, tuple,
+                                                                              type(None)))}
+
+
+def resume_model(run_dir: Path, is_main: bool) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The run's model rebuilt from its committed weights alone (no init checkpoint, no hub download)."""
+    if is_main:  # the other ranks only read the committed files, which this leaves alone
+        sync_last(run_dir)
+    pointer = read_pointer(run_dir)
+    return build_from_checkpoint(run_dir / pointer.get("recovery", pointer)["weights"])
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``RUN/metrics.jsonl``."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: is {run_dir} a moejet run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -14,7 +14,8 @@ from . import build
 from .checkpointing import BEST, CONFIG_FILE, LAST
 from .config import Config, load_config
 from .distributed import seed_everything, setup, teardown
-from .engine import _amp_dtype, _eval_loader, evaluate
+from .loop import evaluate
+from .run import _amp_dtype, _eval_loader
 
 
 def evaluate_checkpoint(

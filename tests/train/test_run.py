@@ -1,4 +1,4 @@
-"""train.engine: whole runs, resume, torchrun, batch splitting, mixup draws, a NaN loss."""
+"""train.run and train.loop: whole runs, resume, torchrun, batch splitting, mixup draws, a NaN loss."""
 
 import json
 
@@ -178,7 +178,7 @@ def _timm_mixup(**kwargs):
 
 @pytest.mark.parametrize("seed", range(4))  # both mixup and cutmix draws
 def test_one_mix_draw_per_step_reproduces_timm_on_the_whole_batch(seed):
-    from moejet.train.engine import apply_mix, draw_mix
+    from moejet.data.mixup import apply_mix, draw_mix
 
     images, labels = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
     mixup = _timm_mixup()
@@ -197,11 +197,11 @@ def test_one_mix_draw_per_step_reproduces_timm_on_the_whole_batch(seed):
 
 
 def test_mix_is_drawn_once_per_optimizer_step(tiny_config, tmp_path, monkeypatch):
-    import moejet.train.engine as engine
+    import moejet.train.loop as loop
 
     draws = []
-    original = engine.draw_mix
-    monkeypatch.setattr(engine, "draw_mix", lambda *a: draws.append(original(*a)) or draws[-1])
+    original = loop.draw_mix
+    monkeypatch.setattr(loop, "draw_mix", lambda *a: draws.append(original(*a)) or draws[-1])
     augment = {"mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0, "label_smoothing": 0.1}
     config = tiny_config(augment=augment, train={"batch_size": 8, "micro_batch_size": 2}, schedule={"epochs": 1})
     rows = train(config, tmp_path / "run", progress=False)

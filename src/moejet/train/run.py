@@ -1,0 +1,404 @@
+"""A run, wired: :func:`train` builds (or resumes) everything a run directory needs and drives its epochs.
+
+The loop itself is :mod:`.loop`; every save and resume is :mod:`.checkpointing`.
+
+Run directory (read by the analysis tools and the demo)::
+
+    RUN/config.yaml         resolved config (learning rate written in)
+    RUN/metrics.jsonl       one JSON object per epoch: epoch (1-based), train_loss, val_top1, val_top5 (percent),
+                            val_loss, lr, images_per_s, epoch_time_s, wall_time_s (cumulative), step,
+                            temperatures {moe module: {"dispatch", "combine"}} (+ val_top1_ema / val_top5_ema)
+    RUN/last.safetensors    model weights (moejet.io.weights.save_model: rebuild with build_from_checkpoint)
+    RUN/best.safetensors    weights of the epoch with the best val_top1
+    RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
+
+Every epoch starts from RNG states derived from (seed, epoch, rank), each training image's augmentation is seeded
+from (seed, epoch, image index) (:class:`moejet.data.SeededSamples`), and checkpoints are written at epoch ends and,
+with ``train.recovery_every``, every N optimizer steps (with every rank's RNG states and partial loss sums), so
+``--resume`` continues bit-exactly in deterministic mode, mid-epoch too, whatever ``data.num_workers``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.data.loader import fast_collate
+from timm.models.convnext import ConvNeXt
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Subset
+
+from ..data import SeededSamples
+from ..data.sampler import GlobalBatchSampler
+from ..errors import UserError
+from ..io.files import atomic_output
+from ..models import moe_modules
+from . import build
+from .checkpointing import (
+    CONFIG_END,
+    CONFIG_FILE,
+    POINTER,
+    BackgroundWriter,
+    is_run_dir,
+    load_run_state,
+    read_run_config,
+    resume_model,
+    save_between,
+    save_epoch,
+    save_recovery_point,
+)
+from .config import Config, batch_plan, check_input_files, dump_config
+from .distributed import (
+    World,
+    check_shared_dir,
+    default_workers,
+    epoch_seed,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+    setup,
+    shard_model,
+    teardown,
+    wrap_ddp,
+)
+from .loggers import StepLog, open_loggers, scalars
+from .loop import evaluate, routing, train_one_epoch
+from .state import TrainState
+
+EXTEND_MODES = (None, "continue", "cosine-restart")
+
+
+def train(
+    config: Config | None = None,
+    run_dir: str | Path = "runs/run",
+    resume: bool = False,
+    extend: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    stop_after: int | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``config`` into ``run_dir`` (or continue the run there when ``resume``); returns all epochs' metrics.
+
+    ``stop_after``: leave after this many epochs of this invocation (the run stays resumable).
+    ``overrides`` (``key.sub=value``) apply to the run's saved config when resuming; a changed
+    ``schedule.epochs`` needs ``extend``: ``"continue"`` (the cosine is recomputed for the new length and
+    followed from the current step: the LR rises to that curve) or ``"cosine-restart"`` (a new cosine, no
+    warmup, from ``optim.lr`` at the current step down to the minimum at the new last epoch).
+    ``progress``: a tqdm bar per epoch; ``verbose``: the header and one summary line per epoch;
+    ``on_epoch(row)``: called on rank 0 with each epoch's metrics once its checkpoints are written.
+    """
+    run_dir = Path(run_dir)
+    if resume:
+        if (run_dir / CONFIG_FILE).is_file() and not is_run_dir(run_dir):
+            raise UserError(f"{run_dir} has no committed checkpoint (it stopped before its first save): start it "
+                            f"again with moejet train --config {run_dir / CONFIG_FILE} --out {run_dir}")
+        if not is_run_dir(run_dir) or not (run_dir / CONFIG_FILE).is_file():
+            raise UserError(f"{run_dir} is not a resumable run directory (no {CONFIG_FILE} / {POINTER}): check the "
+                            "path")
+        config = read_run_config(run_dir, overrides)
+        planned = read_run_config(run_dir).schedule.epochs
+        if extend not in EXTEND_MODES:
+            raise UserError(f"--extend {extend}: use one of {', '.join(m for m in EXTEND_MODES if m)}")
+        if config.schedule.epochs != planned and extend is None:
+            raise UserError(
+                f"schedule.epochs changed from {planned} to {config.schedule.epochs}: say how the schedule continues "
+                "with --extend continue (the cosine recomputed for the new length) or --extend cosine-restart "
+                "(a new cosine from optim.lr)")
+        if config.schedule.epochs == planned:
+            extend = None
+    elif config is None:
+        raise UserError("give a config to train (or resume a run directory)")
+    elif is_run_dir(run_dir):  # a config alone (killed before the first save) is started over
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume {run_dir} or pick another --out")
+    else:
+        check_input_files(config)
+
+    world = setup(config.train.device, config.train.dist_timeout_min)
+    try:
+        check_shared_dir(run_dir, world)
+        metrics = _train(config, run_dir, resume, stop_after, progress, world, on_epoch, verbose, extend)
+        if world.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
+            torch.distributed.barrier()
+        return metrics
+    finally:
+        teardown(world)
+
+
+def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, world: World,
+           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool,
+           extend: str | None = None) -> list[dict[str, Any]]:
+    t = config.train
+    set_deterministic(t.deterministic)
+    seed_everything(t.seed)
+    micro, accum = batch_plan(config, world.world_size)
+    amp_dtype = _amp_dtype(t.amp, world.device)
+    fsdp = t.strategy == "fsdp"
+    if fsdp and not world.enabled:
+        raise UserError("train.strategy=fsdp shards the model over processes: launch with torchrun --nproc_per_node "
+                        "N (N > 1), or use train.strategy=ddp for one process")
+
+    # data first: the dataset decides the number of classes
+    meta_name, meta_kwargs = config.model.name, {**config.model.kwargs}
+    with torch.device("meta"):
+        probe = build.create_model(meta_name, meta_kwargs, pretrained=False)
+    prefetch = build.uses_prefetcher(world.device)
+    train_tf, val_tf = build.build_transforms(config, probe, prefetch)
+    train_ds = build.build_dataset(config, "train", train_tf)
+    val_ds = build.build_dataset(config, "val", val_tf)
+    num_classes = build.num_classes_of(train_ds, config)
+
+    seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
+    if resume:
+        model, model_name, model_kwargs = resume_model(run_dir, world.is_main)
+    else:
+        model, model_name, model_kwargs = build.build_model(config, num_classes, run_dir)
+    model.to(world.device)
+    build.set_grad_checkpointing(model, t.grad_checkpointing)
+    if t.channels_last is None:  # resolved once, and written so into the run's config.yaml
+        t.channels_last = world.device.type == "cuda" and isinstance(model, ConvNeXt)  # faster convolutions on GPUs
+    channels_last = t.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if world.device.type == "cuda" and not t.deterministic:
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # the optimizer must see the sharded parameters
+    whole = shard_model(model, world, amp_dtype, t.fsdp_reshard_after_forward) if fsdp else []
+    optimizer = build.build_optimizer(config, model)
+    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    mixup = build.build_mixup(config, num_classes)
+    loss_fn = build.build_loss(config)
+
+    train_samples = SeededSamples(train_ds, t.seed)
+    sampler = GlobalBatchSampler(len(train_samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed,
+                                 tag_epoch=True)
+    loader_rng = torch.Generator()
+    workers = config.data.num_workers
+    if workers is None:
+        workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    train_loader = DataLoader(  # workers live for the whole run: the sampler's (epoch, index) keys seed each image
+        train_samples, batch_sampler=sampler, generator=loader_rng, num_workers=workers,
+        pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
+        persistent_workers=workers > 0, collate_fn=fast_collate if prefetch else None,
+    )
+    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers, prefetch)
+    if prefetch:
+        train_loader = build.device_loader(train_loader, config, probe, world.device, training=True)
+        val_loader = build.device_loader(val_loader, config, probe, world.device, training=False)
+    telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
+                                  batch_size=t.eval_batch_size or micro, num_workers=0,
+                                  collate_fn=fast_collate if prefetch else None)
+    if prefetch:
+        telemetry_loader = build.device_loader(telemetry_loader, config, probe, world.device, training=False)
+    # every image every epoch (a last step with fewer images than processes aside), the last global batch smaller
+    steps_per_epoch = sampler.steps
+    if t.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
+    scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
+    layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
+              "steps_per_epoch": steps_per_epoch}  # what a mid-epoch recovery point is only valid for
+    ts = TrainState(config, run_dir, world, model, model, model_name, model_kwargs, optimizer, scheduler, loss_fn,
+                    amp_dtype, scaler, ema, mixup, whole)
+
+    recovery = None  # the mid-epoch point a resume continues from
+    if resume:
+        ts.counters, ts.metrics, recovery = load_run_state(ts)
+    state, metrics = ts.counters, ts.metrics
+    if resume:
+        if recovery is not None and recovery["layout"] != layout:
+            raise UserError(
+                f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
+                f"{layout}: resume with the same number of processes and batch settings")
+        if state["epoch"] >= config.schedule.epochs:
+            if extend is not None:
+                raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
+                                f"above {state['epoch']}")
+            if world.is_main:
+                print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
+                      "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue",
+                      flush=True)
+            return metrics
+        if extend == "cosine-restart":
+            state["restart_step"] = state["step"]
+        elif extend == "continue":
+            state["restart_step"] = None
+        if state["restart_step"] is not None:
+            ts.scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
+    else:
+        if world.is_main:
+            with atomic_output(run_dir / CONFIG_FILE) as tmp:
+                tmp.write_text(dump_config(config) + CONFIG_END)
+        save_epoch(ts, is_best=False)
+    if resume and world.is_main:  # overrides given with --resume are part of the run from now on
+        with atomic_output(run_dir / CONFIG_FILE) as tmp:
+            tmp.write_text(dump_config(config) + CONFIG_END)
+
+    train_model: nn.Module = model
+    eval_model, ema_model = model, ema.module if ema is not None else None
+    if t.compile:  # training, evaluation and the EMA's evaluation (telemetry records tensors: it stays eager)
+        train_model = torch.compile(model)
+        if not fsdp:  # a sharded model's evaluation is collective and checks its FSDP state: eager
+            eval_model = train_model
+            ema_model = torch.compile(ema.module) if ema is not None else None
+    if world.enabled and not fsdp:
+        train_model = wrap_ddp(train_model, world, t.ddp_comm)
+    ts.train_model = train_model
+    logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
+    if world.is_main and verbose:
+        print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
+              f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
+              f"global batch {t.batch_size} on {world.world_size} process(es), micro-batches of up to {micro} x "
+              f"{accum} accumulation; "
+              f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
+
+    epochs_run = 0
+    writer = BackgroundWriter(t.background_save and world.is_main)
+    for epoch in range(state["epoch"], config.schedule.epochs):
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+        seed_everything(epoch_seed(t.seed, epoch, world.rank))
+        loader_rng.manual_seed(epoch_seed(t.seed, epoch, world.rank))
+        train_samples.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        start_step, loss_sum, done_s = 0, torch.zeros(2, dtype=torch.float64), 0.0
+        if recovery is not None:  # continue the epoch: its RNG streams and loss sums as they were, its images skipped
+            set_rng_state(recovery["rng"][world.rank])
+            start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][world.rank],
+                                            recovery["elapsed_s"])
+            recovery = None
+        sampler.start_step = start_step
+        start = time.perf_counter() - done_s
+        recovery_point = functools.partial(save_recovery_point, ts, layout, start)
+
+        def save_point(step_in_epoch: int, loss_sum: torch.Tensor, recovery_point=recovery_point) -> None:
+            writer.wait()  # the epoch's save before it is committed first
+            recovery_point(step_in_epoch, loss_sum)
+        step_log = StepLog(t.log_every, epoch, config.schedule.epochs, steps_per_epoch, world.world_size,
+                           world.device) if t.log_every and verbose and world.is_main else None
+        train_loss, images = train_one_epoch(ts, epoch, train_loader, steps_per_epoch, start_step,
+                                             loss_sum.to(world.device), save_point if t.recovery_every else None,
+                                             step_log, progress)
+        train_time = time.perf_counter() - start
+        last_epoch = epoch + 1 == config.schedule.epochs
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+                               "train_images": images}
+        if (epoch + 1) % t.eval_every == 0 or last_epoch:
+            row.update(_prefixed(evaluate(eval_model, val_loader, world, amp_dtype, channels_last), "val_"))
+            if ema is not None:
+                ema_eval = evaluate(ema_model, val_loader, world, amp_dtype, channels_last)
+                row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
+            if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
+                telemetry = routing(model, telemetry_loader, world, amp_dtype, channels_last)
+                if world.is_main:
+                    row["routing"] = telemetry
+        epoch_time = time.perf_counter() - start
+        state["wall_time_s"] += epoch_time
+        row.update(
+            lr=max(g["lr"] for g in optimizer.param_groups), images_per_s=images / train_time,
+            epoch_time_s=epoch_time, wall_time_s=state["wall_time_s"],
+            temperatures={name: layer.temperatures() for name, layer in moe_modules(model).items()
+                          if hasattr(layer, "temperatures")},
+        )
+        metrics.append(row)
+        state["epoch"] = epoch + 1
+        is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
+        if is_best:
+            state["best_top1"] = row["val_top1"]
+        stopping = stop_after is not None and epochs_run + 1 >= stop_after
+        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
+            save_epoch(ts, is_best, writer)
+        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+            writer.wait()
+            save_between(ts, is_best)
+        if world.is_main:
+            if verbose:
+                print(_summary(row, config.schedule.epochs), flush=True)
+            for log in logs:
+                log(scalars(row), epoch + 1)
+            if on_epoch is not None:
+                on_epoch(row)
+        epochs_run += 1
+    writer.wait()  # the last save is committed before the run returns
+    for close in closes:
+        close()
+    return metrics
+
+
+def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,
+                 uint8: bool = False) -> DataLoader:
+    """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact); the workers stay
+    between evaluations. ``uint8``: batches of uint8 images (for :func:`.build.device_loader`)."""
+    shard = Subset(dataset, range(world.rank, len(dataset), world.world_size)) if world.enabled else dataset
+    workers = config.data.num_workers or 0 if workers is None else workers
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=config.data.pin_memory and world.device.type == "cuda",
+                      collate_fn=fast_collate if uint8 else None)
+
+
+def _seed_worker(worker_id: int) -> None:
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32  # torch seeds each worker from the loader's generator
+    np.random.seed(seed)  # timm's RandAugment draws ops with NumPy
+    random.seed(seed)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp``'s dtype. ``auto``: bf16 on a GPU that computes in bf16 natively (never emulated: that is
+    slower than fp32), else fp16 with a grad scaler; no autocast on a CPU."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("config key train.amp = 'fp16' needs a CUDA GPU (grad scaler): use bf16 or none on the CPU")
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in values.items() if k != "images"}
+
+
+def _summary(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    if "val_top1" in row:
+        parts += [f"val_top1 {row['val_top1']:.2f}", f"val_top5 {row['val_top5']:.2f}"]
+    if "val_top1_ema" in row:
+        parts.append(f"ema_top1 {row['val_top1_ema']:.2f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['images_per_s']:.1f} img/s", f"{row['epoch_time_s']:.1f} s"]
+    return "  ".join(parts)
+
+
+class _Shifted:
+    """A scheduler whose step 0 is step ``offset`` of the run (``--extend cosine-restart``)."""
+
+    def __init__(self, scheduler: Any, offset: int):
+        self.scheduler, self.offset = scheduler, offset
+
+    def step_update(self, num_updates: int) -> None:
+        self.scheduler.step_update(num_updates - self.offset)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.scheduler.state_dict(), "offset": self.offset}
+
+
+def _restarted_scheduler(config: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                         restart_step: int) -> _Shifted:
+    """Cosine from optim.lr (no warmup) at ``restart_step`` down to the minimum at the end of schedule.epochs."""
+    remaining = config.schedule.epochs * steps_per_epoch - restart_step
+    return _Shifted(CosineLRScheduler(optimizer, t_initial=max(remaining, 1), lr_min=config.lr * config.schedule
+                                      .min_lr_ratio, t_in_epochs=False), restart_step)
