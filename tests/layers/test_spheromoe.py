@@ -10,7 +10,7 @@ torch.manual_seed(0)
 
 
 def reference_spheromoe(layer: SpheroMoE, x: torch.Tensor) -> torch.Tensor:
-    """SPEC §1 written out naively for eval mode (no noise, no dropout), one image at a time, expert by expert."""
+    """The paper's §3.2 (Eq. 10-11) written out naively for eval mode (no noise, no dropout), one image at a time, expert by expert."""
     queries = F.normalize(F.layer_norm(layer.queries, (layer.dim,), layer.query_norm.weight, layer.query_norm.bias,
                                        layer.query_norm.eps), dim=-1)
     outs = []
@@ -163,7 +163,7 @@ def test_wrong_input_width_raises():
 
 def spec_forward(layer: SpheroMoE, x: torch.Tensor, noise: torch.Tensor | None,
                  noise_after_t: bool = False) -> torch.Tensor:
-    """SPEC §1 / Algorithm 1 in one batched pass with an explicit noise sample ``(b, n, S)``."""
+    """The paper's Algorithm 1 (App. C) in one batched pass with an explicit noise sample ``(b, n, S)``."""
     queries = F.normalize(F.layer_norm(layer.queries, (layer.dim,), layer.query_norm.weight, layer.query_norm.bias,
                                        layer.query_norm.eps), dim=-1)
     logits = torch.einsum("bnd,sd->bns", x, queries)

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     c = sub.add_parser("contributions", help="per-expert contribution to each MoE layer's output (Table 8)")
     _model_args(c)
-    c.add_argument("--data", required=True, metavar="DATASET_SPEC", help="dataset spec, e.g. cifar100 or synthetic")
+    c.add_argument("--data", required=True, metavar="DATASET", help="dataset spec, e.g. cifar100 or synthetic")
     c.add_argument("--images", type=integer(1), default=256, help="validation images to average over (default 256)")
     c.add_argument("--batch-size", type=integer(1), default=32)
     c.set_defaults(func=run_contributions)

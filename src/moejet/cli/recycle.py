@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
     p.add_argument("--strategy", default="importance", choices=RECYCLE_STRATEGIES,
                    help="neuron / channel selection (default: importance)")
-    p.add_argument("--calib-data", default="synthetic", metavar="DATASET_SPEC",
+    p.add_argument("--calib-data", default="synthetic", metavar="DATASET",
                    help="calibration dataset (train split): cifar100, imagenet, folder:PATH, synthetic, ... "
                         "(default: synthetic, needs no data on disk)")
     p.add_argument("--calib-images", type=integer(0), default=1024, help="calibration images (0: none, for "
