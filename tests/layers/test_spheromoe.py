@@ -10,7 +10,8 @@ torch.manual_seed(0)
 
 
 def reference_spheromoe(layer: SpheroMoE, x: torch.Tensor) -> torch.Tensor:
-    """The paper's §3.2 (Eq. 10-11) written out naively for eval mode (no noise, no dropout), one image at a time, expert by expert."""
+    """The paper's §3.2 (Eq. 10-11) written out naively for eval mode (no noise, no dropout), one image at a time,
+    expert by expert."""
     queries = F.normalize(F.layer_norm(layer.queries, (layer.dim,), layer.query_norm.weight, layer.query_norm.bias,
                                        layer.query_norm.eps), dim=-1)
     outs = []

@@ -6,12 +6,18 @@ from moejet.train import train
 from moejet.train.checkpointing import BackgroundWriter, host_copy, read_pointer
 
 
-def test_a_background_saved_run_equals_a_foreground_one(tiny_config, comparable, tmp_path):
+def test_a_background_saved_run_equals_a_foreground_one(tiny_config, comparable, tmp_path, monkeypatch):
+    threads = []
+    real_submit = BackgroundWriter.submit
+    monkeypatch.setattr(BackgroundWriter, "submit",
+                        lambda self, *args: threads.append(self.enabled) or real_submit(self, *args))
     sections = dict(schedule={"epochs": 3}, train={"ema": True, "recovery_every": 2, "telemetry_images": 0})
     rows = {}
     for background in (False, True):
+        threads.clear()
         config = tiny_config(**{**sections, "train": {**sections["train"], "background_save": background}})
         rows[background] = train(config, tmp_path / str(background), progress=False, verbose=False)
+        assert threads == [True] * 3 if background else threads == []  # the 3 epoch saves went to the thread
     assert comparable(rows[True]) == comparable(rows[False])
     for name in ("last.safetensors", "best.safetensors"):
         a, b = load_file(tmp_path / "True" / name), load_file(tmp_path / "False" / name)

@@ -56,7 +56,8 @@ def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tiny_config, tmp
 def release_table(model, depth, moe_layers, layer_decay, weight_decay):
     """``{name: (lr scale, weight decay)}`` by the release's get_layer_depth (num_layers = depth + 2; stem 0,
     blocks.i i + 1, rest and every 'experts' / router parameter top; scale decay ** (num_layers - id - 1)) and the
-    recipe's no-decay list, with the MoE block's norm2 and router query norm in the top group (paper App. B; docs/training.md)."""
+    recipe's no-decay list, with the MoE block's norm2 and router query norm in the top group (paper App. B;
+    docs/training.md)."""
     num_layers = depth + 2
     moe_blocks = {f"blocks.{i}." for i in moe_layers}
     table = {}

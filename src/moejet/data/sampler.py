@@ -85,12 +85,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
         order = self.order().tolist()
-        if self.tag_epoch:
-            order = [(self.epoch, i) for i in order]
         for step in range(self.start_step, self.steps):
             first = step * self.global_batch + sum(shares(self.step_images(step), self.world_size)[:self.rank])
             for size in self.micro_sizes(step):
-                yield order[first:first + size]
+                batch = order[first:first + size]
+                yield [(self.epoch, i) for i in batch] if self.tag_epoch else batch
                 first += size
 
     def __len__(self) -> int:

@@ -15,7 +15,7 @@ from .checkpointing import BEST, CONFIG_FILE, LAST
 from .config import Config, load_config
 from .distributed import seed_everything, setup, teardown
 from .loop import evaluate
-from .run import _amp_dtype, _eval_loader
+from .run import amp_dtype_for, eval_loader
 
 
 def evaluate_checkpoint(
@@ -48,8 +48,8 @@ def evaluate_checkpoint(
                 "evaluate it on the dataset it was trained on"
             )
         model.to(world.device)
-        loader = _eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, world)
-        result = evaluate(model, loader, world, _amp_dtype(config.train.amp, world.device),
+        loader = eval_loader(val_ds, batch_size or config.train.eval_batch_size or 64, config, world)
+        result = evaluate(model, loader, world, amp_dtype_for(config.train.amp, world.device),
                           bool(config.train.channels_last))
         return {"checkpoint": str(checkpoint), "model": name, "dataset": config.data.dataset, **result}
     finally:

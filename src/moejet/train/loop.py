@@ -29,7 +29,8 @@ from .telemetry import routing_telemetry
 def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_step: int = 0,
                     loss_sum: torch.Tensor | None = None, save_point: Callable[[int, torch.Tensor], None] | None = None,
                     step_log: StepLog | None = None, progress: bool = True) -> tuple[float, int]:
-    """One epoch of ``steps`` optimizer steps of up to ``accum`` micro-batches; returns (mean train loss, images).
+    """One epoch of ``steps`` optimizer steps, each of this process's micro-batches as the loader's
+    :class:`~moejet.data.sampler.GlobalBatchSampler` plans them; returns (mean train loss, images).
 
     A resumed epoch starts at ``start_step`` with this rank's (loss sum, images) so far in ``loss_sum`` (the loader's
     sampler already skips the images done). ``save_point(step_in_epoch, loss_sum)`` writes a recovery point every

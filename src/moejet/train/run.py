@@ -140,7 +140,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
     micro, accum = batch_plan(config, world.world_size)
-    amp_dtype = _amp_dtype(t.amp, world.device)
+    amp_dtype = amp_dtype_for(t.amp, world.device)
     fsdp = t.strategy == "fsdp"
     if fsdp and not world.enabled:
         raise UserError("train.strategy=fsdp shards the model over processes: launch with torchrun --nproc_per_node "
@@ -191,7 +191,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
         persistent_workers=workers > 0, collate_fn=fast_collate if prefetch else None,
     )
-    val_loader = _eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers, prefetch)
+    val_loader = eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers, prefetch)
     if prefetch:
         train_loader = build.device_loader(train_loader, config, probe, world.device, training=True)
         val_loader = build.device_loader(val_loader, config, probe, world.device, training=False)
@@ -336,7 +336,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     return metrics
 
 
-def _eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,
+def eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,
                  uint8: bool = False) -> DataLoader:
     """Each rank takes every world_size-th image (no padding duplicates, so metrics are exact); the workers stay
     between evaluations. ``uint8``: batches of uint8 images (for :func:`.build.device_loader`)."""
@@ -357,7 +357,7 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     """``train.amp``'s dtype. ``auto``: bf16 on a GPU that computes in bf16 natively (never emulated: that is
     slower than fp32), else fp16 with a grad scaler; no autocast on a CPU."""
     if amp == "auto":
