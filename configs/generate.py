@@ -410,6 +410,9 @@ SOURCES = [
     ("AMP", "bf16 on CUDA", "ours: bf16 needs no loss scaler; the release's AmpOptimWrapper is fp16"),
     ("EMA", "off", f"release (EMAHook commented out in {R_SCRATCH})"),
     ("seed", str(SEED), f"release (randomness seed in {R_SCRATCH})"),
+    ("machine settings", "data.num_workers null (the cores per process), train.channels_last null (on for ConvNeXt on "
+     "CUDA), save_every 1, background_save false, ddp_comm fp32, dist_timeout_min 60",
+     "ours: the same recipe on any machine; none of them changes the optimisation (docs/training.md, On GPUs)"),
     ("eval interval", "every 3 epochs on ImageNet (ViT configs), every epoch elsewhere; the last epoch always",
      f"release (train_cfg val_interval=3 in {R_SCRATCH} and {R_FT} at commit 2a50c78, its only experiment "
      "configs, both ViT-T ImageNet); elsewhere ours: no release config (the release's dataset configs "
