@@ -154,6 +154,7 @@ ROWS = [
     (["analyze", "curves", "{empty_dir}", "--out", "{out}"], "metrics.jsonl"),
     (["analyze", "cost", "vit_gigantic", "--out", "{out}"], "vit_gigantic"),
     (["analyze", "cost", "vit_tiny_patch16_224", "--set", "depth=-2", "--out", "{out}"], "--set depth"),
+    (["analyze", "cost", "vit_tiny_patch16_224", "--set", "num_heads=5", "--out", "{out}"], "num_heads"),
     (["analyze", "recycling", "{text}", "--out", "{out}"], "notes.txt"),
     # publish
     (["publish", "{missing}", "--out", "{out}"], "does not exist"),

@@ -19,7 +19,7 @@ from PIL import Image
 from ..errors import UserError
 from ..io.files import write_json, write_text
 from ..io.weights import build_from_checkpoint
-from ..models.common import input_size_of
+from ..models.common import BUILD_ERRORS, input_size_of
 from .attention import image_attention, plot_attention
 from .common import (
     display_path,
@@ -149,7 +149,7 @@ def write_cost(models: Sequence[str], out_dir: str | os.PathLike | None = None, 
         elif timm.is_model(name):
             try:
                 model, label = timm.create_model(name, **kwargs), name
-            except (TypeError, ValueError) as err:
+            except BUILD_ERRORS as err:
                 raise UserError(f"cannot build {name} with {kwargs}: {err}") from None
         else:
             raise UserError(f"unknown model {name!r}: pass a timm model name (see `moejet models`) or a checkpoint")

@@ -107,6 +107,10 @@ def make_moe_layer(
     )
 
 
+# what timm.create_model raises for keyword arguments its model cannot take (timm checks with asserts, too)
+BUILD_ERRORS = (TypeError, ValueError, IndexError, KeyError, AssertionError, RuntimeError)
+
+
 def moe_modules(model: nn.Module) -> dict[str, nn.Module]:
     """``{module name: layer}`` for every SpheroMoE / SoftMoE layer of ``model``."""
     return {name: m for name, m in model.named_modules() if isinstance(m, MOE_LAYERS)}

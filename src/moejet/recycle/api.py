@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..device import resolve_device
 from ..errors import UserError
 from ..layers.experts import skip_expert_init
+from ..models.common import BUILD_ERRORS
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
 from .build import Selection, build_state, select_heads
 from .graph import part_size, part_weights, partition
@@ -103,7 +104,7 @@ def build_successor(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
         torch.manual_seed(seed)
         try:
             return timm.create_model(name, **kwargs)
-        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        except BUILD_ERRORS as err:
             raise UserError(f"cannot build successor {name} with {kwargs}: {err}; check --successor-arg") from None
 
 

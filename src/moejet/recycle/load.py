@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..errors import UserError
 from ..io.weights import KWARGS_KEY, MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
+from ..models.common import BUILD_ERRORS
 from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
 
@@ -29,7 +30,7 @@ def _create(name: str, role: str, **kwargs: Any) -> nn.Module:
         raise UserError(f"unknown {role} model {name!r}: pass a timm model name (e.g. vit_small_patch16_224)")
     try:
         return timm.create_model(name, **kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
+    except BUILD_ERRORS as err:
         raise UserError(f"cannot build {role} {name} with {kwargs}: {err}") from None
 
 

@@ -19,6 +19,7 @@ from timm.scheduler import CosineLRScheduler
 from ..errors import UserError
 from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata
 from ..models import moe_modules
+from ..models.common import BUILD_ERRORS
 from .config import Config
 from .recycling_step import recycle_into_run
 
@@ -78,7 +79,7 @@ def create_model(name: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modu
     _check_model_name(name)
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (TypeError, ValueError, IndexError, KeyError, AssertionError) as err:
+    except BUILD_ERRORS as err:
         raise UserError(f"cannot build model {name!r} with kwargs {kwargs} ({type(err).__name__}: {err}): "
                         "fix model.kwargs") from None
 
