@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moejet.layers import SoftMoE, SpheroMoE
+from moejet.layers import HIDDEN_NORMS, SoftMoE, SpheroMoE
+from moejet.layers.experts import fast_banks_ok
 
 torch.manual_seed(0)
 
@@ -298,3 +299,56 @@ def test_double_backward_raises_on_fast_path_and_works_on_plain_path():
     grad, = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
     grad.sum().backward()
     assert layer.queries.grad is not None
+
+
+def assert_plain_path_only(layer, x: torch.Tensor, banks) -> None:
+    """Gated / normed banks: no fast bank path, so ``fast_path=False`` gives the same expert outputs (bit for bit) and
+    layer output (the router's fast path sums in another order); forward and backward finite and every parameter
+    gets a gradient."""
+    assert not fast_banks_ok(banks, layer.training)
+    slots = torch.randn(x.shape[0], layer.num_slots, layer.dim)
+    torch.manual_seed(0)
+    y, slot_outputs = layer(x), layer._experts(slots)
+    layer.fast_path = False
+    torch.manual_seed(0)
+    torch.testing.assert_close(layer(x), y)
+    torch.testing.assert_close(layer._experts(slots), slot_outputs, rtol=0, atol=0)
+    layer.fast_path = True
+    y.square().sum().backward()
+    assert torch.isfinite(y).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("hidden_norm", HIDDEN_NORMS)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gated_spheromoe_with_hidden_norm(randomize, hidden_norm, mode):
+    layer = randomize(SpheroMoE(16, 3, 4, slots_per_expert=2, hidden_dim=40, gated=True, hidden_norm=hidden_norm,
+                                act_layer=torch.nn.SiLU, hidden_norm_eps=1e-5)).train(mode == "train")
+    for bank, hidden in ((layer.core_experts, 40), (layer.univ_experts, 10)):
+        shapes = {name: tuple(p.shape) for name, p in bank.named_parameters()}
+        e = bank.num_experts
+        expected = {"fc1_weight": (e, hidden, 16), "fc1_bias": (e, hidden), "fc1_gate_weight": (e, hidden, 16),
+                    "fc1_gate_bias": (e, hidden), "fc2_weight": (e, 16, hidden), "fc2_bias": (e, 16)}
+        if hidden_norm is not None:
+            prefix = "norm" if hidden_norm == "layernorm" else "grn"
+            expected |= {f"{prefix}_weight": (e, hidden), f"{prefix}_bias": (e, hidden)}
+        assert shapes == expected
+        assert bank.norm_eps == 1e-5 and type(bank.act) is torch.nn.SiLU
+    assert_plain_path_only(layer, torch.randn(3, 10, 16), [layer.core_experts, layer.univ_experts])
+
+
+@pytest.mark.parametrize("hidden_norm", ["layernorm", "grn"])
+def test_hidden_norm_keeps_images_independent(randomize, hidden_norm):
+    # GRN pools over an expert's slots of one image: a batch must give each image's output alone
+    layer = randomize(SpheroMoE(16, 2, 3, slots_per_expert=3, hidden_norm=hidden_norm, noise_std=0.0)).eval()
+    x = torch.randn(3, 10, 16)
+    together = layer(x)
+    for i in range(3):
+        torch.testing.assert_close(together[i:i + 1], layer(x[i:i + 1]), rtol=1e-5, atol=1e-6)
+
+
+def test_hidden_dim_overrides_mlp_ratio():
+    layer = SpheroMoE(16, 2, 3, hidden_dim=40, mlp_ratio=2.0, univ_factor=0.5)
+    assert layer.core_experts.hidden_dim == 40 and layer.univ_experts.hidden_dim == 20
+    assert SpheroMoE(16, 2, 3).core_experts.hidden_dim == 64

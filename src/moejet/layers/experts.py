@@ -15,6 +15,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
+HIDDEN_NORMS = (None, "layernorm", "grn")
 _SKIP_INIT = contextvars.ContextVar("moejet_skip_expert_init", default=False)
 
 
@@ -35,6 +36,20 @@ class BatchedExperts(nn.Module):
     Weights follow ``nn.Linear``'s ``(out, in)`` convention with a leading expert axis:
     ``fc1_weight (E, hidden, dim)``, ``fc1_bias (E, hidden)``, ``fc2_weight (E, dim, hidden)``,
     ``fc2_bias (E, dim)``, so expert ``e`` is a slice of a dense MLP's ``fc1``/``fc2``.
+
+    Variants of timm's MLPs, each expert's hidden activation ``a (hidden,)`` per row being:
+
+    * ``gated=True`` (timm ``SwiGLU``, ``GluMlp``): ``a = act(W_g x + b_g) * (W1 x + b1)`` with the gate
+      projection ``fc1_gate_weight (E, hidden, dim)``, ``fc1_gate_bias (E, hidden)``; ``fc1`` is the value.
+    * ``hidden_norm="layernorm"`` (timm ``Mlp`` / ``SwiGLU`` with ``norm_layer``): ``a`` LayerNorm-ed over its
+      ``hidden`` channels with per-expert affine ``norm_weight``, ``norm_bias (E, hidden)``.
+    * ``hidden_norm="grn"`` (ConvNeXt-V2 ``GlobalResponseNormMlp``): Global Response Norm with ``grn_weight``,
+      ``grn_bias (E, hidden)``. Its spatial positions are the rows of one image: ``forward``'s ``m`` rows are
+      ``m / s`` images of ``s = slots_per_image`` consecutive rows, and for the rows ``a_1..a_s`` of one image,
+      ``g = sqrt(sum_j a_j**2)`` (per channel), ``n = g / (mean over channels of g + eps)``,
+      ``a_j <- a_j + grn_bias + grn_weight * a_j * n``.
+
+    Both norms act after the hidden dropout and before ``fc2``, in timm's order ``act -> drop1 -> norm -> fc2``.
     """
 
     def __init__(
@@ -45,52 +60,112 @@ class BatchedExperts(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
         dropout: float = 0.0,
         init: str = "trunc_normal",
+        gated: bool = False,
+        hidden_norm: str | None = None,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if init not in EXPERT_INITS:
             raise ValueError(f"expert_init must be one of {', '.join(EXPERT_INITS)}, got {init!r}")
+        if hidden_norm not in HIDDEN_NORMS:
+            raise ValueError(f"hidden_norm must be one of {', '.join(map(str, HIDDEN_NORMS))}, got {hidden_norm!r}")
         self.init = init
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         if hidden_dim < 1:
             raise ValueError(f"expert hidden size must be >= 1, got {hidden_dim}")
         self.num_experts, self.dim, self.hidden_dim = num_experts, dim, hidden_dim
+        self.gated, self.hidden_norm, self.norm_eps = gated, hidden_norm, norm_eps
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
         self.fc1_bias = nn.Parameter(torch.empty(num_experts, hidden_dim))
+        if gated:
+            self.fc1_gate_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+            self.fc1_gate_bias = nn.Parameter(torch.empty(num_experts, hidden_dim))
+        if hidden_norm is not None:
+            prefix = "norm" if hidden_norm == "layernorm" else "grn"
+            self.register_parameter(f"{prefix}_weight", nn.Parameter(torch.empty(num_experts, hidden_dim)))
+            self.register_parameter(f"{prefix}_bias", nn.Parameter(torch.empty(num_experts, hidden_dim)))
         self.fc2_weight = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
         self.fc2_bias = nn.Parameter(torch.empty(num_experts, dim))
         self.act = act_layer()
         self.dropout = dropout
         if not _SKIP_INIT.get():
             self.reset_parameters()
+        else:
+            # (E, hidden) each, nothing to save, and never torch.empty garbage if a recycler has no norm to copy
+            self._reset_hidden_norm()
 
     def reset_parameters(self) -> None:
         # "trunc_normal": timm's ViT / ConvNeXt init for Linear layers, trunc-normal(0.02) weights.
         # "kaiming_uniform": the release's MultiExpertLinear, kaiming_uniform(a=sqrt(5)) of the whole (E, out, in)
         # tensor, so torch takes fan_in = out * in and the bound is 1/sqrt(out * in), not nn.Linear's 1/sqrt(in).
-        for w in (self.fc1_weight, self.fc2_weight):
+        weights = [self.fc1_weight, self.fc2_weight]
+        if self.gated:
+            weights.insert(1, self.fc1_gate_weight)
+        for w in weights:
             if self.init == "trunc_normal":
                 trunc_normal_(w, std=0.02)
             else:
                 nn.init.kaiming_uniform_(w, a=math.sqrt(5))
         nn.init.zeros_(self.fc1_bias)
+        if self.gated:
+            nn.init.zeros_(self.fc1_gate_bias)
         nn.init.zeros_(self.fc2_bias)
+        self._reset_hidden_norm()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (E, m, dim) -> (E, m, dim)``: expert ``e`` maps its ``m`` rows ``x[e]`` (output is a transposed view)."""
+    def _reset_hidden_norm(self) -> None:
+        # LayerNorm: identity affine; GRN: zeros, as timm's GlobalResponseNorm (the block starts as the identity)
+        if self.hidden_norm == "layernorm":
+            nn.init.ones_(self.norm_weight)
+            nn.init.zeros_(self.norm_bias)
+        elif self.hidden_norm == "grn":
+            nn.init.zeros_(self.grn_weight)
+            nn.init.zeros_(self.grn_bias)
+
+    def forward(self, x: torch.Tensor, slots_per_image: int | None = None) -> torch.Tensor:
+        """``x (E, m, dim) -> (E, m, dim)``: expert ``e`` maps its ``m`` rows ``x[e]`` (output is a transposed view).
+
+        ``slots_per_image``: the rows of ``x[e]`` are images of this many consecutive rows (the GRN's spatial
+        positions); None: each row is its own image. Only ``hidden_norm="grn"`` reads it."""
         if x.shape[0] != self.num_experts or x.shape[-1] != self.dim:
             raise ValueError(
                 f"expected input of shape ({self.num_experts}, m, {self.dim}), got {tuple(x.shape)}"
             )
         # Weights on the left, tokens on the right: (E, out, in) @ (E, in, m). Autograd then produces weight
         # gradients directly in the parameters' (E, out, in) layout, with no transposed copies.
-        h = torch.baddbmm(self.fc1_bias.unsqueeze(2), self.fc1_weight, x.transpose(1, 2))  # (E, hidden, m)
-        h = F.dropout(self.act(h), self.dropout, self.training)
+        x_t = x.transpose(1, 2)
+        h = torch.baddbmm(self.fc1_bias.unsqueeze(2), self.fc1_weight, x_t)  # (E, hidden, m)
+        if self.gated:
+            h = self.act(torch.baddbmm(self.fc1_gate_bias.unsqueeze(2), self.fc1_gate_weight, x_t)) * h
+        else:
+            h = self.act(h)
+        h = F.dropout(h, self.dropout, self.training)
+        if self.hidden_norm == "layernorm":
+            h = F.layer_norm(h.transpose(1, 2), (self.hidden_dim,), eps=self.norm_eps)  # (E, m, hidden)
+            h = torch.addcmul(self.norm_bias.unsqueeze(1), self.norm_weight.unsqueeze(1), h).transpose(1, 2)
+        elif self.hidden_norm == "grn":
+            h = self._grn(h, 1 if slots_per_image is None else slots_per_image)
         y = torch.baddbmm(self.fc2_bias.unsqueeze(2), self.fc2_weight, h)  # (E, dim, m)
         return F.dropout(y, self.dropout, self.training).transpose(1, 2)
 
+    def _grn(self, h: torch.Tensor, s: int) -> torch.Tensor:
+        """Global Response Norm of ``h (E, hidden, m)`` over images of ``s`` consecutive rows; same shape out."""
+        e, hidden, m = h.shape
+        if s < 1 or m % s:
+            raise ValueError(f"{m} rows per expert are no whole number of images of slots_per_image={s}")
+        hi = h.reshape(e, hidden, m // s, s)
+        g = torch.linalg.vector_norm(hi, dim=-1, keepdim=True)  # (E, hidden, b, 1)
+        n = g / (g.mean(dim=1, keepdim=True) + self.norm_eps)
+        out = hi + torch.addcmul(self.grn_bias[:, :, None, None], self.grn_weight[:, :, None, None], hi * n)
+        return out.reshape(e, hidden, m)
+
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, dropout={self.dropout}"
+        text = f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, dropout={self.dropout}"
+        if self.gated:
+            text += ", gated=True"
+        if self.hidden_norm is not None:
+            text += f", hidden_norm={self.hidden_norm!r}, norm_eps={self.norm_eps}"
+        return text
 
 
 def expert_keep_mask(batch: int, num_experts: int, drop_rate: float, like: torch.Tensor) -> torch.Tensor:
@@ -111,7 +186,7 @@ def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Te
     e = experts.num_experts
     s = num_slots // e
     x = slots.reshape(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
-    y = experts(x)
+    y = experts(x, slots_per_image=s)
     return y.reshape(e, b, s, d).transpose(0, 1).reshape(b, num_slots, d)
 
 
@@ -135,11 +210,12 @@ def tracing() -> bool:
 
 
 def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
-    """Whether ``banks_over_slots`` can replace ``experts_over_slots``: GELU experts without active dropout,
-    outside ``tracing()``."""
+    """Whether ``banks_over_slots`` can replace ``experts_over_slots``: plain GELU experts (not gated, no hidden
+    norm) without active dropout, outside ``tracing()``."""
     if tracing():
         return False
-    return all(type(bank.act) is nn.GELU and (bank.dropout == 0 or not training) for bank in banks)
+    return all(type(bank.act) is nn.GELU and not bank.gated and bank.hidden_norm is None
+               and (bank.dropout == 0 or not training) for bank in banks)
 
 
 def _bank_rows(slots_t: torch.Tensor, lo: int, hi: int, num_experts: int) -> torch.Tensor:

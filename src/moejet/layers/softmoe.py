@@ -14,7 +14,21 @@ class SoftMoE(nn.Module):
 
     Slot parameters ``Phi`` (stored as ``queries (S, d)``, LeCun-normal init) and tokens are both
     L2-normalised and scaled by one learnable scalar; dispatch is a softmax over tokens, combine a
-    softmax over slots; every expert is a full MLP with hidden ``int(dim * mlp_ratio)``.
+    softmax over slots; every expert is a full MLP with hidden ``int(dim * mlp_ratio)`` (or ``hidden_dim``).
+
+    Args:
+        dim: token width ``d``.
+        num_experts: number of experts.
+        slots_per_expert: slots ``s`` each expert processes.
+        mlp_ratio: every expert's hidden size is ``int(dim * mlp_ratio)``.
+        expert_dropout: dropout on each expert's hidden activation and output.
+        expert_init: ``"trunc_normal"`` or ``"kaiming_uniform"`` initialisation of the experts.
+        act_layer: the experts' activation (the gate's activation when ``gated``).
+        hidden_dim: every expert's hidden size; overrides ``mlp_ratio`` when given.
+        gated: GLU experts ``fc2(act(gate(x)) * fc1(x))``, as timm's ``SwiGLU`` / ``GluMlp``.
+        hidden_norm: None, ``"layernorm"`` or ``"grn"`` on each expert's hidden activation (an image's GRN
+            positions are its ``s`` slots at one expert); see :class:`BatchedExperts`.
+        hidden_norm_eps: eps of that hidden norm.
     """
 
     def __init__(
@@ -26,6 +40,10 @@ class SoftMoE(nn.Module):
         expert_dropout: float = 0.0,
         expert_init: str = "trunc_normal",
         act_layer: type[nn.Module] = nn.GELU,
+        hidden_dim: int | None = None,
+        gated: bool = False,
+        hidden_norm: str | None = None,
+        hidden_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if num_experts < 1:
@@ -36,7 +54,10 @@ class SoftMoE(nn.Module):
         self.num_slots = num_experts * slots_per_expert
         self.queries = nn.Parameter(torch.empty(self.num_slots, dim))
         self.scale = nn.Parameter(torch.tensor(1.0))
-        self.experts = BatchedExperts(num_experts, dim, int(dim * mlp_ratio), act_layer, expert_dropout, expert_init)
+        self.experts = BatchedExperts(
+            num_experts, dim, int(dim * mlp_ratio) if hidden_dim is None else hidden_dim, act_layer, expert_dropout,
+            expert_init, gated=gated, hidden_norm=hidden_norm, norm_eps=hidden_norm_eps,
+        )
         self.fast_path = True  # False forces the plain expert path (the definition the fast path is tested against)
         self.record_routing = False
         self.last_routing: dict[str, torch.Tensor] | None = None

@@ -89,6 +89,7 @@ class SpheroMoE(nn.Module):
         core_experts / univ_experts: number of experts on each path (one of them may be 0).
         slots_per_expert: slots ``s`` each expert processes.
         mlp_ratio: core expert hidden size is ``int(dim * mlp_ratio)`` (as the dense MLP it replaces).
+        hidden_dim: core expert hidden size; overrides ``mlp_ratio`` when given.
         univ_factor: universal expert hidden size is ``int(core_hidden * univ_factor)``.
         key_l2norm: L2-normalise keys too (released code) instead of keeping their scale (paper).
         combine: ``"softmax"`` (paper) or ``"entmax15"`` (released configs) over slots.
@@ -102,6 +103,13 @@ class SpheroMoE(nn.Module):
         noise_in_eval: add the routing noise in eval mode too (release).
         query_norm_eps: eps of the query LayerNorm; None takes the block norm's (``norm_layer``).
         expert_init: ``"trunc_normal"`` or ``"kaiming_uniform"`` initialisation of the experts.
+        act_layer: the experts' activation (the gate's activation when ``gated``).
+        norm_layer: the block's norm, of which the query norm is one (unless ``query_norm_eps``).
+        gated: GLU experts ``fc2(act(gate(x)) * fc1(x))``, as timm's ``SwiGLU`` / ``GluMlp``.
+        hidden_norm: None, ``"layernorm"`` (timm ``Mlp`` / ``SwiGLU`` with a ``norm_layer``) or ``"grn"``
+            (ConvNeXt-V2 ``GlobalResponseNormMlp``; an image's positions are its ``s`` slots at one expert)
+            on each expert's hidden activation; see :class:`BatchedExperts`.
+        hidden_norm_eps: eps of that hidden norm.
     """
 
     def __init__(
@@ -125,6 +133,10 @@ class SpheroMoE(nn.Module):
         expert_init: str = "trunc_normal",
         act_layer: type[nn.Module] = nn.GELU,
         norm_layer: type[nn.Module] = nn.LayerNorm,
+        hidden_dim: int | None = None,
+        gated: bool = False,
+        hidden_norm: str | None = None,
+        hidden_norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if core_experts < 0 or univ_experts < 0 or core_experts + univ_experts == 0:
@@ -139,7 +151,7 @@ class SpheroMoE(nn.Module):
         if not 0.0 <= expert_drop_rate < 1.0:
             raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
         check_choice("expert_drop_mode", expert_drop_mode, EXPERT_DROP_MODES)
-        core_hidden = int(dim * mlp_ratio)
+        core_hidden = int(dim * mlp_ratio) if hidden_dim is None else hidden_dim
         univ_hidden = int(core_hidden * univ_factor)
         if univ_experts and univ_hidden < 1:
             raise ValueError(
@@ -163,7 +175,9 @@ class SpheroMoE(nn.Module):
         self.query_norm = norm_layer(dim) if query_norm_eps is None else nn.LayerNorm(dim, eps=query_norm_eps)
         self.dispatch_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
         self.combine_temperature = nn.Parameter(torch.tensor(float(temperature_init)))
-        make = lambda e, h: BatchedExperts(e, dim, h, act_layer, expert_dropout, expert_init) if e else None
+        bank_args = dict(act_layer=act_layer, dropout=expert_dropout, init=expert_init, gated=gated,
+                         hidden_norm=hidden_norm, norm_eps=hidden_norm_eps)
+        make = lambda e, h: BatchedExperts(e, dim, h, **bank_args) if e else None
         self.core_experts = make(core_experts, core_hidden)
         self.univ_experts = make(univ_experts, univ_hidden)
 
