@@ -35,7 +35,8 @@ def tiny_kwargs(tiny_vit, tiny_convnext, tiny_moe):
 
 def test_every_model_is_covered():
     assert set(MODEL_NAMES) == {"vjetmoe_tiny_patch16_224", "vjetmoe_small_patch16_224", "cjetmoe_femto",
-                                "softmoe_vit_tiny_patch16_224", "softmoe_vit_small_patch16_224", "convnext_femto_d18"}
+                                "softmoe_vit_tiny_patch16_224", "softmoe_vit_small_patch16_224", "convnext_femto_d18",
+                                "jetmoe"}
     assert all(timm.is_model(name) for name in MODEL_NAMES)
 
 

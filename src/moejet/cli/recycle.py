@@ -37,7 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dense-checkpoint", metavar="FILE",
                    help="same-width dense model for everything outside the MoE MLPs (ViT-T for V-JetMoE-T); a moejet "
                         ".safetensors file is rebuilt from its header")
-    p.add_argument("--successor", required=True, help="timm model name of the successor, e.g. vjetmoe_tiny_patch16_224")
+    p.add_argument("--dense-model", metavar="MODEL", default=None,
+                   help="with --successor auto: the timm name of --dense-checkpoint's architecture (not needed for a "
+                        "moejet .safetensors file, whose header names it)")
+    p.add_argument("--dense-arg", action="append", metavar="KEY=VALUE",
+                   help="with --successor auto: extra timm kwarg of the dense model (repeatable), e.g. img_size=224")
+    p.add_argument("--successor", required=True,
+                   help="timm model name of the successor, e.g. vjetmoe_tiny_patch16_224; or auto: a jetmoe model "
+                        "with the architecture of the dense checkpoint (else of the predecessor) and the MoE "
+                        "arguments of --successor-arg")
     p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
                    help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
     p.add_argument("--strategy", default="importance", choices=RECYCLE_STRATEGIES,
@@ -73,19 +81,23 @@ def run(args: argparse.Namespace) -> int:
 
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
     pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
+    dense_kwargs = parse_kwargs(args.dense_arg, "--dense-arg")
     check_model_kwargs(succ_kwargs, "--successor-arg ")
     check_model_kwargs(pred_kwargs, "--predecessor-arg ")
+    check_model_kwargs(dense_kwargs, "--dense-arg ")
     state, report = recycle_sources(
         predecessor=args.predecessor, predecessor_checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
         predecessor_kwargs=pred_kwargs,
-        dense_checkpoint=args.dense_checkpoint, successor=args.successor, successor_kwargs=succ_kwargs,
+        dense_checkpoint=args.dense_checkpoint, dense_model=args.dense_model, dense_kwargs=dense_kwargs,
+        successor=args.successor, successor_kwargs=succ_kwargs,
         strategy=args.strategy, calib_data=args.calib_data, calib_images=args.calib_images,
         calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
         coact_percentile=args.coact_percentile, progress=not args.quiet,
     )
-    paths = write_outputs(args.out, state, report, args.successor, succ_kwargs)
+    successor = report["successor"]  # --successor auto: the model it resolved to
+    paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])
     if not args.quiet:
         print(summary(report, paths))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,23 @@ def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str
         obj = read_torch_file(path)
     state = unwrap_state_dict(obj, path, weights)
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def timm_layout(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` in ``model``'s timm layout: through the family's ``checkpoint_filter_fn`` (original-format keys of
+    official DeiT / ConvNeXt / EVA releases, position embeddings resized), the first one found along the model's
+    class hierarchy; and 1x1-conv MLP weights reshaped to Linear ones or back (ConvNeXt-V2's ``conv_mlp``)."""
+    own = model.state_dict()
+    if set(state) != set(own) or any(k in own and v.shape != own[k].shape for k, v in state.items()):
+        filter_fn = next((fn for cls in type(model).__mro__ if (fn := getattr(sys.modules.get(cls.__module__),
+                                                                               "checkpoint_filter_fn", None))), None)
+        try:
+            state = filter_fn(state, model) if filter_fn else state
+        except Exception:  # noqa: BLE001  (an unrecognised layout: load_into reports the mismatch key by key)
+            pass
+    squeeze = lambda shape: [n for n in shape if n != 1]
+    return {k: v.reshape(own[k].shape) if k in own and v.shape != own[k].shape and v.numel() == own[k].numel()
+            and squeeze(v.shape) == squeeze(own[k].shape) else v for k, v in state.items()}
 
 
 def build_from_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[nn.Module, str, dict[str, Any]]:

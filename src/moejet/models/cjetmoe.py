@@ -53,11 +53,10 @@ class MoEConvNeXt(PlainModelArgs, ConvNeXt):
             raise ValueError("MoE blocks need channels-last Linear MLPs: build with conv_mlp=False")
         core = per_stage(core_experts, len(self.stages), "core_experts")
         univ = per_stage(univ_experts, len(self.stages), "univ_experts")
-        mlp_ratio = 4.0
         for i in self.moe_layers:
             stage, block = blocks[i]
             dim = block.norm.normalized_shape[0]
-            block.mlp = make_moe_layer(moe_type, block.mlp, block.norm, dim, mlp_ratio, core[stage], univ[stage],
+            block.mlp = make_moe_layer(moe_type, block.mlp, block.norm, dim, core[stage], univ[stage],
                                        **block_moe_args(moe_args, moe_drop_path_rate, i, len(blocks)))
 
     def no_weight_decay(self) -> set[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import GluMlp, SwiGLU
 
 from ..errors import UserError
 from ..io.files import plain_json
@@ -86,25 +87,42 @@ def per_stage(value: int | Sequence[int], num_stages: int, name: str) -> tuple[i
     return value
 
 
+def expert_form(dense_mlp: nn.Module) -> dict[str, Any]:
+    """The expert keyword arguments that give each expert the form of timm MLP ``dense_mlp``: its hidden size and
+    activation, ``gated`` for SwiGLU / GluMlp (``act(gate) * value``), and its hidden ``LayerNorm`` (EVA-02
+    ``scale_mlp``) or Global Response Norm (ConvNeXt-V2) as ``hidden_norm``."""
+    if isinstance(dense_mlp, SwiGLU):
+        hidden, gated = dense_mlp.fc1_g.out_features, True
+    else:
+        fc1 = dense_mlp.fc1
+        hidden = fc1.out_features if isinstance(fc1, nn.Linear) else fc1.out_channels
+        gated = isinstance(dense_mlp, GluMlp)
+        hidden = hidden // 2 if gated else hidden
+    form = {"hidden_dim": hidden, "act_layer": type(dense_mlp.act), "gated": gated}
+    grn, norm = getattr(dense_mlp, "grn", None), getattr(dense_mlp, "norm", None)
+    if grn is not None:
+        form.update(hidden_norm="grn", hidden_norm_eps=grn.eps)
+    elif norm is not None and not isinstance(norm, nn.Identity):
+        form.update(hidden_norm="layernorm", hidden_norm_eps=norm.eps)
+    return form
+
+
 def make_moe_layer(
     moe_type: str,
     dense_mlp: nn.Module,
     norm: nn.Module,
     dim: int,
-    mlp_ratio: float,
     core_experts: int,
     univ_experts: int,
     **moe_args: Any,
 ) -> nn.Module:
-    """The MoE layer that replaces ``dense_mlp``; activation and query norm follow the dense block."""
-    act_layer = type(dense_mlp.act)
+    """The MoE layer that replaces ``dense_mlp``: experts of its form (:func:`expert_form`), the router's query
+    norm of the block norm ``norm``'s type and eps."""
+    form = expert_form(dense_mlp)
     if moe_type == "soft":
-        return SoftMoE(dim, core_experts + univ_experts, mlp_ratio=mlp_ratio, act_layer=act_layer, **moe_args)
+        return SoftMoE(dim, core_experts + univ_experts, **form, **moe_args)
     norm_layer = lambda d: type(norm)(d, eps=norm.eps)
-    return SpheroMoE(
-        dim, core_experts, univ_experts, mlp_ratio=mlp_ratio, act_layer=act_layer, norm_layer=norm_layer,
-        **moe_args,
-    )
+    return SpheroMoE(dim, core_experts, univ_experts, norm_layer=norm_layer, **form, **moe_args)
 
 
 # what timm.create_model raises for keyword arguments its model cannot take (timm checks with asserts, too)

@@ -58,13 +58,10 @@ class MoEVisionTransformer(PlainModelArgs, VisionTransformer):
         self.moe_layers = check_moe_layers(range(depth // 2, depth) if moe_layers is None else moe_layers, depth)
         if moe_type == "soft" and num_experts is not None:
             core_experts, univ_experts = num_experts, 0
-        mlp_ratio = kwargs.get("mlp_ratio", 4.0)
         for i in self.moe_layers:
             block = self.blocks[i]
-            block.mlp = make_moe_layer(
-                moe_type, block.mlp, block.norm2, self.embed_dim, mlp_ratio, core_experts, univ_experts,
-                **block_moe_args(moe_args, moe_drop_path_rate, i, depth),
-            )
+            block.mlp = make_moe_layer(moe_type, block.mlp, block.norm2, self.embed_dim, core_experts, univ_experts,
+                                       **block_moe_args(moe_args, moe_drop_path_rate, i, depth))
 
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | router_no_weight_decay(self)

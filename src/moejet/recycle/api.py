@@ -22,9 +22,19 @@ from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
-from .build import Selection, build_state, select_heads
+from .build import Selection, build_state, pool_sets, select_heads
 from .graph import part_size, part_weights, partition
-from .layout import Block, attention_shape, axis_roles, blocks, expert_banks, family, final_norm_alias, stage_dims
+from .layout import (
+    Block,
+    attention_shape,
+    axis_roles,
+    blocks,
+    expert_banks,
+    family,
+    final_norm_alias,
+    pool_shape,
+    stage_dims,
+)
 from .select import (
     EXPERT_CHANNELS,
     RECYCLE_STRATEGIES,
@@ -112,7 +122,8 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
     """Everything that must hold before any work; each failure is a one-line UserError."""
     fam = family(predecessor, "predecessor")
     if family(successor, "successor") != fam:
-        raise UserError(f"predecessor is a {fam} but the successor is not: recycle within one family (ViT or ConvNeXt)")
+        raise UserError(f"predecessor is a {fam} but the successor is a {family(successor, 'successor')}: recycle "
+                        "within one family (ViT, EVA or ConvNeXt); --successor auto builds the matching one")
     pred_dims, succ_dims = stage_dims(predecessor), stage_dims(successor)
     if len(pred_dims) != len(succ_dims):
         raise UserError(f"predecessor has {len(pred_dims)} stages, successor {len(succ_dims)}: they must match")
@@ -164,12 +175,30 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                     f"successor block {b.index} has an MLP of {b.hidden} neurons, more than the predecessor's "
                     f"{pb.hidden}: lower mlp_ratio or pass --dense-checkpoint"
                 )
-    if fam == "vit" and not dense:
+    if fam != "convnext" and not dense:
         (h, hd), (h_out, hd_out) = attention_shape(predecessor), attention_shape(successor)
         if h_out > h or hd_out > hd:
             raise UserError(
                 f"successor attention has {h_out} heads of {hd_out} channels but the predecessor only {h} of {hd}: "
                 "pick num_heads so both fit, or pass --dense-checkpoint"
+            )
+        if hd_out != hd and getattr(predecessor, "rope", None) is not None:
+            raise UserError(
+                f"the predecessor's rotary position embedding pairs the {hd} channels of each head, so a narrower "
+                f"successor must keep whole heads, but its heads have {hd_out}: set num_heads = embed_dim / {hd}, "
+                "or pass --dense-checkpoint"
+            )
+        pools = pool_shape(predecessor), pool_shape(successor)
+        if (pools[0] is None) != (pools[1] is None):
+            which = "successor" if pools[0] is None else "predecessor"
+            raise UserError(
+                f"only the {which} has a MAP attention-pool head (global_pool='map'): give both the same "
+                "global_pool, or pass --dense-checkpoint"
+            )
+        if pools[0] is not None and (pools[1][0] > pools[0][0] or pools[1][1] > pools[0][1]):
+            raise UserError(
+                f"the successor's pool head has {pools[1][0]} heads of {pools[1][1]} channels but the predecessor's "
+                f"only {pools[0][0]} of {pools[0][1]}: pick num_heads so both fit, or pass --dense-checkpoint"
             )
     return Pair(fam, pred_dims, succ_dims, pred_blocks, succ_blocks)
 
@@ -187,9 +216,12 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
             importance = torch.stack(per_block).mean(0) if per_block else None  # Eq. 4: averaged over layers
         channels.append(select_channels(strategy, d, d_out, importance, gen, rule))
     sel = Selection(channels=channels)
-    if pair.family == "vit" and not dense:
+    if pair.family != "convnext" and not dense:
         sel.pred_heads = attention_shape(predecessor)
         sel.heads, sel.head_channels = select_heads(sel.pred_heads, attention_shape(successor))
+        if pool_shape(predecessor) is not None:
+            sel.pool = pool_sets(pool_shape(predecessor), pool_shape(successor),
+                                 predecessor.attn_pool.mlp.fc1.out_features, successor.attn_pool.mlp.fc1.out_features)
     if not dense:
         for b in pair.succ_blocks:
             if b.hidden is not None:
@@ -250,7 +282,7 @@ def recycle(
     final_norm: str | None = None,
     variant: str = "paper",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Recycle dense ``predecessor`` (a timm ViT/DeiT/ConvNeXt with its weights loaded) into ``successor``.
+    """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
     Args:
         successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor.
@@ -319,7 +351,7 @@ def recycle(
                                  graph_parts, switches)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, sel, dense_state,
+    state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"])
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t

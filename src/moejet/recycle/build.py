@@ -28,6 +28,7 @@ class Selection:
     heads: torch.Tensor | None = None  # ViT: (H',) predecessor heads kept
     head_channels: torch.Tensor | None = None  # ViT: (hd',) channels kept inside each head
     pred_heads: tuple[int, int] | None = None  # ViT: predecessor (H, hd)
+    pool: dict[str, torch.Tensor] = field(default_factory=dict)  # MAP pool head: "pattn", "pkv", "phd", "pn"
     dense_neurons: dict[str, torch.Tensor] = field(default_factory=dict)  # dense block name -> (h',)
     experts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # MoE block -> path -> (E, h_e)
     expert_channels: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # per_expert: -> (E, d')
@@ -39,7 +40,21 @@ class Selection:
         num_heads, head_dim = self.pred_heads
         attn = (self.heads[:, None] * head_dim + self.head_channels[None, :]).reshape(-1)
         qkv = torch.cat([part * num_heads * head_dim + attn for part in range(3)])
-        return {"hd": self.head_channels, "attn": attn, "qkv": qkv}
+        return {"hd": self.head_channels, "attn": attn, "qkv": qkv, **self.pool}
+
+
+def head_sets(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(into the concatenated heads (H'*hd'), inside a head (hd'))`` for evenly spaced heads and channels."""
+    heads, channels = select_heads(pred, succ)
+    return (heads[:, None] * pred[1] + channels[None, :]).reshape(-1), channels
+
+
+def pool_sets(pred: tuple[int, int], succ: tuple[int, int], hidden: int, hidden_out: int) -> dict[str, torch.Tensor]:
+    """Index sets of a narrowed MAP pool head: heads and channels as the blocks' rule, its MLP's neurons evenly
+    spaced (Eq. 7: the pool has no calibration statistics of its own)."""
+    attn, channels = head_sets(pred, succ)
+    return {"pattn": attn, "pkv": torch.cat([attn, pred[0] * pred[1] + attn]), "phd": channels,
+            "pn": evenly_spaced(hidden, hidden_out)}
 
 
 def select_heads(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +89,8 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
             index = sel.channels[-1]
         elif role == "n":
             index = sel.dense_neurons[key_block(key)]
+            if ref.shape[axis] == 2 * index.numel():  # a packed GluMlp fc1: gate and value halves
+                index = torch.cat([index, index + out.shape[axis] // 2])
         elif role in attn_sets:
             index = attn_sets[role]
         if index is not None:
@@ -93,34 +110,68 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
     return out.clone(), False
 
 
-def expert_weights(pred_state: dict[str, torch.Tensor], pred_block: str, channels: torch.Tensor,
-                   idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``BatchedExperts`` tensors for experts ``idx (E, h_e)`` of predecessor MLP ``pred_block`` at ``channels``:
-    ``(d',)`` shared by every expert, or ``(E, d')`` one set per expert."""
-    w1 = pred_state[f"{pred_block}.mlp.fc1.weight"]
-    w2 = pred_state[f"{pred_block}.mlp.fc2.weight"]
-    w1, w2 = w1.reshape(w1.shape[0], w1.shape[1]), w2.reshape(w2.shape[0], w2.shape[1])  # 1x1 conv MLPs
-    b1 = pred_state.get(f"{pred_block}.mlp.fc1.bias", torch.zeros(w1.shape[0], dtype=w1.dtype))
-    b2 = pred_state.get(f"{pred_block}.mlp.fc2.bias", torch.zeros(w2.shape[0], dtype=w2.dtype))
+def mlp_tensors(pred_state: dict[str, torch.Tensor], block: Block) -> dict[str, torch.Tensor]:
+    """Dense MLP ``block`` of the predecessor as ``fc1 (h, d)`` (the value projection of a gated MLP), ``fc2 (d, h)``,
+    their biases (zeros where the MLP has none), ``gate (h, d)`` / ``gate_bias`` of a gated MLP and its hidden norm
+    (``norm_weight`` / ``norm_bias``, ``grn_weight`` / ``grn_bias``), every hidden axis in the same neuron order."""
+    prefix = f"{block.name}.mlp."
+    get = lambda name: pred_state.get(prefix + name)
+    if block.kind == "swiglu":
+        out = {"fc1": get("fc1_x.weight"), "fc1_bias": get("fc1_x.bias"), "gate": get("fc1_g.weight"),
+               "gate_bias": get("fc1_g.bias")}
+    else:
+        w, b = get("fc1.weight"), get("fc1.bias")
+        w = w.reshape(w.shape[0], w.shape[1])  # 1x1 conv MLPs
+        out = {"fc1": w, "fc1_bias": b}
+        if block.kind == "glu":  # packed halves: act(first) * second, or first * act(second) with gate_last
+            h = w.shape[0] // 2
+            gate, value = (slice(h, None), slice(None, h)) if block.module.mlp.gate_last else (slice(None, h),
+                                                                                               slice(h, None))
+            out = {"fc1": w[value], "fc1_bias": None if b is None else b[value], "gate": w[gate],
+                   "gate_bias": None if b is None else b[gate]}
+    w2 = get("fc2.weight")
+    out.update(fc2=w2.reshape(w2.shape[0], w2.shape[1]), fc2_bias=get("fc2.bias"))
+    zeros = lambda n, like: torch.zeros(n, dtype=like.dtype)
+    for bias, weight, axis in (("fc1_bias", "fc1", 0), ("gate_bias", "gate", 0), ("fc2_bias", "fc2", 0)):
+        if out.get(weight) is not None and out.get(bias) is None:
+            out[bias] = zeros(out[weight].shape[axis], out[weight])
+    norm = "grn" if block.kind == "grn" else "norm"
+    if get(f"{norm}.weight") is not None:
+        out[f"{norm}_weight"], out[f"{norm}_bias"] = get(f"{norm}.weight"), get(f"{norm}.bias")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def expert_weights(mlp: dict[str, torch.Tensor], channels: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``BatchedExperts`` tensors for experts ``idx (E, h_e)`` of a predecessor MLP (:func:`mlp_tensors`) at
+    ``channels``: ``(d',)`` shared by every expert, or ``(E, d')`` one set per expert. A gated MLP's gate and value
+    rows, and its hidden norm, take the same neurons."""
+    w1, b1, w2, b2 = mlp["fc1"], mlp["fc1_bias"], mlp["fc2"], mlp["fc2_bias"]
     num_experts, size = idx.shape
     flat = idx.reshape(-1)  # index_select on flat rows: much faster than advanced indexing on the CPU
+    hidden = {f"{name}_{part}": mlp[f"{name}_{part}"].index_select(0, flat).view(num_experts, size)
+              for name in ("norm", "grn") for part in ("weight", "bias") if f"{name}_{part}" in mlp}
     if channels.ndim == 2:
         cols = channels.unsqueeze(1).expand(num_experts, size, channels.shape[1])  # (E, h_e, d')
-        rows1 = w1.index_select(0, flat).view(num_experts, size, -1)  # (E, h_e, d)
-        rows2 = w2.t().index_select(0, flat).view(num_experts, size, -1)  # (E, h_e, d)
-        return {
-            "fc1_weight": rows1.gather(2, cols),  # (E, h_e, d')
+        rows = lambda w: w.index_select(0, flat).view(num_experts, size, -1).gather(2, cols)  # (E, h_e, d')
+        out = {
+            "fc1_weight": rows(w1),
             "fc1_bias": b1.index_select(0, flat).view(num_experts, size),
-            "fc2_weight": rows2.gather(2, cols).transpose(1, 2),  # (E, d', h_e)
+            "fc2_weight": rows(w2.t()).transpose(1, 2),  # (E, d', h_e)
             "fc2_bias": b2[channels],  # (E, d')
         }
-    w2_rows = w2.index_select(0, channels).t().contiguous()  # (h, d'): one row per hidden neuron
-    return {
-        "fc1_weight": w1.index_select(1, channels).index_select(0, flat).view(num_experts, size, -1),  # (E, h_e, d')
-        "fc1_bias": b1.index_select(0, flat).view(num_experts, size),  # (E, h_e)
-        "fc2_weight": w2_rows.index_select(0, flat).view(num_experts, size, -1).transpose(1, 2),  # (E, d', h_e)
-        "fc2_bias": b2.index_select(0, channels).expand(num_experts, -1),  # (E, d')
-    }
+    else:
+        w2_rows = w2.index_select(0, channels).t().contiguous()  # (h, d'): one row per hidden neuron
+        rows = lambda w: w.index_select(1, channels).index_select(0, flat).view(num_experts, size, -1)
+        out = {
+            "fc1_weight": rows(w1),  # (E, h_e, d')
+            "fc1_bias": b1.index_select(0, flat).view(num_experts, size),  # (E, h_e)
+            "fc2_weight": w2_rows.index_select(0, flat).view(num_experts, size, -1).transpose(1, 2),  # (E, d', h_e)
+            "fc2_bias": b2.index_select(0, channels).expand(num_experts, -1),  # (E, d')
+        }
+    if "gate" in mlp:
+        out["fc1_gate_weight"] = rows(mlp["gate"])
+        out["fc1_gate_bias"] = mlp["gate_bias"].index_select(0, flat).view(num_experts, size)
+    return {**out, **hidden}
 
 
 def build_state(
@@ -128,12 +179,14 @@ def build_state(
     successor: nn.Module,
     fam: str,
     succ_blocks: list[Block],
+    pred_blocks: dict[str, Block],
     sel: Selection,
     dense_state: dict[str, torch.Tensor] | None = None,
     query_norm: str = "inherit",
     final_norm: str = "copy",
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The successor's full state dict and the keys left at the successor's fresh init.
+    """The successor's full state dict and the keys left at the successor's fresh init (``pred_blocks``: the
+    predecessor's blocks by name, whose MLPs the experts are cut from).
 
     A successor that pools differently from its source (``fc_norm`` vs ``norm``, see
     :func:`~moejet.recycle.layout.final_norm_alias`) takes the source's final norm (``final_norm="copy"``) or
@@ -174,9 +227,10 @@ def build_state(
     norm = "norm2" if fam == "vit" else "norm"
     for block in moe_blocks:
         prefix = f"{block.name}.mlp."
+        mlp = mlp_tensors(pred_state, pred_blocks[block.name])
         for path, attr, _, _ in expert_banks(block.module.mlp):
             channels = sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
-            tensors = expert_weights(pred_state, block.name, channels, sel.experts[block.name][path])
+            tensors = expert_weights(mlp, channels, sel.experts[block.name][path])
             for name, value in tensors.items():
                 state[f"{prefix}{attr}.{name}"] = value.contiguous()
         for key in ref_state:

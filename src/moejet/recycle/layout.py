@@ -12,16 +12,24 @@ import re
 from dataclasses import dataclass
 
 import torch.nn as nn
+from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
 from timm.models.convnext import ConvNeXt
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
 from ..errors import UserError
 from ..layers import MOE_LAYERS, SoftMoE
 
+# timm MLP classes recycling reads, by kind: "mlp" fc1 -> act -> fc2 (with an optional hidden norm), "grn" with
+# ConvNeXt-V2's Global Response Norm, "swiglu" act(fc1_g) * fc1_x, "glu" one packed fc1 of gate and value halves
+MLP_KINDS = {Mlp: "mlp", GlobalResponseNormMlp: "grn", SwiGLU: "swiglu", GluMlp: "glu"}
+FAMILIES = {"vit": VisionTransformer, "eva": Eva, "convnext": ConvNeXt}
+
 
 @dataclass(frozen=True)
 class Block:
-    """One block's MLP site. ``hidden`` is the dense MLP hidden size (``None`` for a MoE block)."""
+    """One block's MLP site. ``hidden`` is the dense MLP hidden size (gated MLPs: of the gated product; ``None``
+    for a MoE block); ``kind`` its :data:`MLP_KINDS` entry (``"moe"`` for a MoE block)."""
 
     name: str  # state-dict prefix: "blocks.3" / "stages.2.blocks.1"
     index: int  # 0-based over the whole model (ConvNeXt: counted across stages, as ``moe_layers``)
@@ -29,41 +37,56 @@ class Block:
     dim: int
     hidden: int | None
     module: nn.Module
+    kind: str = "mlp"
 
 
 def family(model: nn.Module, role: str) -> str:
-    """``"vit"`` or ``"convnext"``; anything else is a UserError naming ``role`` (predecessor / successor)."""
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    if isinstance(model, ConvNeXt):
-        return "convnext"
+    """``"vit"``, ``"eva"`` or ``"convnext"``; anything else is a UserError naming ``role``."""
+    for name, cls in FAMILIES.items():
+        if isinstance(model, cls):
+            return name
     raise UserError(
-        f"{role} {type(model).__name__} is neither a timm VisionTransformer (ViT/DeiT) nor a ConvNeXt: "
-        "recycling supports those two families"
+        f"{role} {type(model).__name__} is not a timm VisionTransformer (ViT, DeiT, DINOv2, CLIP, SigLIP), Eva "
+        "(EVA-02) or ConvNeXt (V1 / V2): recycling supports those families (docs/recycling.md, family table)"
     )
 
 
+def mlp_kind(mlp: nn.Module, name: str) -> str:
+    """The :data:`MLP_KINDS` entry of a dense timm MLP; anything else is a UserError."""
+    kind = MLP_KINDS.get(type(mlp))
+    if kind is None:
+        raise UserError(
+            f"{name}.mlp is a {type(mlp).__name__}: recycling reads timm's Mlp, GluMlp / SwiGLUPacked, SwiGLU and "
+            "GlobalResponseNormMlp; build the model with one of those MLPs"
+        )
+    return kind
+
+
+def mlp_hidden(mlp: nn.Module, kind: str) -> int:
+    """Hidden neurons of a dense MLP (gated MLPs: of the gated product ``act(gate) * value``)."""
+    if kind == "swiglu":
+        return mlp.fc1_g.out_features
+    fc1 = mlp.fc1
+    hidden = fc1.out_features if isinstance(fc1, nn.Linear) else fc1.out_channels
+    return hidden // 2 if kind == "glu" else hidden
+
+
 def blocks(model: nn.Module) -> list[Block]:
-    """Every block of a ViT / ConvNeXt with its MLP site, in forward order."""
-    if isinstance(model, VisionTransformer):
-        named = [(f"blocks.{i}", 0, b, getattr(b, "norm2", None)) for i, b in enumerate(model.blocks)]
-    else:
+    """Every block of a ViT / EVA / ConvNeXt with its MLP site, in forward order."""
+    if isinstance(model, ConvNeXt):
         named = [(f"stages.{s}.blocks.{j}", s, b, b.norm)
                  for s, stage in enumerate(model.stages) for j, b in enumerate(stage.blocks)]
+    else:
+        named = [(f"blocks.{i}", 0, b, getattr(b, "norm2", None)) for i, b in enumerate(model.blocks)]
     out = []
     for index, (name, stage, block, norm) in enumerate(named):
         dim = _width(norm, name)
         mlp = block.mlp
         if isinstance(mlp, MOE_LAYERS):
-            hidden = None
-        elif all(hasattr(mlp, a) for a in ("fc1", "act", "fc2")) and isinstance(mlp.fc1, (nn.Linear, nn.Conv2d)):
-            hidden = mlp.fc1.out_features if isinstance(mlp.fc1, nn.Linear) else mlp.fc1.out_channels
-        else:
-            raise UserError(
-                f"{name}.mlp is a {type(mlp).__name__}, not an fc1 -> act -> fc2 MLP: recycling needs timm's Mlp "
-                "(gated MLPs such as SwiGLU are not supported)"
-            )
-        out.append(Block(name, index, stage, dim, hidden, block))
+            out.append(Block(name, index, stage, dim, None, block, "moe"))
+            continue
+        kind = mlp_kind(mlp, name)
+        out.append(Block(name, index, stage, dim, mlp_hidden(mlp, kind), block, kind))
     return out
 
 
@@ -75,8 +98,8 @@ def _width(norm: nn.Module, name: str) -> int:
 
 
 def stage_dims(model: nn.Module) -> list[int]:
-    """Residual-stream width of each stage (a ViT has one stage)."""
-    if isinstance(model, VisionTransformer):
+    """Residual-stream width of each stage (a ViT / EVA has one stage)."""
+    if not isinstance(model, ConvNeXt):
         return [model.embed_dim]
     return [int(stage.blocks[0].norm.weight.shape[0]) if len(stage.blocks) else _stage_out(stage)
             for stage in model.stages]
@@ -90,13 +113,20 @@ def _stage_out(stage: nn.Module) -> int:
 
 
 def attention_shape(model: nn.Module) -> tuple[int, int]:
-    """``(heads, head_dim)`` of a ViT's attention (the same in every block)."""
+    """``(heads, head_dim)`` of a ViT's / EVA's attention (the same in every block)."""
     attn = model.blocks[0].attn
-    if not hasattr(attn, "qkv") or not hasattr(attn, "num_heads"):
+    if not hasattr(attn, "num_heads") or not (hasattr(attn, "qkv") or hasattr(attn, "q_proj")):
         raise UserError(
-            f"attention {type(attn).__name__} has no fused qkv projection: recycling needs timm's Attention"
+            f"attention {type(attn).__name__} has no qkv projections: recycling needs timm's Attention or "
+            "EvaAttention"
         )
     return int(attn.num_heads), int(attn.head_dim)
+
+
+def pool_shape(model: nn.Module) -> tuple[int, int] | None:
+    """``(heads, head_dim)`` of a MAP attention-pool head (SigLIP's ``attn_pool``), None without one."""
+    pool = getattr(model, "attn_pool", None)
+    return None if pool is None else (int(pool.num_heads), int(pool.head_dim))
 
 
 def expert_banks(moe: nn.Module) -> list[tuple[str, str, int, int]]:
@@ -130,9 +160,11 @@ def num_prefix_pos_tokens(model: nn.Module) -> int:
 
 
 # Per-axis roles of each parameter. "c": channels of the key's stage, "c_prev": of the previous stage,
-# "c_last": of the last stage, "n": dense hidden neurons of the key's block, "qkv": fused q/k/v rows,
-# "attn": concatenated head channels, "hd": channels inside one head, "cls": classes, "pos": position
-# tokens, "k": patch-embedding kernel. None: the axis must have the same size in both models.
+# "c_last": of the last stage, "n": dense hidden neurons of the key's block (a packed GluMlp fc1 holds them
+# twice: gate and value halves), "qkv": fused q/k/v rows, "attn": concatenated head channels, "hd": channels
+# inside one head, "pattn" / "pkv" / "phd" / "pn": the same for the MAP pool head (kv: k and v rows, pn: its
+# MLP's neurons), "cls": classes, "pos": position tokens, "k": patch-embedding kernel. None: the axis must have
+# the same size in both models. EVA keys (gamma_1, q_bias, q_proj, ...) share the ViT table.
 B = r"blocks\.\d+\."
 VIT_ROLES = [
     (r"(cls_token|reg_token|dist_token)", (None, None, "c")),
@@ -141,13 +173,27 @@ VIT_ROLES = [
     (r"patch_embed\.(proj\.bias|norm\.weight|norm\.bias)", ("c",)),
     (B + r"attn\.qkv\.weight", ("qkv", "c")),
     (B + r"attn\.qkv\.bias", ("qkv",)),
+    (B + r"attn\.(q_proj|k_proj|v_proj)\.weight", ("attn", "c")),
+    (B + r"attn\.((q_proj|k_proj|v_proj)\.bias|q_bias|k_bias|v_bias)", ("attn",)),
     (B + r"attn\.(q_norm|k_norm)\.(weight|bias)", ("hd",)),
     (B + r"attn\.norm\.(weight|bias)", ("attn",)),
     (B + r"attn\.proj\.weight", ("c", "attn")),
-    (B + r"mlp\.fc1\.weight", ("n", "c")),
-    (B + r"mlp\.(fc1\.bias|norm\.weight|norm\.bias)", ("n",)),
+    (B + r"mlp\.(fc1|fc1_g|fc1_x)\.weight", ("n", "c")),
+    (B + r"mlp\.((fc1|fc1_g|fc1_x)\.bias|norm\.weight|norm\.bias)", ("n",)),
     (B + r"mlp\.fc2\.weight", ("c", "n")),
-    (B + r"(norm1|norm2)\.(weight|bias)|" + B + r"(ls1|ls2)\.gamma|" + B + r"(attn\.proj|mlp\.fc2)\.bias", ("c",)),
+    (B + r"(norm1|norm2)\.(weight|bias)|" + B + r"(ls1|ls2)\.gamma|" + B + r"(gamma_1|gamma_2)|"
+     + B + r"(attn\.proj|mlp\.fc2)\.bias", ("c",)),
+    (r"attn_pool\.latent", (None, None, "c")),
+    (r"attn_pool\.q\.weight", ("pattn", "c")),
+    (r"attn_pool\.q\.bias", ("pattn",)),
+    (r"attn_pool\.kv\.weight", ("pkv", "c")),
+    (r"attn_pool\.kv\.bias", ("pkv",)),
+    (r"attn_pool\.(q_norm|k_norm)\.(weight|bias)", ("phd",)),
+    (r"attn_pool\.proj\.weight", ("c", "pattn")),
+    (r"attn_pool\.mlp\.fc1\.weight", ("pn", "c")),
+    (r"attn_pool\.mlp\.fc1\.bias", ("pn",)),
+    (r"attn_pool\.mlp\.fc2\.weight", ("c", "pn")),
+    (r"attn_pool\.(proj\.bias|norm\.weight|norm\.bias|mlp\.fc2\.bias)", ("c",)),
     (r"(norm_pre|norm|fc_norm)\.(weight|bias)", ("c",)),
     (r"(head|head_dist)\.weight", ("cls", "c")),
     (r"(head|head_dist)\.bias", ("cls",)),
@@ -161,7 +207,7 @@ CONVNEXT_ROLES = [
     (S + r"downsample\.1\.bias", ("c",)),
     (S + r"blocks\.\d+\.conv_dw\.weight", ("c", None, None, None)),
     (S + r"blocks\.\d+\.mlp\.fc1\.weight", ("n", "c", None, None)),
-    (S + r"blocks\.\d+\.mlp\.fc1\.bias", ("n",)),
+    (S + r"blocks\.\d+\.mlp\.(fc1\.bias|grn\.weight|grn\.bias)", ("n",)),
     (S + r"blocks\.\d+\.mlp\.fc2\.weight", ("c", "n", None, None)),
     (S + r"blocks\.\d+\.(gamma|conv_dw\.bias|norm\.weight|norm\.bias|mlp\.fc2\.bias)", ("c",)),
     (r"(norm_pre|head\.norm)\.(weight|bias)", ("c_last",)),
@@ -169,6 +215,7 @@ CONVNEXT_ROLES = [
     (r"head\.fc\.bias", ("cls",)),
 ]
 ROLES = {"vit": [(re.compile(p), r) for p, r in VIT_ROLES], "convnext": [(re.compile(p), r) for p, r in CONVNEXT_ROLES]}
+ROLES["eva"] = ROLES["vit"]
 
 
 def axis_roles(key: str, fam: str) -> tuple[str | None, ...] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from ..errors import UserError
-from ..io.weights import KWARGS_KEY, MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
+from ..io.weights import (
+    KWARGS_KEY,
+    MODEL_KEY,
+    build_from_checkpoint,
+    load_into,
+    load_state_dict,
+    read_metadata,
+    timm_layout,
+)
 from ..models.common import BUILD_ERRORS
 from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
@@ -37,19 +44,6 @@ def _create(name: str, role: str, **kwargs: Any) -> nn.Module:
 def _classifier_keys(model: nn.Module) -> list[str]:
     fam = family(model, "model")
     return [k for k in model.state_dict() if (axis_roles(k, fam) or (None,))[0] == "cls"]
-
-
-def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict keys as timm names them (official DeiT / ConvNeXt releases use other names)."""
-    if set(state) == set(model.state_dict()):
-        return state
-    filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
-    if filter_fn is None:
-        filter_fn = getattr(sys.modules[type(model).__mro__[1].__module__], "checkpoint_filter_fn", None)
-    try:
-        return filter_fn(state, model) if filter_fn else state
-    except Exception:  # noqa: BLE001  (an unrecognised layout: load_into reports the mismatch)
-        return state
 
 
 def _npz_num_classes(path: Path) -> int | None:
@@ -91,12 +85,13 @@ def header_model(path: str | os.PathLike | None) -> tuple[str, dict[str, Any]] |
                         "it") from None
 
 
-def resolve_predecessor(name: str | None, checkpoint: str | os.PathLike | None,
-                        kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """The predecessor's timm name and kwargs: explicit ones, completed by the checkpoint's moejet header.
+def resolve_predecessor(name: str | None, checkpoint: str | os.PathLike | None, kwargs: dict[str, Any] | None = None,
+                        flag: str = "--predecessor", role: str = "predecessor") -> tuple[str, dict[str, Any]]:
+    """The timm name and kwargs of the model in ``checkpoint``: explicit ones, completed by its moejet header.
 
     The header's kwargs are defaults that explicit ``kwargs`` override; an explicit ``name`` must name the
-    header's architecture (pretrained tags aside).
+    header's architecture (pretrained tags aside). ``flag`` / ``role``: the option that names the model and what
+    it is, in messages (``--predecessor`` / ``predecessor``, ``--dense-model`` / ``dense checkpoint's model``).
     """
     kwargs = dict(kwargs or {})
     if checkpoint and not Path(checkpoint).is_file():
@@ -104,13 +99,13 @@ def resolve_predecessor(name: str | None, checkpoint: str | os.PathLike | None,
     header = header_model(checkpoint)
     if header is None:
         if not name:
-            raise UserError("name the predecessor: pass --predecessor MODEL (only a moejet .safetensors file, whose "
-                            "header names its model, can go without)")
+            raise UserError(f"name the {role}: pass {flag} MODEL (only a moejet .safetensors file, whose header "
+                            "names its model, can go without)")
         return name, kwargs
     saved, saved_kwargs = header
     if name and timm.models.split_model_name_tag(name)[0] != timm.models.split_model_name_tag(saved)[0]:
-        raise UserError(f"--predecessor {name} contradicts checkpoint {checkpoint}, whose header names {saved}: "
-                        "drop --predecessor or pass the checkpoint of that model")
+        raise UserError(f"{flag} {name} contradicts checkpoint {checkpoint}, whose header names {saved}: "
+                        f"drop {flag} or pass the checkpoint of that model")
     return name or saved, {**saved_kwargs, **kwargs}
 
 
@@ -154,11 +149,12 @@ def load_predecessor(name: str | None, checkpoint: str | os.PathLike | None = No
     state = load_state_dict(path)
     model = _create(name, "predecessor", **kwargs)
     family(model, "predecessor")
-    state = _timm_filter(state, model)
+    state = timm_layout(state, model)
     if "num_classes" not in kwargs:
-        heads = _classifier_keys(model)
-        weight = next((k for k in heads if k.endswith("weight")), None)
-        classes = int(state[weight].shape[0]) if weight in state else (0 if weight else None)
+        fam = family(model, "predecessor")
+        heads = [k for k in {*_classifier_keys(model), *state} if (axis_roles(k, fam) or (None,))[0] == "cls"]
+        weight = next((k for k in sorted(heads) if k.endswith("weight")), None)
+        classes = int(state[weight].shape[0]) if weight in state else (0 if weight else None)  # SigLIP: 0 by default
         if classes is not None and classes != model.num_classes:
             model = _create(name, "predecessor", **dict(kwargs, num_classes=classes))
     load_into(model, state, f"checkpoint {path}")
@@ -196,7 +192,7 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
         if _npz_num_classes(path) != twin.num_classes:
             state = {k: v for k, v in state.items() if k not in heads}
         return {k: v.detach().clone() for k, v in state.items()}
-    state = _timm_filter(load_state_dict(path), twin)
+    state = timm_layout(load_state_dict(path), twin)
     own = twin.state_dict()
     dropped = [k for k in heads if k in state and state[k].shape != own[k].shape]
     # a checkpoint that pools differently (norm vs fc_norm) loads with its final norm renamed, and is returned

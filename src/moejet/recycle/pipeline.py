@@ -10,14 +10,48 @@ from typing import Any
 import torch
 
 from ..device import resolve_device
+from ..errors import UserError
 from .api import check_options, recycle
 from .load import calibration_loader, load_dense_state, load_predecessor, resolve_predecessor
+
+AUTO = "auto"  # --successor auto / model.name: auto
+AUTO_MODEL = "jetmoe"  # what it builds: moejet.models.jetmoe on the source's architecture
+SOURCE_ONLY_KWARGS = ("num_classes", "pretrained_cfg", "pretrained_cfg_overlay")  # the successor's own head / cfg
+
+
+def resolve_successor(
+    successor: str, successor_kwargs: dict[str, Any], *, predecessor: str | None,
+    predecessor_checkpoint: str | None, predecessor_kwargs: dict[str, Any] | None = None,
+    dense_checkpoint: str | None = None, dense_model: str | None = None, dense_kwargs: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """``(timm name, kwargs)`` of the successor. ``successor="auto"``: ``jetmoe`` built on the architecture of the
+    dense checkpoint (named by ``dense_model`` or its moejet header), else of the predecessor, with the source's
+    kwargs (its class count aside) under ``successor_kwargs`` (the MoE arguments, or any override)."""
+    if successor != AUTO:
+        if dense_model or dense_kwargs:
+            raise UserError("--dense-model / --dense-arg describe the dense checkpoint for --successor auto; an "
+                            f"explicit successor ({successor}) loads it into its own dense twin: drop them")
+        return successor, dict(successor_kwargs)
+    if dense_checkpoint:
+        name, kwargs = resolve_predecessor(dense_model, dense_checkpoint, dense_kwargs, "--dense-model",
+                                           "dense checkpoint's model")
+    elif dense_model or dense_kwargs:
+        raise UserError("--dense-model / --dense-arg describe a --dense-checkpoint: pass the checkpoint too, or "
+                        "drop them")
+    else:
+        if not predecessor and not predecessor_checkpoint:
+            raise UserError("--successor auto builds on the predecessor's architecture: name it with --predecessor")
+        name, kwargs = resolve_predecessor(predecessor, predecessor_checkpoint, predecessor_kwargs) \
+            if predecessor_checkpoint else (predecessor, dict(predecessor_kwargs or {}))
+    base_kwargs = {k: v for k, v in kwargs.items() if k not in SOURCE_ONLY_KWARGS}
+    return AUTO_MODEL, {"base": name, **base_kwargs, **successor_kwargs}
 
 
 def recycle_sources(
     *, predecessor: str | None, predecessor_checkpoint: str | None, pretrained: bool,
     predecessor_kwargs: dict[str, Any], dense_checkpoint: str | None, successor: str,
-    successor_kwargs: dict[str, Any], strategy: str = "importance", calib_data: str = "synthetic",
+    successor_kwargs: dict[str, Any], dense_model: str | None = None, dense_kwargs: dict[str, Any] | None = None,
+    strategy: str = "importance", calib_data: str = "synthetic",
     calib_images: int = 1024, calib_img_size: int | None = None, data_root: str | None = None, batch_size: int = 64,
     workers: int = 2, device: str = "auto", seed: int = 0, variant: str = "paper",
     switches: dict[str, str | None] | None = None, graph_parts: int = 32, coact_percentile: float = 90.0,
@@ -25,9 +59,14 @@ def recycle_sources(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What ``moejet recycle`` does before writing: load the predecessor, the dense part and the calibration data
     (each argument is the flag of the same name), recycle, and complete the report. Also ``model.init: recycle``
-    of ``moejet train``. Returns ``(state dict of the successor, report)``."""
+    of ``moejet train``. ``successor="auto"``: see :func:`resolve_successor`; the report names the model built.
+    Returns ``(state dict of the successor, report)``."""
     t0 = time.perf_counter()
     check_options(strategy, variant, graph_parts, coact_percentile, **(switches or {}))  # before loading any file
+    successor, successor_kwargs = resolve_successor(
+        successor, successor_kwargs, predecessor=predecessor, predecessor_checkpoint=predecessor_checkpoint,
+        predecessor_kwargs=predecessor_kwargs, dense_checkpoint=dense_checkpoint, dense_model=dense_model,
+        dense_kwargs=dense_kwargs)
     pred_kwargs = dict(predecessor_kwargs)
     dev = resolve_device(device)
     pred_name = predecessor

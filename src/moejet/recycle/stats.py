@@ -3,7 +3,9 @@
 Per block (paper §3.1, Eq. 4-5; docs/method.md, Checkpoint recycling):
 
 - channel importance: of the MLP input, i.e. the ``norm2`` output (ConvNeXt: ``norm``);
-- neuron importance: of the MLP activation output (``fc1 -> act``);
+- neuron importance: of the MLP activation output (``fc1 -> act``); for a gated MLP (SwiGLU, GluMlp) of the
+  gated activation ``act(gate) * value`` that ``fc2`` (after the MLP's hidden norm, if any) reads, so a neuron
+  whose gate is closed counts as unimportant; ConvNeXt-V2: of ``act``'s output, before the GRN;
 - the importance metric is ``mean_abs`` (paper Eq. 4: mean ``|a|`` over every token seen) or ``l2`` (released
   code, ``feature_analysis`` with ``select_type='L2'``: per batch the L2 norm ``sqrt(sum a^2)`` over the batch's
   images and tokens, not squared, then the plain mean over batches; so it depends on the batch size). The release
@@ -100,7 +102,8 @@ class _Accumulator:
         self.block, self.want_coact, self.percentile, self.acc_dtype = block, coact, percentile, acc_dtype
         self.reduce = _l2 if metric == "l2" else _abs_sum
         mlp = block.module.mlp
-        self.conv = isinstance(mlp.fc1, nn.Conv2d)
+        self.conv = isinstance(getattr(mlp, "fc1", None), nn.Conv2d)
+        activation = mlp.drop1 if block.kind in ("swiglu", "glu") else mlp.act  # drop1 is the identity in eval
         self.channel: torch.Tensor | None = None
         self.neuron: torch.Tensor | None = None
         self.coact: torch.Tensor | None = None
@@ -108,7 +111,7 @@ class _Accumulator:
         self.tokens = self.batches = 0
         self.handles = [
             mlp.register_forward_pre_hook(self.on_mlp_input),
-            mlp.act.register_forward_hook(self.on_activation),
+            activation.register_forward_hook(self.on_activation),
         ]
 
     def on_mlp_input(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,10 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..errors import UserError
-from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata
+from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata, timm_layout
 from ..models import moe_modules
 from ..models.common import BUILD_ERRORS
+from ..recycle.pipeline import AUTO, AUTO_MODEL, resolve_successor
 from .config import Config
 from .recycling_step import recycle_into_run
 
@@ -32,32 +32,46 @@ RUN_KWARGS = ("num_classes", "drop_path_rate", "pretrained", "pretrained_cfg_ove
 # ---------------------------------------------------------------------------------------------------- model
 
 
+def config_model(config: Config) -> tuple[str, dict[str, Any]]:
+    """``model.name`` and ``model.kwargs``; ``model.name: auto`` resolved from the recycle section, as ``moejet
+    recycle --successor auto`` resolves it (:func:`moejet.recycle.pipeline.resolve_successor`)."""
+    m, r = config.model, config.recycle
+    if m.name != AUTO:
+        return m.name, dict(m.kwargs)
+    return resolve_successor(AUTO, dict(m.kwargs), predecessor=r.predecessor,
+                             predecessor_checkpoint=r.predecessor_checkpoint, predecessor_kwargs=r.predecessor_kwargs,
+                             dense_checkpoint=r.dense_checkpoint, dense_model=r.dense_model,
+                             dense_kwargs=r.dense_kwargs)
+
+
 def model_kwargs(config: Config, num_classes: int) -> tuple[str, dict[str, Any]]:
     """``(timm name, kwargs)`` of the model: the init checkpoint's header, then ``model.kwargs``, then the run's."""
     m = config.model
+    name, own_kwargs = config_model(config)
     kwargs: dict[str, Any] = {}
     if m.init == "checkpoint" and str(m.init_checkpoint).endswith(".safetensors"):
         header = read_metadata(m.init_checkpoint)
         if MODEL_KEY in header:
             saved = header[MODEL_KEY]
-            if saved.split(".")[0] != m.name.split(".")[0]:
+            if saved.split(".")[0] != name.split(".")[0]:
                 raise UserError(
                     f"model.init_checkpoint {m.init_checkpoint} holds a {saved!r} but model.name is {m.name!r}: "
                     "set model.name to the checkpoint's model"
                 )
             kwargs = {k: v for k, v in json.loads(header.get(KWARGS_KEY, "{}")).items() if k not in RUN_KWARGS}
-    kwargs.update(m.kwargs)
+    kwargs.update(own_kwargs)
     kwargs.update(num_classes=num_classes, drop_path_rate=m.drop_path_rate)
     img_size = m.kwargs.get("img_size")
     if img_size is not None and img_size not in (config.data.img_size, [config.data.img_size] * 2):
         raise UserError(f"config key model.kwargs.img_size = {img_size} differs from data.img_size = "
                         f"{config.data.img_size}: set them equal (or drop model.kwargs.img_size)")
-    _check_model_name(m.name)
-    if "img_size" not in m.kwargs and get_pretrained_cfg_value(m.name, "fixed_input_size"):
+    _check_model_name(name)
+    architecture = kwargs.get("base", name) if name.split(".")[0] == AUTO_MODEL else name
+    if "img_size" not in m.kwargs and get_pretrained_cfg_value(architecture, "fixed_input_size"):
         kwargs["img_size"] = config.data.img_size  # ViTs size their position embedding from it
-    if "variant" not in m.kwargs and _is_moejet_model(m.name):
+    if "variant" not in m.kwargs and _is_moejet_model(name):
         kwargs["variant"] = config.variant
-    return m.name, kwargs
+    return name, kwargs
 
 
 def _is_moejet_model(name: str) -> bool:
@@ -137,12 +151,7 @@ def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") ->
     position embeddings resized to the model's image size).
     """
     state = load_state_dict(path, weights)
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state = filter_fn(state, model)
-        except Exception:  # noqa: BLE001  (an unfiltered state is still checked key by key below)
-            pass
+    state = timm_layout(state, model)
     own = model.state_dict()
     head = model.pretrained_cfg.get("classifier") or "head"
     head_keys = [k for k in own if any(k.startswith(f"{h}.") for h in ([head] if isinstance(head, str) else head))]

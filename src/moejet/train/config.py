@@ -148,6 +148,8 @@ class RecycleConfig:
     pretrained: bool = False  # ... or timm's hosted weights (needs the network)
     predecessor_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm kwargs of the predecessor
     dense_checkpoint: str | None = None  # same-width dense model for everything outside the MoE MLPs
+    dense_model: str | None = None  # model.name auto: the dense checkpoint's timm name (a moejet file names itself)
+    dense_kwargs: dict[str, Any] = field(default_factory=dict)  # model.name auto: its extra timm kwargs
     strategy: str = "importance"  # importance | graph | uniform | random | upcycle
     calib_data: str = "synthetic"  # calibration dataset spec (train split), e.g. imagenet
     calib_images: int = 1024  # 0: none (uniform / random / upcycle)
@@ -371,7 +373,11 @@ def _validate_model(config: Config, need: Need) -> None:
     else:
         need(config.recycle == RecycleConfig(), "model.init",
              "the recycle section is read only with model.init=recycle: set it (or drop the recycle section)")
-    need(_is_model(model.name), "model.name", "not a timm model: see `moejet models` or timm.list_models()")
+    need(model.name != "auto" or model.init == "recycle", "model.name",
+         "auto derives the successor from the recycle section (as moejet recycle --successor auto): set "
+         "model.init=recycle, or name a model")
+    need(model.name == "auto" or _is_model(model.name), "model.name",
+         "not a timm model: see `moejet models` or timm.list_models()")
     check_model_kwargs(model.kwargs, "config key model.kwargs.")
     need("num_classes" not in model.kwargs, "model.kwargs", "num_classes comes from the dataset: remove it")
     need("drop_path_rate" not in model.kwargs, "model.kwargs", "set model.drop_path_rate instead of a kwarg")
@@ -477,6 +483,14 @@ def _validate_recycle(config: Config, need: Need) -> None:
     need(recycle.predecessor is None or _is_model(recycle.predecessor), "recycle.predecessor",
          "not a timm model name (e.g. vit_small_patch16_224.augreg_in21k)")
     check_model_kwargs(recycle.predecessor_kwargs, "config key recycle.predecessor_kwargs.")
+    need(recycle.dense_model is None or _is_model(recycle.dense_model), "recycle.dense_model",
+         "not a timm model name (e.g. vit_small_patch14_dinov2)")
+    need(config.model.name == "auto" or (recycle.dense_model is None and not recycle.dense_kwargs),
+         "recycle.dense_model", "describes the dense checkpoint for model.name auto: drop it (an explicit model "
+         "loads the dense checkpoint into its own dense twin)")
+    need(recycle.dense_checkpoint is not None or (recycle.dense_model is None and not recycle.dense_kwargs),
+         "recycle.dense_model", "describes recycle.dense_checkpoint: set the checkpoint too, or drop it")
+    check_model_kwargs(recycle.dense_kwargs, "config key recycle.dense_kwargs.")
     _check_dataset_spec(recycle.calib_data, "recycle.calib_data")
 
 

@@ -34,7 +34,7 @@ def evaluate_checkpoint(
             val_ds = build.build_dataset(config, "val", val_tf)
         else:
             with torch.device("meta"):
-                probe = build.create_model(config.model.name, dict(config.model.kwargs), pretrained=False)
+                probe = build.create_model(*build.config_model(config), pretrained=False)
             _, val_tf = build.build_transforms(config, probe)
             val_ds = build.build_dataset(config, "val", val_tf)
             model, name, _ = build.build_model(_scratch(config), build.num_classes_of(val_ds, config))

@@ -67,7 +67,7 @@ def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
     from ..recycle.output import summary, write_outputs
     from ..recycle.pipeline import recycle_sources
 
-    r = config.recycle
+    r = config.recycle  # model.name auto is already resolved: wanted["successor"] names the model
     device = str(resolve_device(config.train.device))
     print(f"moejet train: recycling {r.predecessor or r.predecessor_checkpoint} into {wanted['successor']} "
           f"({r.strategy}) -> {out / MODEL_FILE}", flush=True)

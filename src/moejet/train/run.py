@@ -147,7 +147,7 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
                         "N (N > 1), or use train.strategy=ddp for one process")
 
     # data first: the dataset decides the number of classes
-    meta_name, meta_kwargs = config.model.name, {**config.model.kwargs}
+    meta_name, meta_kwargs = build.config_model(config)
     with torch.device("meta"):
         probe = build.create_model(meta_name, meta_kwargs, pretrained=False)
     prefetch = build.uses_prefetcher(world.device)

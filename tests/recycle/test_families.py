@@ -1,0 +1,192 @@
+"""Recycling today's checkpoint families with ``--successor auto``, on tiny random-initialised timm models.
+
+Per family: the successor derived from the checkpoint reproduces it exactly where it has no MoE block, every
+expert holds the predecessor slices that ``recycle.json`` names, and the recycled model trains, exports and
+extracts features.
+"""
+
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import moejet  # noqa: F401  (registers the models)
+from moejet.io.export import export_checkpoint, run_export
+from moejet.io.weights import build_from_checkpoint, save_model
+from moejet.layers import SoftMoE, SpheroMoE
+from moejet.models import moe_modules
+from moejet.recycle import recycle_sources, write_outputs
+
+VIT = dict(embed_dim=32, depth=4, num_heads=2, num_classes=10)
+CONVNEXT = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10)
+# name -> (timm model, tiny kwargs, image side); each row is one architecture feature of today's checkpoints
+FAMILIES = {
+    "deit3 (layer scale, no pos-embed for cls)": ("deit3_small_patch16_224", dict(VIT, img_size=32), 32),
+    "dinov2 (layer scale, patch 14)": ("vit_small_patch14_dinov2", dict(VIT, img_size=28), 28),
+    "dinov2-reg (register tokens)": ("vit_small_patch14_reg4_dinov2", dict(VIT, img_size=28), 28),
+    "dinov2-giant (SwiGLUPacked, SiLU)": ("vit_giant_patch14_dinov2", dict(VIT, img_size=28, mlp_ratio=5.0), 28),
+    "clip (pre-norm, no patch bias)": ("vit_base_patch16_clip_224", dict(VIT, img_size=32), 32),
+    "siglip (no cls token, MAP head)": ("vit_base_patch16_siglip_224", dict(VIT, img_size=32), 32),
+    "gap (no cls token, avg pool)": ("vit_small_patch16_224", dict(VIT, img_size=32, class_token=False,
+                                                                    global_pool="avg", fc_norm=True), 32),
+    "dynamic image size": ("vit_small_patch16_224", dict(VIT, img_size=32, dynamic_img_size=True), 32),
+    "eva02 (packed SwiGLU, RoPE)": ("eva02_tiny_patch14_224", dict(VIT, img_size=28), 28),
+    "eva02-base (SwiGLU, MLP norm, split qkv)": ("eva02_base_patch14_224", dict(VIT, img_size=28), 28),
+    "convnext (layer scale)": ("convnext_atto", dict(CONVNEXT), 32),
+    "convnext-v2 (GRN, conv MLP)": ("convnextv2_atto", dict(CONVNEXT), 32),
+}
+MOE_ARGS = {"vit": dict(moe_layers=[2, 3], core_experts=2, univ_experts=4),
+            "convnext": dict(moe_layers=[3, 4], core_experts=[0, 0, 2, 2], univ_experts=[0, 0, 4, 4])}
+
+
+def family_of(name):
+    return "convnext" if name.startswith("convnext") else "vit"
+
+
+def randomized(model):
+    """Every parameter random (timm zero-inits layer scale, GRN and some biases; random values test the cut)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """``name -> (file, timm model, kwargs)``: each family's tiny dense checkpoint, saved as a plain timm file."""
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for i, (label, (model_name, kwargs, _)) in enumerate(FAMILIES.items()):
+        path = root / f"{i}.pth"
+        torch.save(randomized(timm.create_model(model_name, **kwargs)).state_dict(), path)
+        out[label] = (path, model_name, kwargs)
+    return out
+
+
+def recycled(checkpoint, tmp_path, moe_args, strategy="importance", side=32, **extra):
+    path, model_name, kwargs = checkpoint
+    predecessor_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    state, report = recycle_sources(
+        predecessor=model_name, predecessor_checkpoint=str(path), pretrained=False,
+        predecessor_kwargs=predecessor_kwargs, dense_checkpoint=None, successor="auto",
+        successor_kwargs=dict(moe_args, num_classes=10), strategy=strategy, calib_images=8,
+        calib_img_size=side, batch_size=4, workers=0, device="cpu", progress=False, **extra)
+    succ = report["successor"]
+    paths = write_outputs(tmp_path, state, report, succ["name"], succ["kwargs"])
+    return paths[0], report
+
+
+@pytest.mark.parametrize("label", FAMILIES)
+def test_successor_without_moe_blocks_is_the_checkpoint(label, checkpoints, tmp_path):
+    """The derived successor's dense part (tokens, norms, attention, RoPE, pooling, head) is the checkpoint's."""
+    path, model_name, kwargs = checkpoints[label]
+    side = FAMILIES[label][2]
+    file, report = recycled(checkpoints[label], tmp_path, {"moe_layers": []}, strategy="uniform", side=side)
+    assert report["successor"]["name"] == "jetmoe" and report["successor"]["kwargs"]["base"] == model_name
+    successor, _, _ = build_from_checkpoint(file)
+    predecessor = timm.create_model(model_name, **kwargs)
+    predecessor.load_state_dict(torch.load(path, weights_only=True))
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        out, expected = successor.eval()(x), predecessor.eval()(x)
+    if model_name.startswith("convnext"):  # timm builds these with 1x1-conv MLPs, the successor with Linear ones:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)  # the same sums in another order
+    else:
+        assert torch.equal(out, expected)
+
+
+def mlp_slices(state, prefix, kind, gate_last=False):
+    """The predecessor MLP's ``(value rows (h, d), gate rows or None, fc2 (d, h), hidden norm params)``, read
+    from its timm keys directly."""
+    flat = lambda w: w.reshape(w.shape[0], -1)
+    if kind == "swiglu":
+        value, gate = state[prefix + "fc1_x.weight"], state[prefix + "fc1_g.weight"]
+    elif kind == "glu":
+        w = state[prefix + "fc1.weight"]
+        first, second = w[: w.shape[0] // 2], w[w.shape[0] // 2:]
+        gate, value = (second, first) if gate_last else (first, second)
+    else:
+        value, gate = flat(state[prefix + "fc1.weight"]), None
+    norms = {name: state[prefix + key] for name, key in (("norm_weight", "norm.weight"), ("grn_weight", "grn.weight"))
+             if prefix + key in state}
+    return value, gate, flat(state[prefix + "fc2.weight"]), norms
+
+
+@pytest.mark.parametrize("label", FAMILIES)
+def test_experts_hold_the_slices_recycle_json_names(label, checkpoints, tmp_path):
+    path, model_name, kwargs = checkpoints[label]
+    fam = family_of(model_name)
+    file, report = recycled(checkpoints[label], tmp_path, MOE_ARGS[fam], side=FAMILIES[label][2])
+    successor, _, _ = build_from_checkpoint(file)
+    dense = torch.load(path, weights_only=True)
+    names = {str(i): name for i, name in enumerate(
+        [f"blocks.{i}" for i in range(4)] if fam == "vit" else
+        [f"stages.{s}.blocks.{j}" for s, n in enumerate(CONVNEXT["depths"]) for j in range(n)])}
+    layers = moe_modules(successor)
+    assert len(layers) == 2
+    dense_model = timm.create_model(model_name, **kwargs)
+    for key, paths in report["neuron_indices"].items():
+        block = names[key]
+        dense_mlp = dense_model.get_submodule(block + ".mlp")
+        kind = {"SwiGLU": "swiglu", "GluMlp": "glu"}.get(type(dense_mlp).__name__, "mlp")
+        value, gate, fc2, norms = mlp_slices(dense, block + ".mlp.", kind, getattr(dense_mlp, "gate_last", False))
+        layer = layers[block + ".mlp"]
+        assert isinstance(layer, SpheroMoE) and layer.core_experts.gated == (gate is not None)
+        for path_name, experts in paths.items():
+            bank = layer.core_experts if path_name == "core" else layer.univ_experts
+            for e, idx in enumerate(experts):
+                idx = torch.tensor(idx)
+                assert torch.equal(bank.fc1_weight[e], value[idx])  # same width: every channel, in order
+                assert torch.equal(bank.fc2_weight[e], fc2[:, idx])
+                if gate is not None:
+                    assert torch.equal(bank.fc1_gate_weight[e], gate[idx])  # the same neurons as the value rows
+                for name, weight in norms.items():
+                    assert torch.equal(getattr(bank, name)[e], weight[idx])
+
+
+@pytest.mark.parametrize("label", FAMILIES)
+def test_recycled_model_trains_exports_and_extracts_features(label, checkpoints, tmp_path):
+    model_name = checkpoints[label][1]
+    side = FAMILIES[label][2]
+    file, report = recycled(checkpoints[label], tmp_path, MOE_ARGS[family_of(model_name)], side=side)
+    model, name, kwargs = build_from_checkpoint(file)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(2, 3, side, side), torch.tensor([1, 7])
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(model(x), y)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = [k for k, v in model.state_dict().items() if "experts" in k and not torch.equal(v, before[k])]
+    assert moved, "the experts did not train"
+    model.eval()
+    trained = tmp_path / "trained.safetensors"
+    save_model(model, trained, name, kwargs)
+    assert export_checkpoint(trained, tmp_path / "model.pt2", fmt="export", img_size=side) <= 1e-4
+    with torch.no_grad():
+        torch.testing.assert_close(run_export(tmp_path / "model.pt2", x), model(x), rtol=1e-4, atol=1e-4)
+    features = timm.create_model(name, features_only=True, **kwargs).eval()
+    with torch.no_grad():
+        maps = features(x)
+    assert len(maps) == len(features.feature_info.channels()) and all(torch.isfinite(m).all() for m in maps)
+
+
+def test_soft_moe_successor_takes_the_dense_mlp_form(checkpoints, tmp_path):
+    file, _ = recycled(checkpoints["eva02 (packed SwiGLU, RoPE)"], tmp_path,
+                       dict(moe_type="soft", moe_layers=[3], num_experts=3), side=28)
+    layer = moe_modules(build_from_checkpoint(file)[0])["blocks.3.mlp"]
+    assert isinstance(layer, SoftMoE) and layer.experts.gated and layer.experts.num_experts == 3
+
+
+def test_recycle_json_names_the_derived_successor(checkpoints, tmp_path):
+    _, report = recycled(checkpoints["siglip (no cls token, MAP head)"], tmp_path, MOE_ARGS["vit"])
+    saved = json.loads((tmp_path / "recycle.json").read_text())
+    assert saved["successor"]["kwargs"] == {"base": "vit_base_patch16_siglip_224", "img_size": 32,
+                                            "embed_dim": 32, "depth": 4, "num_heads": 2, **MOE_ARGS["vit"],
+                                            "num_classes": 10}
