@@ -52,7 +52,8 @@ def files(tmp_path_factory):
     paths = {"config": root / "config.yaml", "text": root / "notes.txt", "pickle": root / "evil.pth",
              "truncated": root / "truncated.safetensors", "predecessor": root / "vit_s.safetensors",
              "model": root / "vjetmoe.safetensors", "recycle_config": root / "recycle.yaml",
-             "dense": root / "dense.pth", "empty_dir": root / "empty"}
+             "dense": root / "dense.pth", "empty_dir": root / "empty", "eva": root / "eva02.safetensors",
+             "siglip": root / "siglip.safetensors", "parallel": root / "parallel.pth"}
     paths["config"].write_text(yaml.safe_dump(BASE_CONFIG))
     paths["recycle_config"].write_text(yaml.safe_dump({**BASE_CONFIG, "model": {**BASE_CONFIG["model"],
                                                        "init": "recycle"}, "recycle": RECYCLE_SECTION}))
@@ -67,6 +68,11 @@ def files(tmp_path_factory):
     save_model(timm.create_model("vjetmoe_tiny_patch16_224", **kwargs), paths["model"], "vjetmoe_tiny_patch16_224",
                kwargs)
     paths["empty_dir"].mkdir()
+    for key, name, kwargs in (("eva", "eva02_tiny_patch14_224", dict(TINY_VIT, patch_size=14, img_size=28)),
+                              ("siglip", "vit_base_patch16_siglip_224", dict(TINY_VIT, patch_size=16))):
+        save_model(timm.create_model(name, **kwargs), paths[key], name, kwargs)
+    torch.save(timm.create_model("vit_small_patch16_18x2_224", **{**TINY_VIT, "depth": 2}).state_dict(),
+               paths["parallel"])
     return paths
 
 
@@ -140,6 +146,29 @@ ROWS = [
     (["recycle", "--predecessor-checkpoint", "{predecessor}", "--successor", "vjetmoe_tiny_patch16_224",
       "--successor-arg", "img_size=32", "--successor-arg", "patch_size=8", "--successor-arg", "embed_dim=96",
       "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "larger than the predecessor"),
+    # recycle: --successor auto and today's checkpoints
+    (["recycle", "--predecessor-checkpoint", "{predecessor}", "--dense-checkpoint", "{dense}", "--successor", "auto",
+      "--out", "{out}"], "--dense-model"),
+    (["recycle", "--predecessor-checkpoint", "{predecessor}", "--dense-checkpoint", "{dense}", "--dense-model",
+      "vit_small_patch16_224", "--successor", "vjetmoe_tiny_patch16_224", "--out", "{out}"], "--dense-model"),
+    (["recycle", "--predecessor-checkpoint", "{predecessor}", "--dense-model", "vit_small_patch16_224",
+      "--successor", "auto", "--out", "{out}"], "--dense-checkpoint"),
+    (["recycle", "--predecessor-checkpoint", "{eva}", "--successor", "auto", "--successor-arg", "embed_dim=24",
+      "--successor-arg", "num_heads=2", "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"],
+     "whole heads"),
+    (["recycle", "--predecessor-checkpoint", "{siglip}", "--successor", "auto", "--successor-arg", "global_pool=avg",
+      "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "attention-pool"),
+    (["recycle", "--predecessor-checkpoint", "{predecessor}", "--successor", "auto", "--successor-arg",
+      "reg_tokens=4", "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "reg_token"),
+    (["recycle", "--predecessor-checkpoint", "{siglip}", "--successor", "vjetmoe_tiny_patch16_224",
+      *[a for k, v in {**TINY_VIT, "moe_layers": (2, 3), "core_experts": 2, "univ_experts": 4}.items()
+        for a in ("--successor-arg", f"{k}={v}")],
+      "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "attention-pool"),
+    (["recycle", "--predecessor", "vit_small_patch16_18x2_224", "--predecessor-checkpoint", "{parallel}",
+      *[a for k, v in {**TINY_VIT, "depth": 2}.items() for a in ("--predecessor-arg", f"{k}={v}")],
+      "--successor", "auto", "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "ParallelThingsBlock"),
+    (["recycle", "--predecessor-checkpoint", "{eva}", "--dense-checkpoint", "{dense}", "--dense-model",
+      "vit_small_patch16_224", "--successor", "auto", "--out", "{out}"], "does not match"),
     # demo
     (["demo", "--seeds", "abc", "--out", "{out}"], "--seeds"),
     (["demo", "--device", "tpu", "--out", "{out}"], "--device"),

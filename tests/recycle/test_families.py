@@ -66,12 +66,12 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def recycled(checkpoint, tmp_path, moe_args, strategy="importance", side=32, **extra):
+def recycled(checkpoint, tmp_path, moe_args, strategy="importance", side=32, dense_checkpoint=None, **extra):
     path, model_name, kwargs = checkpoint
     predecessor_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
     state, report = recycle_sources(
         predecessor=model_name, predecessor_checkpoint=str(path), pretrained=False,
-        predecessor_kwargs=predecessor_kwargs, dense_checkpoint=None, successor="auto",
+        predecessor_kwargs=predecessor_kwargs, dense_checkpoint=dense_checkpoint, successor="auto",
         successor_kwargs=dict(moe_args, num_classes=10), strategy=strategy, calib_images=8,
         calib_img_size=side, batch_size=4, workers=0, device="cpu", progress=False, **extra)
     succ = report["successor"]
@@ -190,3 +190,84 @@ def test_recycle_json_names_the_derived_successor(checkpoints, tmp_path):
     assert saved["successor"]["kwargs"] == {"base": "vit_base_patch16_siglip_224", "img_size": 32,
                                             "embed_dim": 32, "depth": 4, "num_heads": 2, **MOE_ARGS["vit"],
                                             "num_classes": 10}
+
+
+# ---- narrower successors: weight selection from the predecessor, or the dense part from a dense checkpoint ------
+
+WIDE_VIT = dict(embed_dim=64, depth=4, num_heads=4)
+NARROW = {  # name -> (timm model, wide predecessor kwargs, successor overrides, image side)
+    "siglip": ("vit_base_patch16_siglip_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2), 32),
+    "eva02-base": ("eva02_base_patch14_224", dict(WIDE_VIT, img_size=28), dict(embed_dim=32, num_heads=2), 28),
+    "dinov2-giant": ("vit_giant_patch14_dinov2", dict(WIDE_VIT, img_size=28, mlp_ratio=5.0),
+                     dict(embed_dim=32, num_heads=2), 28),
+    "convnext-v2": ("convnextv2_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
+                    dict(dims=[8, 16, 32, 64]), 32),
+}
+
+
+def wide_checkpoint(model_name, kwargs, path):
+    model = randomized(timm.create_model(model_name, **kwargs))
+    torch.save(model.state_dict(), path)
+    return (path, model_name, kwargs), model.state_dict()
+
+
+@pytest.mark.parametrize("label", NARROW)
+def test_narrower_successor_takes_the_selected_channels(label, tmp_path):
+    model_name, kwargs, narrow, side = NARROW[label]
+    checkpoint, dense = wide_checkpoint(model_name, kwargs, tmp_path / "wide.pth")
+    fam = family_of(model_name)
+    file, report = recycled(checkpoint, tmp_path / "out", {**MOE_ARGS[fam], **narrow}, side=side)
+    successor, _, _ = build_from_checkpoint(file)
+    state = successor.state_dict()
+    channels = [torch.tensor(c) for c in report["channel_indices"]]
+    block = "blocks.3" if fam == "vit" else "stages.3.blocks.0"
+    stage = 0 if fam == "vit" else 3
+    c = channels[stage]
+    value, gate, fc2, norms = mlp_slices(dense, block + ".mlp.", {"dinov2-giant": "glu", "eva02-base": "swiglu"}
+                                         .get(label, "mlp"))
+    layer = moe_modules(successor)[block + ".mlp"]
+    for e, idx in enumerate(report["neuron_indices"]["3" if fam == "vit" else "4"]["core"]):
+        idx = torch.tensor(idx)
+        assert torch.equal(layer.core_experts.fc1_weight[e], value[idx][:, c])
+        assert torch.equal(layer.core_experts.fc2_weight[e], fc2[c][:, idx])
+        if gate is not None:
+            assert torch.equal(layer.core_experts.fc1_gate_weight[e], gate[idx][:, c])
+        for name, weight in norms.items():
+            assert torch.equal(getattr(layer.core_experts, name)[e], weight[idx])
+    if label == "siglip":  # the MAP head: the same heads as the blocks, its MLP's neurons evenly spaced (Eq. 7)
+        heads = torch.tensor(report["head_indices"]["heads"])
+        rows = (heads[:, None] * 16 + torch.arange(16)).reshape(-1)  # 4 heads of 16 -> 2 heads of 16
+        assert torch.equal(state["attn_pool.q.weight"], dense["attn_pool.q.weight"][rows][:, c])
+        kv_rows = torch.cat([rows, rows + 64])  # k rows, then v rows
+        assert torch.equal(state["attn_pool.kv.weight"], dense["attn_pool.kv.weight"][kv_rows][:, c])
+        assert torch.equal(state["attn_pool.mlp.fc1.weight"],
+                           dense["attn_pool.mlp.fc1.weight"][torch.arange(128) * 256 // 128][:, c])
+        assert torch.equal(state["attn_pool.latent"], dense["attn_pool.latent"][:, :, c])
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        assert torch.isfinite(successor.eval()(x)).all()
+
+
+@pytest.mark.parametrize("pair", [("vit_base_patch14_dinov2", "vit_small_patch14_dinov2"),
+                                  ("convnextv2_tiny", "convnextv2_nano")])
+def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
+    """The paper's rule: experts from the larger checkpoint, the dense part from the smaller one of its family."""
+    large, small = pair
+    if large.startswith("convnext"):
+        large_kwargs, small_kwargs = dict(dims=(16, 32, 64, 128), depths=(1, 1, 3, 1)), dict(CONVNEXT)
+        moe, side = MOE_ARGS["convnext"], 32
+    else:
+        large_kwargs, small_kwargs = dict(WIDE_VIT, img_size=28), dict(VIT, img_size=28)
+        moe, side = MOE_ARGS["vit"], 28
+    checkpoint, _ = wide_checkpoint(large, large_kwargs, tmp_path / "large.pth")
+    small_model = randomized(timm.create_model(small, **small_kwargs))
+    torch.save(small_model.state_dict(), tmp_path / "small.pth")
+    small_kwargs.pop("num_classes", None)
+    file, report = recycled(checkpoint, tmp_path / "out", moe, side=side, dense_checkpoint=str(tmp_path / "small.pth"),
+                            dense_model=small, dense_kwargs=small_kwargs)
+    assert report["successor"]["kwargs"]["base"] == small
+    state = build_from_checkpoint(file)[0].state_dict()
+    moe_blocks = tuple(f"{name}." for name in moe_modules(build_from_checkpoint(file)[0]))
+    for key, value in small_model.state_dict().items():
+        if not key.startswith(moe_blocks):
+            assert torch.equal(state[key], value.reshape(state[key].shape)), key  # conv MLPs: as Linear weights

@@ -215,6 +215,10 @@ def build_state(
             if key not in dense_state:
                 fresh.append(key)
             continue
+        if key not in pred_state and (axis_roles(key, fam) or (None,))[0] == "cls":
+            state[key] = ref.clone()  # a predecessor without a classifier (DINOv2, SigLIP): a fresh head
+            fresh.append(key)
+            continue
         if key not in pred_state:
             raise UserError(
                 f"the predecessor has no {key}, which the successor needs: their architectures differ beyond width "

@@ -80,8 +80,11 @@ def blocks(model: nn.Module) -> list[Block]:
         named = [(f"blocks.{i}", 0, b, getattr(b, "norm2", None)) for i, b in enumerate(model.blocks)]
     out = []
     for index, (name, stage, block, norm) in enumerate(named):
+        mlp = getattr(block, "mlp", None)
+        if mlp is None:
+            raise UserError(f"{name} is a {type(block).__name__} with no single MLP: recycling reads blocks of one "
+                            "attention and one MLP (timm's Block, EvaBlock, ConvNeXtBlock)")
         dim = _width(norm, name)
-        mlp = block.mlp
         if isinstance(mlp, MOE_LAYERS):
             out.append(Block(name, index, stage, dim, None, block, "moe"))
             continue
