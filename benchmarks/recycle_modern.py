@@ -70,8 +70,7 @@ def save_sources(workdir: Path) -> dict:
     moe = succ.blocks[MOE_LAYERS[0]].mlp
     out["successor"] = {"model": "jetmoe", "base": DENSE, "moe_layers": MOE_LAYERS,
                         "params_m": sum(p.numel() for p in succ.parameters()) / 1e6,
-                        "core_experts": getattr(moe, "core_experts", None),
-                        "univ_experts": getattr(moe, "univ_experts", None)}
+                        "core_experts": moe.num_core, "univ_experts": moe.num_univ}
     return out
 
 
@@ -93,27 +92,49 @@ def child_env(threads: int) -> dict:
     return env
 
 
+def cpu_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``; idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cores(window: float = 10.0) -> float:
+    """Cores kept busy by other processes over ``window`` seconds (this one is asleep meanwhile)."""
+    before = cpu_busy_s()
+    time.sleep(window)
+    return (cpu_busy_s() - before) / window
+
+
 def wait_for_quiet(max_load: float, max_wait: float) -> dict:
-    """Waits (polling every 15 s, at most ``max_wait`` s) for the 1-minute load average to fall below ``max_load``."""
+    """Waits, at most ``max_wait`` s, until the other jobs on the machine keep less than 0.5 cores busy (measured
+    over 10 s from ``/proc/stat``) and the 1-minute load average (which our own previous run still inflates for a
+    minute) is below ``max_load``."""
     start = time.monotonic()
-    before = os.getloadavg()
-    while os.getloadavg()[0] >= max_load and time.monotonic() - start < max_wait:
-        time.sleep(15)
-    return {"load_first_seen": list(before), "load_at_start": list(os.getloadavg()),
-            "waited_s": round(time.monotonic() - start, 1), "quiet": os.getloadavg()[0] < max_load}
+    first = os.getloadavg()
+    while True:
+        busy = others_cores()
+        if (busy < 0.5 and os.getloadavg()[0] < max_load) or time.monotonic() - start >= max_wait:
+            break
+        time.sleep(5)
+    return {"load_first_seen": list(first), "load_at_start": list(os.getloadavg()), "others_cores_at_start": busy,
+            "waited_s": round(time.monotonic() - start, 1), "quiet": busy < 0.5 and os.getloadavg()[0] < max_load}
 
 
 def measure(cmd: list[str], env: dict, log: Path) -> dict:
     """Runs ``cmd``; its wall time, exit status and its own peak RSS / CPU time (``os.wait4`` on that child)."""
     with open(log, "w") as f:
+        busy = cpu_busy_s()
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t
+        busy = cpu_busy_s() - busy
     proc.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
     return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "cpu_s": cpu, "cpu_per_wall": cpu / wall}
+            "cpu_s": cpu, "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_per_wall": cpu / wall,
+            "others_cores": max(busy - cpu, 0.0) / wall}
 
 
 def reference(args: argparse.Namespace) -> dict:
@@ -215,7 +236,8 @@ def main() -> None:
                 sys.exit(f"reference forward failed:\n{log.read_text()[-3000:]}")
             ref = {**quiet, **run, **json.loads(log.read_text().strip().splitlines()[-1])}
             print(f"reference: loader {ref['loader_ms_per_image']:.1f} ms/image, forward "
-                  f"{ref['forward_ms_per_image']:.1f} ms/image", file=sys.stderr, flush=True)
+                  f"{ref['forward_ms_per_image']:.1f} ms/image, other jobs {ref['others_cores']:.2f} cores",
+                  file=sys.stderr, flush=True)
         rows = []
         for strategy in args.strategies:
             quiet = wait_for_quiet(args.max_load, args.max_wait)
@@ -231,13 +253,15 @@ def main() -> None:
             row = {"strategy": strategy, **quiet, **run, "timings": timings, "calibration_images": calib_images,
                    "calibration_images_per_s": calib_images / timings["calibration_s"]
                    if timings.get("calibration_s") else None,
-                   **successor_file(out_dir), "successor": report.get("successor"),
+                   "outside_report_s": run["wall_s"] - timings["total_s"], **successor_file(out_dir),
+                   "successor": report.get("successor"),
                    "calibration": report.get("calibration"),
                    "command": ["python" if c == sys.executable else c for c in cmd]}
             (out_dir / "model.safetensors").unlink()  # ~GBs each
             rows.append(row)
             print(f"{strategy}: {run['wall_s']:.1f} s wall, peak RSS {run['peak_rss_mb']:.0f} MB, "
-                  f"load before {quiet['load_at_start'][0]:.2f}, CPU/wall {run['cpu_per_wall']:.2f}",
+                  f"load before {quiet['load_at_start'][0]:.2f} (waited {quiet['waited_s']:.0f} s), CPU/wall "
+                  f"{run['cpu_per_wall']:.2f}, other jobs {run['others_cores']:.2f} cores",
                   file=sys.stderr, flush=True)
 
     print(f"\nmoejet recycle {PREDECESSOR} -> jetmoe on {DENSE} (img_size={IMG_SIZE}, MoE blocks "
@@ -247,18 +271,19 @@ def main() -> None:
           f"{sources['dense']['params_m']:.1f}, successor {sources['successor']['params_m']:.1f} "
           f"({sources['successor']['core_experts']} core / {sources['successor']['univ_experts']} universal experts)\n")
     print("| strategy | wall (s) | load (s) | calibration (s) | calib images/s | selection (s) | build (s) | "
-          "total (s) | peak RSS (MB) | model.safetensors (MB) | CPU / wall | load avg before |")
+          "total (s) | peak RSS (MB) | model.safetensors (MB) | CPU / wall | other jobs (cores) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         t = r["timings"]
         print(f"| {r['strategy']} | {r['wall_s']:.1f} | {t['load_s']:.1f} | {t['calibration_s']:.1f} | "
               f"{r['calibration_images_per_s']:.2f} | {t['selection_s']:.2f} | {t['build_s']:.1f} | "
               f"{t['total_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['model_safetensors_mb']:.0f} | "
-              f"{r['cpu_per_wall']:.2f} | {r['load_at_start'][0]:.2f} |")
+              f"{r['cpu_per_wall']:.2f} | {r['others_cores']:.2f} |")
     if ref:
         print(f"\nreference ({ref['images']} images, same loader): loader {ref['loader_ms_per_image']:.1f} ms/image, "
               f"plain predecessor forward {ref['forward_ms_per_image']:.1f} ms/image "
-              f"({1e3 / (ref['loader_ms_per_image'] + ref['forward_ms_per_image']):.2f} images/s together)")
+              f"({1e3 / (ref['loader_ms_per_image'] + ref['forward_ms_per_image']):.2f} images/s together; other jobs "
+              f"{ref['others_cores']:.2f} cores)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({
         "date": started.isoformat(timespec="seconds"), "machine": machine, "threads": args.threads,

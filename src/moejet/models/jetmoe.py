@@ -198,6 +198,10 @@ def jetmoe(
         if num_experts is not None:
             core_experts, univ_experts = num_experts, 0
     moeify(model, moe_type, moe_layers, core_experts, univ_experts, moe_args, moe_drop_path_rate)
+    # the base's data config (mean, std, crop, interpolation), under this factory's name: a Hub / local-dir config
+    # written from it (timm's save_for_hf) rebuilds a jetmoe, not the dense base
+    model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, "architecture": "jetmoe",
+                                                "base_architecture": model.pretrained_cfg.get("architecture")}
     if pretrained:
         _load_moe_weights(model, pretrained_cfg, overlay)
     return _features(model, out_indices) if features_only else model
