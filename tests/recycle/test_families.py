@@ -257,7 +257,7 @@ def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
         large_kwargs, small_kwargs = dict(dims=(16, 32, 64, 128), depths=(1, 1, 3, 1)), dict(CONVNEXT)
         moe, side = MOE_ARGS["convnext"], 32
     else:
-        large_kwargs, small_kwargs = dict(WIDE_VIT, img_size=28), dict(VIT, img_size=28)
+        large_kwargs, small_kwargs = dict(WIDE_VIT, img_size=28), dict(VIT, img_size=28, num_classes=0)  # no head
         moe, side = MOE_ARGS["vit"], 28
     checkpoint, _ = wide_checkpoint(large, large_kwargs, tmp_path / "large.pth")
     small_model = randomized(timm.create_model(small, **small_kwargs))
@@ -266,6 +266,7 @@ def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
     file, report = recycled(checkpoint, tmp_path / "out", moe, side=side, dense_checkpoint=str(tmp_path / "small.pth"),
                             dense_model=small, dense_kwargs=small_kwargs)
     assert report["successor"]["kwargs"]["base"] == small
+    assert ("head.weight" in report["fresh_keys"]) == large.startswith("vit")  # DINOv2 ships no classifier
     state = build_from_checkpoint(file)[0].state_dict()
     moe_blocks = tuple(f"{name}." for name in moe_modules(build_from_checkpoint(file)[0]))
     for key, value in small_model.state_dict().items():

@@ -166,8 +166,8 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
     """Weights for the successor's dense part from a same-width dense checkpoint (e.g. ViT-T for V-JetMoE-T).
 
     The file is loaded strictly into the successor's dense twin (the same model with no MoE blocks), so a
-    checkpoint of another architecture is a UserError. A classifier for a different number of classes is left
-    out (the successor keeps its fresh head).
+    checkpoint of another architecture is a UserError. A classifier for a different number of classes, or none
+    (DINOv2 ships without one), is left out: the successor keeps its fresh head.
     """
     path = Path(path)
     if not path.is_file():
@@ -194,7 +194,7 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
         return {k: v.detach().clone() for k, v in state.items()}
     state = timm_layout(load_state_dict(path), twin)
     own = twin.state_dict()
-    dropped = [k for k in heads if k in state and state[k].shape != own[k].shape]
+    dropped = [k for k in heads if k not in state or state[k].shape != own[k].shape]  # another head, or none
     # a checkpoint that pools differently (norm vs fc_norm) loads with its final norm renamed, and is returned
     # under its own name so recycle() applies its final_norm switch
     renamed = {k: alias for k in own if (alias := final_norm_alias(k, state)) is not None}
