@@ -289,3 +289,32 @@ def test_moe_drop_path_rate_ramps_over_depth_like_the_release(tiny_vit, tiny_con
     assert all(layer.expert_drop_mode == "layer" for layer in layers)
     with pytest.raises(ValueError, match="use it with expert_drop_mode='layer'"):
         timm.create_model(name, **base, core_experts=2, univ_experts=4, moe_drop_path_rate=0.1)
+
+
+@pytest.mark.parametrize("base,paper_model", [("vit_tiny_patch16_224", "vjetmoe_tiny_patch16_224"),
+                                              ("vit_small_patch16_224", "vjetmoe_small_patch16_224"),
+                                              ("vit_small_patch16_224", "softmoe_vit_small_patch16_224")])
+def test_jetmoe_defaults_on_a_vit_base_are_the_paper_models(base, paper_model):
+    """``jetmoe``'s defaults (second half of the blocks, tokens // 2 core and twice that universal experts, one Soft
+    MoE expert per token) give exactly the paper's V-JetMoE and Soft MoE models on their ViT bases."""
+    moe_type = "soft" if paper_model.startswith("softmoe") else "sphero"
+    with torch.device("meta"):
+        ours = timm.create_model("jetmoe", base=base, moe_type=moe_type).state_dict()
+        paper = timm.create_model(paper_model).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in paper.items()}
+
+
+def test_jetmoe_convnext_defaults_are_c_jetmoe_f():
+    with torch.device("meta"):
+        ours = timm.create_model("jetmoe", base="convnext_femto_d18").state_dict()
+        paper = timm.create_model("cjetmoe_femto").state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in paper.items()}
+
+
+def test_jetmoe_refuses_what_it_cannot_build():
+    with pytest.raises(ValueError, match="not a timm model"):
+        timm.create_model("jetmoe", base="vit_gigantic")
+    with pytest.raises(ValueError, match="VisionTransformer, Eva or ConvNeXt"):
+        timm.create_model("jetmoe", base="resnet18")
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay"):
+        timm.create_model("jetmoe", base="vit_tiny_patch16_224", pretrained=True)

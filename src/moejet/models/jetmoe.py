@@ -93,16 +93,11 @@ def default_experts(model: nn.Module, moe_type: str) -> tuple[tuple[int, ...], t
 def moeify(model: nn.Module, moe_type: str, moe_layers: Sequence[int] | None, core_experts: int | Sequence[int] | None,
            univ_experts: int | Sequence[int] | None, moe_args: dict[str, Any],
            moe_drop_path_rate: float | None = None) -> nn.Module:
-    """Replace the MLP of blocks ``moe_layers`` (0-based, ConvNeXt: counted across stages; default: the second
-    half of a ViT / EVA, the last two stages of a ConvNeXt) of a timm model with MoE layers, in place."""
+    """Replace the MLP of blocks ``moe_layers`` (0-based, ConvNeXt: counted across stages; default: the second half
+    of the blocks, the paper's V-JetMoE 7:12 and C-JetMoE-F 10:18) of a timm model with MoE layers, in place."""
     sites = moe_sites(model)
     num_stages = sites[-1][0] + 1
-    if moe_layers is None:
-        if isinstance(model, ConvNeXt):
-            moe_layers = [i for i, (s, _) in enumerate(sites) if s >= num_stages - 2]
-        else:
-            moe_layers = range(len(sites) // 2, len(sites))
-    layers = check_moe_layers(moe_layers, len(sites))
+    layers = check_moe_layers(range(len(sites) // 2, len(sites)) if moe_layers is None else moe_layers, len(sites))
     core_default, univ_default = default_experts(model, moe_type)
     core = per_stage(core_default if core_experts is None else core_experts, num_stages, "core_experts")
     univ = per_stage(univ_default if univ_experts is None else univ_experts, num_stages, "univ_experts")
@@ -174,8 +169,7 @@ def jetmoe(
     Args:
         base: a timm ViT / EVA / ConvNeXt name, with or without a pretrained tag (its data config is the model's).
         moe_type / variant / moe_drop_path_rate: as :class:`~moejet.models.vjetmoe.MoEVisionTransformer`.
-        moe_layers: 0-based block indices (ConvNeXt: across stages); default: the second half of the blocks
-            (ViT / EVA), every block of the last two stages (ConvNeXt).
+        moe_layers: 0-based block indices (ConvNeXt: across stages); default: the second half of the blocks.
         core_experts / univ_experts: an int or one per stage; default ``tokens // 2`` and twice that at the
             input size (the paper's V-JetMoE and C-JetMoE counts). Soft MoE: ``num_experts`` (default: one per
             token).
