@@ -1,0 +1,130 @@
+"""Recycling recipes compared in the demo's world: the demo's predecessors, downstream data and fine-tuning recipe,
+fixed before any run; several seeds; last-epoch top-1 on the demo's large val split (3,000 images).
+
+    python benchmarks/ablation_recycling.py --seeds 0,1,2 --out runs/ablation   # ~18 min per seed on 2 cores
+    python benchmarks/ablation_recycling.py --quick --out /tmp/ablation           # the pipeline in a minute
+
+Rows run one after the other, each for every seed before the next row, so an interrupted run still holds complete
+rows; a row already in OUT/results.json is not run again. Each row's difference to MoE Jetpack is given per seed (a
+paired 95% interval over the val images) and over seeds (mean, and a t interval over the per-seed differences,
+which carries the seed-to-seed spread). Prints a markdown table and writes OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from machine import describe  # noqa: E402
+
+from moejet.demo.pretrain import ASSETS  # noqa: E402
+from moejet.demo.report import paired_difference  # noqa: E402
+from moejet.demo.run import arm_config, check_assets, recycle_arm, val_correctness  # noqa: E402
+from moejet.demo.setup import FULL, JETMOE, PREDECESSOR_S, PREDECESSOR_T, QUICK, UPCYCLE, Arm  # noqa: E402
+from moejet.io.files import write_json  # noqa: E402
+from moejet.train import train  # noqa: E402
+from moejet.train.checkpointing import LAST  # noqa: E402
+from moejet.train.config import config_from_dict  # noqa: E402
+
+# (key, label, arm, recycle options); the reference row first. Drop-Upcycling's r = 0.5 is the ratio its paper
+# recommends; k-means router init is built for recycling without a dense checkpoint, i.e. the upcycled arm
+ROWS = [
+    ("moe_jetpack", "MoE Jetpack (importance)", Arm("moe_jetpack", "MoE Jetpack", JETMOE, "recycle:importance"), {}),
+    ("dense_t", "Dense fine-tuning of T", Arm("dense_t", "Dense T", PREDECESSOR_T, "dense-T"), {}),
+    ("sparse_upcycling", "Sparse Upcycling", Arm("sparse_upcycling", "Sparse Upcycling", UPCYCLE, "recycle:upcycle"),
+     {}),
+    ("drop_upcycling", "Drop-Upcycling (r = 0.5)", Arm("drop_upcycling", "Drop-Upcycling", UPCYCLE,
+                                                       "recycle:upcycle"), {"drop_ratio": 0.5}),
+    ("mixed_core_upcycled", "MoE Jetpack, core experts upcycled from T",
+     Arm("mixed", "Mixed", JETMOE, "recycle:importance"), {"mixed": "core_upcycled"}),
+    ("align_affine", "MoE Jetpack + basis alignment", Arm("align", "Align", JETMOE, "recycle:importance"),
+     {"align": "affine"}),
+    ("upcycling_kmeans", "Sparse Upcycling + k-means router", Arm("kmeans", "k-means", UPCYCLE, "recycle:upcycle"),
+     {"router_init": "kmeans"}),
+    ("dense_s", "Dense fine-tuning of S (4x the FLOPs of T)", Arm("dense_s", "Dense S", PREDECESSOR_S, "dense-S"),
+     {}),
+]
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
+
+
+def run_row(arm: Arm, options: dict[str, Any], seed: int, out: Path, budget, predecessors: dict[str, Path],
+            device: str) -> dict[str, Any]:
+    start = time.perf_counter()
+    init = {"dense-T": predecessors["T"], "dense-S": predecessors["S"]}.get(arm.init)
+    if arm.init.startswith("recycle:"):
+        init, _ = recycle_arm(arm, predecessors, out / "recycled", budget, device, seed, options)
+    config = config_from_dict(arm_config(arm, init, budget, seed, device))
+    train(config, out / "run", progress=False, verbose=False)
+    correct, top5 = val_correctness(out / "run" / LAST, config, budget.final_val)
+    return {"seed": seed, "top1": 100.0 * sum(correct) / len(correct), "top5": top5, "correct": correct,
+            "wall_s": time.perf_counter() - start}
+
+
+def summarise(results: dict[str, Any]) -> str:
+    ref = {r["seed"]: r for r in results["rows"]["moe_jetpack"]["seeds"]}
+    lines = ["| recipe | seeds | top-1 per seed (%) | mean top-1 (%) | − MoE Jetpack: per seed, paired 95% CI over "
+             "images | − MoE Jetpack: mean over seeds (95% t CI) |", "| --- | ---: | --- | ---: | --- | ---: |"]
+    for key, row in results["rows"].items():
+        seeds = sorted(row["seeds"], key=lambda r: r["seed"])
+        tops = [r["top1"] for r in seeds]
+        cell = ""
+        mean_cell = ""
+        if key != "moe_jetpack":
+            diffs = [paired_difference(r["correct"], ref[r["seed"]]["correct"]) for r in seeds if r["seed"] in ref]
+            cell = ", ".join(f"{d:+.1f} ± {h:.1f}" for d, h in diffs)
+            per_seed = [d for d, _ in diffs]
+            if len(per_seed) >= 2:
+                half = T_975[len(per_seed) - 1] * statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+                mean_cell = f"{statistics.mean(per_seed):+.1f} ± {half:.1f}"
+            elif per_seed:
+                mean_cell = f"{per_seed[0]:+.1f} (one seed)"
+        lines.append(f"| {row['label']} | {len(tops)} | {', '.join(f'{t:.1f}' for t in tops)} | "
+                     f"{statistics.mean(tops):.1f} | {cell} | {mean_cell} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join(k for k, *_ in ROWS), help="row keys, in order")
+    parser.add_argument("--quick", action="store_true", help="the demo's --quick budget: checks the pipeline only")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget = QUICK if args.quick else FULL
+    if args.quick:
+        budget = replace(budget, calib_images=16)
+    predecessors = check_assets(ASSETS)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {
+        "machine": describe(), "budget": budget.__dict__, "rows": {}}
+    start = time.perf_counter()
+    for key, label, arm, options in ROWS:
+        if key not in args.rows.split(","):
+            continue
+        row = results["rows"].setdefault(key, {"label": label, "options": options, "seeds": []})
+        done = {r["seed"] for r in row["seeds"]}
+        for seed in seeds:
+            if seed in done:
+                continue
+            row["seeds"].append(run_row(arm, options, seed, args.out / key / f"seed-{seed}", budget, predecessors,
+                                        args.device))
+            results["total_s"] = results.get("total_s", 0.0) + row["seeds"][-1]["wall_s"]
+            write_json(path, results)
+            print(f"{label} seed {seed}: top-1 {row['seeds'][-1]['top1']:.1f}% "
+                  f"({row['seeds'][-1]['wall_s']:.0f} s, {time.perf_counter() - start:.0f} s so far)", flush=True)
+    print(summarise(results))
+
+
+if __name__ == "__main__":
+    main()
