@@ -71,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--graph-parts", type=integer(1), default=32, help="target METIS parts per layer (graph)")
     p.add_argument("--coact-percentile", type=number(0.0, 100.0, low_open=True, high_open=True), default=90.0,
                    help="a neuron is active above this percentile of its layer's activations (graph)")
+    p.add_argument("--drop-ratio", type=number(0.0, 1.0, high_open=True), default=0.0, metavar="R",
+                   help="Drop-Upcycling (Nakamura et al., ICLR 2025; --strategy upcycle only): re-initialise "
+                        "round(R * h_e) random hidden neurons of each expert from the dense weights' mean and std "
+                        "(default: 0, exact copies)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
-        coact_percentile=args.coact_percentile, progress=not args.quiet,
+        coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
-from .build import Selection, build_state, pool_sets, select_heads
+from .build import Selection, build_state, mlp_tensors, pool_sets, reinit_stats, select_heads
 from .graph import part_size, part_weights, partition
 from .layout import (
     Block,
@@ -45,6 +45,7 @@ from .select import (
     select_dense_neurons,
     select_expert_channels,
     select_experts,
+    select_reinit,
     subselect,
 )
 from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
@@ -67,7 +68,7 @@ class OptionError(UserError):
 
 
 def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  **switches: str | None) -> dict[str, str]:
+                  drop_ratio: float = 0.0, **switches: str | None) -> dict[str, str]:
     """Check every recycling option; returns each switch's value under ``variant``
     (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
     if strategy not in RECYCLE_STRATEGIES:
@@ -85,6 +86,11 @@ def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, 
         raise OptionError("graph_parts", graph_parts, "must be an integer >= 1")
     if not 0.0 < coact_percentile < 100.0:
         raise OptionError("coact_percentile", coact_percentile, "must be in (0, 100)")
+    if isinstance(drop_ratio, bool) or not isinstance(drop_ratio, (int, float)) or not 0.0 <= drop_ratio < 1.0:
+        raise OptionError("drop_ratio", drop_ratio, "must be a number in [0, 1)")
+    if drop_ratio > 0 and strategy != "upcycle":
+        raise OptionError("drop_ratio", drop_ratio, f"Drop-Upcycling re-initialises parts of whole-MLP copies: it "
+                                                    f"needs strategy upcycle, not {strategy}")
     return resolved
 
 
@@ -204,10 +210,12 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
 
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
-               seed: int, dense: bool, graph_parts: int, switches: dict[str, str]) -> tuple[Selection, dict[str, Any]]:
-    """Every index set, drawn from one generator in a fixed order (channels, dense neurons, experts)."""
+               seed: int, dense: bool, graph_parts: int, switches: dict[str, str], drop_ratio: float = 0.0,
+               gen: torch.Generator | None = None) -> tuple[Selection, dict[str, Any]]:
+    """Every index set, drawn from one generator (``gen``, else one seeded with ``seed``) in a fixed order
+    (channels, dense neurons, experts, then Drop-Upcycling's re-initialised neurons of every expert)."""
     univ_mode, rule = switches["univ_mode"], switches["uniform_rule"]
-    gen = torch.Generator().manual_seed(seed)
+    gen = gen if gen is not None else torch.Generator().manual_seed(seed)
     channels = []
     for s, (d, d_out) in enumerate(zip(pair.pred_dims, pair.succ_dims)):
         importance = None
@@ -257,6 +265,10 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
             sel.expert_channels[b.name] = {
                 path: select_expert_channels(strategy, num, d, d_out, channel_importance, gen, rule)
                 for path, _, num, _ in banks}
+    if drop_ratio > 0:
+        for b in pair.moe_blocks:
+            sel.dropped[b.name] = {path: select_reinit(num, hidden, drop_ratio, gen)
+                                   for path, _, num, hidden in expert_banks(b.module.mlp)}
     return sel, graph_info
 
 
@@ -281,6 +293,7 @@ def recycle(
     uniform_rule: str | None = None,
     final_norm: str | None = None,
     variant: str = "paper",
+    drop_ratio: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
@@ -304,6 +317,9 @@ def recycle(
         uniform_rule: ``shared`` (paper Eq. 7) or ``linspace`` (release).
         final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
             source's final norm (default) or keep the successor's ``fresh`` one (release).
+        drop_ratio: Drop-Upcycling (``upcycle`` only): in each expert ``round(drop_ratio * h_e)`` random hidden
+            neurons are re-initialised from the dense tensors' statistics (:func:`~moejet.recycle.build.
+            reinit_neurons`); 0 (default): exact copies.
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -311,7 +327,7 @@ def recycle(
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    switches = check_options(strategy, variant, graph_parts, coact_percentile, univ_mode=univ_mode,
+    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, univ_mode=univ_mode,
                              query_norm=query_norm, importance_metric=importance_metric,
                              expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
@@ -347,12 +363,13 @@ def recycle(
         timings["calibration_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 graph_parts, switches)
+                                 graph_parts, switches, drop_ratio, gen)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
-                               switches["query_norm"], switches["final_norm"])
+                               switches["query_norm"], switches["final_norm"], gen)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -360,7 +377,8 @@ def recycle(
     report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dict(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
         successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
-        coact_percentile=coact_percentile, graph_parts=graph_parts, dense=dense_state is not None))
+        coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio,
+        dense=dense_state is not None))
     return state, report
 
 
@@ -382,6 +400,22 @@ def _mean_share(importance: torch.Tensor, indices: list[torch.Tensor]) -> float:
     picked = torch.cat([i.reshape(-1) for i in indices])
     mean = importance.mean()
     return float(importance[picked].mean() / mean) if mean > 0 else math.nan
+
+
+def _drop_report(pair: Pair, sel: Selection, predecessor: nn.Module, ratio: float) -> dict[str, Any] | None:
+    """Drop-Upcycling's record: the ratio, each expert's re-initialised hidden positions (into the expert, i.e.
+    into its row of ``neuron_indices``) and the ``[mean, std]`` of every dense tensor the new values came from."""
+    if not sel.dropped:
+        return None
+    pred_state = predecessor.state_dict()
+    return {
+        "ratio": ratio,
+        "reinit_positions": {str(b.index): {path: idx.tolist() for path, idx in sel.dropped[b.name].items()}
+                             for b in pair.moe_blocks},
+        "dense_stats": {str(b.index): {k: list(v) for k, v in
+                                       reinit_stats(mlp_tensors(pred_state, pair.pred_blocks[b.name])).items()}
+                        for b in pair.moe_blocks},
+    }
 
 
 def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: list[str], graph_info: dict,
@@ -425,7 +459,8 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "seed": run["seed"],
         "variant": run["variant"],
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts")},
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio")},
+        "drop_upcycling": _drop_report(pair, sel, predecessor, run["drop_ratio"]),
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
         "calibration": None if stats is None else {"images": stats.images,
                                                     "tokens_per_block": max(stats.tokens.values(), default=0)},

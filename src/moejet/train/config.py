@@ -168,6 +168,7 @@ class RecycleConfig:
     final_norm: str | None = None
     graph_parts: int = 32
     coact_percentile: float = 90.0
+    drop_ratio: float = 0.0  # Drop-Upcycling (strategy upcycle): share of each expert's neurons re-initialised
 
 
 @dataclass
@@ -467,7 +468,7 @@ def _validate_recycle(config: Config, need: Need) -> None:
          "recycle.pretrained true")
     try:
         check_options(recycle.strategy, recycle.variant or config.variant, recycle.graph_parts,
-                      recycle.coact_percentile, **recycle_switches(config))
+                      recycle.coact_percentile, recycle.drop_ratio, **recycle_switches(config))
     except OptionError as err:
         key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
         need(False, key, err.what)

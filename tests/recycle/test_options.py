@@ -1,0 +1,117 @@
+"""Recycling options beyond the paper (issue 23): Drop-Upcycling."""
+
+import json
+
+import pytest
+import timm
+import torch
+
+import moejet  # noqa: F401  (registers the models)
+from moejet.recycle import recycle
+from moejet.recycle.api import OptionError, check_options
+
+PRED = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
+UPCYCLED = dict(PRED, moe_layers=(2, 3), core_experts=3, univ_experts=6, univ_factor=1.0)  # experts of 256 neurons
+PATHS = (("core", "core_experts"), ("univ", "univ_experts"))
+
+
+@pytest.fixture(scope="module")
+def dense_vit():
+    """A ViT whose MLP tensors have distinct, non-zero means and stds (timm's init has zero biases)."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch16_224", **PRED).eval()
+    with torch.no_grad():
+        for i, blk in enumerate(model.blocks):
+            blk.mlp.fc1.weight.normal_(0.05 + 0.01 * i, 0.02)
+            blk.mlp.fc1.bias.normal_(-0.3, 0.1)
+            blk.mlp.fc2.weight.normal_(-0.02, 0.04)
+    return model
+
+
+def reference_positions(report, ratio, seed):
+    """Drop-Upcycling's draw written out: upcycle takes nothing from the seeded generator, so each expert's
+    re-initialised positions are ``randperm(h_e)[:round(ratio * h_e)]`` in block, path, expert order."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in report["successor"]["moe_blocks"]:
+        for path, _ in PATHS:
+            num, size = report["moe_blocks"][str(key)]["experts"][path]
+            out.setdefault(str(key), {})[path] = [
+                torch.randperm(size, generator=gen)[:round(ratio * size)].sort().values.tolist() for _ in range(num)]
+    return out
+
+
+def test_drop_upcycling_reinitialises_exactly_the_recorded_neurons(dense_vit):
+    ratio = 0.25
+    state, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, seed=3,
+                            drop_ratio=ratio)
+    drop = report["drop_upcycling"]
+    assert drop["ratio"] == ratio and report["options"]["drop_ratio"] == ratio
+    assert drop["reinit_positions"] == reference_positions(report, ratio, 3)
+    p = dense_vit.state_dict()
+    for key, info in report["moe_blocks"].items():
+        name = info["name"]
+        w1, b1, w2 = (p[f"{name}.mlp.{k}"] for k in ("fc1.weight", "fc1.bias", "fc2.weight"))
+        assert drop["dense_stats"][key]["fc1"] == pytest.approx([w1.double().mean().item(), w1.double().std().item()])
+        new = {"fc1": [], "fc1_bias": [], "fc2": []}
+        for path, attr in PATHS:
+            q = f"{name}.mlp.{attr}."
+            seen = []
+            positions = drop["reinit_positions"][key][path]
+            for e, (idx, pos) in enumerate(zip(report["neuron_indices"][key][path], positions)):
+                idx, pos = torch.tensor(idx), torch.tensor(pos)
+                assert len(pos) == round(ratio * len(idx)) == 64 and len(set(pos.tolist())) == 64
+                kept = torch.tensor([j for j in range(len(idx)) if j not in set(pos.tolist())])
+                assert torch.equal(state[q + "fc1_weight"][e][kept], w1[idx[kept]])
+                assert torch.equal(state[q + "fc1_bias"][e][kept], b1[idx[kept]])
+                assert torch.equal(state[q + "fc2_weight"][e][:, kept], w2[:, idx[kept]])
+                assert torch.equal(state[q + "fc2_bias"][e], p[f"{name}.mlp.fc2.bias"])
+                rows, bias, cols = (state[q + "fc1_weight"][e][pos], state[q + "fc1_bias"][e][pos],
+                                    state[q + "fc2_weight"][e][:, pos])
+                assert not torch.isclose(rows, w1[idx[pos]]).any() and not torch.isclose(cols, w2[:, idx[pos]]).any()
+                assert not any(torch.equal(rows, other) for other in seen)  # fresh values per expert
+                seen.append(rows)
+                new["fc1"].append(rows.reshape(-1))
+                new["fc1_bias"].append(bias)
+                new["fc2"].append(cols.reshape(-1))
+        for tensor, dense in (("fc1", w1), ("fc1_bias", b1), ("fc2", w2)):  # N(mean, std) of the dense tensor
+            values = torch.cat(new[tensor]).double()
+            tol = 4 * dense.double().std().item() / values.numel() ** 0.5
+            assert values.mean().item() == pytest.approx(dense.double().mean().item(), abs=tol), tensor
+            assert values.std().item() == pytest.approx(dense.double().std().item(), rel=0.03 if tensor != "fc1_bias"
+                                                        else 0.1), tensor
+
+
+def test_drop_upcycling_off_is_exact_copies_and_seeded(dense_vit):
+    plain, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None)
+    assert report["drop_upcycling"] is None and report["options"]["drop_ratio"] == 0.0
+    once, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, drop_ratio=0.5)
+    again, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, drop_ratio=0.5)
+    assert all(torch.equal(once[k], again[k]) for k in once)
+    changed = [k for k in once if not torch.equal(once[k], plain[k])]
+    assert changed and all(".mlp." in k and k.rsplit(".", 1)[1] in ("fc1_weight", "fc1_bias", "fc2_weight")
+                           for k in changed)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(strategy="importance", drop_ratio=0.1),
+     "recycle option drop_ratio = 0.1 is invalid: Drop-Upcycling re-initialises parts of whole-MLP copies: it needs "
+     "strategy upcycle, not importance"),
+    (dict(strategy="upcycle", drop_ratio=1.0),
+     "recycle option drop_ratio = 1.0 is invalid: must be a number in [0, 1)"),
+    (dict(strategy="upcycle", drop_ratio=True), "recycle option drop_ratio = True is invalid: must be a number in"),
+])
+def test_bad_drop_ratio_is_one_line(options, message):
+    with pytest.raises(OptionError) as err:
+        check_options(**options)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_drop_ratio_flag_is_recorded(run_recycle, recycle_files, recipe, tmp_path):
+    succ = dict(recipe.succ_vit, embed_dim=64, univ_factor=1.0)
+    assert run_recycle(recycle_files, tmp_path / "out", "vit", "upcycle", succ,
+                       extra=["--quiet", "--drop-ratio", "0.5"]) == 0
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert report["options"]["drop_ratio"] == 0.5
+    assert len(report["drop_upcycling"]["reinit_positions"]["2"]["core"][0]) == 128
+    assert run_recycle(recycle_files, tmp_path / "bad", "vit", "importance", extra=["--drop-ratio", "0.5"]) != 0
