@@ -1,4 +1,4 @@
-"""Recycling options beyond the paper (issue 23): Drop-Upcycling."""
+"""Recycling options beyond the paper (issue 23): Drop-Upcycling, mixed sources."""
 
 import json
 
@@ -9,6 +9,7 @@ import torch
 import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import recycle
 from moejet.recycle.api import OptionError, check_options
+from moejet.recycle.load import load_dense_state
 
 PRED = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
 UPCYCLED = dict(PRED, moe_layers=(2, 3), core_experts=3, univ_experts=6, univ_factor=1.0)  # experts of 256 neurons
@@ -52,7 +53,9 @@ def test_drop_upcycling_reinitialises_exactly_the_recorded_neurons(dense_vit):
     for key, info in report["moe_blocks"].items():
         name = info["name"]
         w1, b1, w2 = (p[f"{name}.mlp.{k}"] for k in ("fc1.weight", "fc1.bias", "fc2.weight"))
-        assert drop["dense_stats"][key]["fc1"] == pytest.approx([w1.double().mean().item(), w1.double().std().item()])
+        fc1_stats = [w1.double().mean().item(), w1.double().std().item()]
+        assert drop["dense_stats"][key]["core"]["fc1"] == drop["dense_stats"][key]["univ"]["fc1"] == pytest.approx(
+            fc1_stats)
         new = {"fc1": [], "fc1_bias": [], "fc2": []}
         for path, attr in PATHS:
             q = f"{name}.mlp.{attr}."
@@ -115,3 +118,64 @@ def test_drop_ratio_flag_is_recorded(run_recycle, recycle_files, recipe, tmp_pat
     assert report["options"]["drop_ratio"] == 0.5
     assert len(report["drop_upcycling"]["reinit_positions"]["2"]["core"][0]) == 128
     assert run_recycle(recycle_files, tmp_path / "bad", "vit", "importance", extra=["--drop-ratio", "0.5"]) != 0
+
+
+def mlp_of(state, name):
+    return [state[f"{name}.mlp.{k}"] for k in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")]
+
+
+def assert_bank(state, prefix, idx, channels, mlp):
+    """Expert ``e`` of the bank at ``prefix`` is ``mlp`` (fc1, b1, fc2, b2) at neurons ``idx[e]`` and ``channels``."""
+    w1, b1, w2, b2 = mlp
+    c = torch.tensor(channels)
+    for e, i in enumerate(idx):
+        i = torch.tensor(i)
+        assert torch.equal(state[prefix + "fc1_weight"][e], w1[i][:, c]), (prefix, e)
+        assert torch.equal(state[prefix + "fc1_bias"][e], b1[i]), (prefix, e)
+        assert torch.equal(state[prefix + "fc2_weight"][e], w2[c][:, i]), (prefix, e)
+        assert torch.equal(state[prefix + "fc2_bias"][e], b2[c]), (prefix, e)
+    assert state[prefix + "fc1_weight"].shape[0] == len(idx)
+
+
+@pytest.mark.parametrize("mixed", ["core_upcycled", "univ_upcycled"])
+@pytest.mark.parametrize("strategy", ["importance", "random"])
+def test_mixed_sources_take_one_bank_from_the_dense_checkpoint(recycle_files, recipe, calib_batches, mixed, strategy):
+    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    calib = calib_batches() if strategy == "importance" else None
+    state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, strategy, calib,
+                            dense_state=dense, mixed=mixed)
+    up, other = ("core", "univ") if mixed == "core_upcycled" else ("univ", "core")
+    attrs = {"core": "core_experts", "univ": "univ_experts"}
+    assert report["options"]["mixed"] == mixed and report["mixed"]["upcycled_path"] == up
+    pred = recycle_files["vit"].state_dict()
+    for key, info in report["moe_blocks"].items():
+        name = info["name"]
+        num, size = info["experts"][up]
+        h = dense[f"{name}.mlp.fc1.weight"].shape[0]  # 128: the dense ViT-T-like MLP
+        step = h // size
+        expected = ([list(range(h))] * num if up == "core"  # Sparse Upcycling: whole copies
+                    else [[step * i + e % step for i in range(size)] for e in range(num)])  # the upcycle cut rule
+        assert report["mixed"]["neuron_indices"][key] == expected
+        assert set(report["neuron_indices"][key]) == {other}
+        assert_bank(state, f"{name}.mlp.{attrs[up]}.", expected, list(range(32)), mlp_of(dense, name))
+        assert_bank(state, f"{name}.mlp.{attrs[other]}.", report["neuron_indices"][key][other],
+                    report["channel_indices"][0], mlp_of(pred, name))
+    assert torch.equal(state["blocks.0.mlp.fc1.weight"], dense["blocks.0.mlp.fc1.weight"])  # the dense part
+
+
+def test_mixed_flag_and_its_errors(run_recycle, recycle_files, recipe, tmp_path):
+    dense = ["--dense-checkpoint", str(recycle_files["dense_file"])]
+    assert run_recycle(recycle_files, tmp_path / "out", "vit", "uniform",
+                       extra=["--quiet", "--mixed", "univ_upcycled", *dense]) == 0
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert report["mixed"]["upcycled_path"] == "univ" and report["options"]["mixed"] == "univ_upcycled"
+    with pytest.raises(OptionError, match="pass --dense-checkpoint"):
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
+                mixed="core_upcycled")
+    with pytest.raises(OptionError, match="use one of none, core_upcycled, univ_upcycled"):
+        check_options("uniform", mixed="both")
+    succ = dict(recipe.succ_vit, core_experts=0)
+    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", succ)
+    with pytest.raises(OptionError, match="block 2 has no core experts"):
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", succ, "uniform", None, dense_state=dense_state,
+                mixed="univ_upcycled")

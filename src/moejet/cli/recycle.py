@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.common import check_model_kwargs
-from ..recycle.api import SWITCH_CHOICES
+from ..recycle.api import MIXED_MODES, SWITCH_CHOICES
 from ..recycle.select import RECYCLE_STRATEGIES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .common import integer, number, parse_kwargs
@@ -75,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Drop-Upcycling (Nakamura et al., ICLR 2025; --strategy upcycle only): re-initialise "
                         "round(R * h_e) random hidden neurons of each expert from the dense weights' mean and std "
                         "(default: 0, exact copies)")
+    p.add_argument("--mixed", default="none", choices=MIXED_MODES,
+                   help="mixed sources (needs --dense-checkpoint): core experts upcycled from the dense checkpoint's "
+                        "MLP and universal experts recycled from the predecessor by --strategy (core_upcycled), or "
+                        "the reverse (univ_upcycled); default: none, every expert from the predecessor")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
         coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
+        mixed=args.mixed,
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

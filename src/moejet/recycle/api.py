@@ -53,6 +53,7 @@ from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
 FINAL_NORMS = ("copy", "fresh")
+MIXED_MODES = ("none", "core_upcycled", "univ_upcycled")  # --mixed: which bank is upcycled from the dense checkpoint
 SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
                   "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
                   "final_norm": FINAL_NORMS}
@@ -68,7 +69,7 @@ class OptionError(UserError):
 
 
 def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  drop_ratio: float = 0.0, **switches: str | None) -> dict[str, str]:
+                  drop_ratio: float = 0.0, mixed: str = "none", **switches: str | None) -> dict[str, str]:
     """Check every recycling option; returns each switch's value under ``variant``
     (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
     if strategy not in RECYCLE_STRATEGIES:
@@ -91,7 +92,49 @@ def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, 
     if drop_ratio > 0 and strategy != "upcycle":
         raise OptionError("drop_ratio", drop_ratio, f"Drop-Upcycling re-initialises parts of whole-MLP copies: it "
                                                     f"needs strategy upcycle, not {strategy}")
+    if mixed not in MIXED_MODES:
+        raise OptionError("mixed", mixed, f"use one of {', '.join(MIXED_MODES)}")
     return resolved
+
+
+def mixed_sources(pair: Pair, dense_state: dict[str, torch.Tensor] | None, mixed: str
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, tuple[str, int]]]:
+    """``--mixed``: per MoE block the dense checkpoint's MLP (:func:`~moejet.recycle.build.mlp_tensors`) and
+    ``(upcycled path, its hidden size)``. ``core_upcycled`` copies the whole dense MLP into every core expert
+    (Sparse Upcycling), so the core experts must be as wide; ``univ_upcycled`` cuts the universal experts from it
+    by the upcycle rule of :func:`~moejet.recycle.select.select_experts`. Raises :class:`OptionError`."""
+    if mixed == "none":
+        return {}, {}
+    if dense_state is None:
+        raise OptionError("mixed", mixed, "the upcycled experts are the dense checkpoint's MLPs: pass "
+                                          "--dense-checkpoint")
+    path = mixed.split("_")[0]
+    mlps, upcycled = {}, {}
+    for b in pair.moe_blocks:
+        banks = {p: hidden for p, _, _, hidden in expert_banks(b.module.mlp)}
+        if set(banks) != {"core", "univ"}:
+            raise OptionError("mixed", mixed, f"block {b.index} has no {'universal' if 'core' in banks else 'core'} "
+                                              "experts: mixing sources needs both banks (a dual-path MoE)")
+        pb = pair.pred_blocks[b.name]
+        if not any(k.startswith(f"{b.name}.mlp.") for k in dense_state):
+            raise OptionError("mixed", mixed, f"the dense checkpoint has no MLP in block {b.index}: pass one of the "
+                                              "successor's dense twin")
+        try:
+            mlp = mlp_tensors(dense_state, Block(b.name, b.index, b.stage, b.dim, pb.hidden, pb.module, pb.kind))
+        except (AttributeError, KeyError):
+            mlp = {}
+        if "fc1" not in mlp or "fc2" not in mlp or mlp["fc1"].shape[1] != b.dim:
+            raise OptionError("mixed", mixed, f"the dense checkpoint's block {b.index} MLP is not a {pb.kind} MLP of "
+                                              f"width {b.dim}: pass a checkpoint of the successor's dense twin")
+        h = mlp["fc1"].shape[0]
+        if path == "core" and banks["core"] != h:
+            raise OptionError("mixed", mixed, f"core experts copy block {b.index}'s dense MLP ({h} neurons) but have "
+                                              f"{banks['core']}: set mlp_ratio so core experts are as wide")
+        if banks[path] > h:
+            raise OptionError("mixed", mixed, f"block {b.index}'s universal experts need {banks[path]} neurons but "
+                                              f"the dense MLP has {h}: lower univ_factor")
+        mlps[b.name], upcycled[b.name] = mlp, (path, h)
+    return mlps, upcycled
 
 
 @dataclass(frozen=True)
@@ -211,9 +254,13 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
                seed: int, dense: bool, graph_parts: int, switches: dict[str, str], drop_ratio: float = 0.0,
-               gen: torch.Generator | None = None) -> tuple[Selection, dict[str, Any]]:
+               gen: torch.Generator | None = None,
+               upcycled: dict[str, tuple[str, int]] | None = None) -> tuple[Selection, dict[str, Any]]:
     """Every index set, drawn from one generator (``gen``, else one seeded with ``seed``) in a fixed order
-    (channels, dense neurons, experts, then Drop-Upcycling's re-initialised neurons of every expert)."""
+    (channels, dense neurons, experts, then Drop-Upcycling's re-initialised neurons of every expert).
+
+    ``upcycled`` (``--mixed``): MoE block name -> ``(path, h)``: that bank is cut by the upcycle rule from the dense
+    checkpoint's MLP of ``h`` neurons (its indices point there); the other bank is recycled by ``strategy``."""
     univ_mode, rule = switches["univ_mode"], switches["uniform_rule"]
     gen = gen if gen is not None else torch.Generator().manual_seed(seed)
     channels = []
@@ -237,15 +284,20 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
                 importance = stats.neuron[b.name] if stats is not None else None
                 sel.dense_neurons[b.name] = select_dense_neurons(strategy, h, b.hidden, importance, gen, rule)
     graph_info = {}
+    upcycled = upcycled or {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden
         importance = stats.neuron[b.name] if stats is not None else None
+        up_path, h_dense = upcycled.get(b.name, (None, 0))
+        if up_path is not None:
+            sel.upcycled[b.name] = up_path
         banks = expert_banks(b.module.mlp)
+        recycled = [bank for bank in banks if bank[0] != up_path]
         core_hidden = next((hidden for path, _, _, hidden in banks if path == "core"), None)
         subselecting = univ_mode == "subselect" and core_hidden is not None  # no core path: universal draw
         parts = weights = None
         if strategy == "graph":
-            sizes = [core_hidden] if subselecting else [hidden for _, _, _, hidden in banks]
+            sizes = [core_hidden] if subselecting else [hidden for _, _, _, hidden in recycled]
             g = part_size(h, sizes, graph_parts)
             parts = partition(stats.coact[b.name], importance, g, seed)
             weights = part_weights(stats.coact[b.name], parts)
@@ -253,7 +305,9 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
                                         "threshold": stats.thresholds[b.name]}
         sel.experts[b.name] = {}
         for path, _, num, hidden in banks:
-            if path == "univ" and subselecting:
+            if path == up_path:  # --mixed: cut from the dense checkpoint's MLP by the upcycle rule
+                sel.experts[b.name][path] = select_experts("upcycle", num, h_dense, hidden, gen)
+            elif path == "univ" and subselecting:
                 draw = select_experts(strategy, num, h, core_hidden, gen, importance, parts, weights, rule)
                 sel.experts[b.name][path] = subselect(draw, hidden)
             else:
@@ -264,7 +318,7 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
             channel_importance = stats.channel[b.name] if stats is not None else None
             sel.expert_channels[b.name] = {
                 path: select_expert_channels(strategy, num, d, d_out, channel_importance, gen, rule)
-                for path, _, num, _ in banks}
+                for path, _, num, _ in recycled}
     if drop_ratio > 0:
         for b in pair.moe_blocks:
             sel.dropped[b.name] = {path: select_reinit(num, hidden, drop_ratio, gen)
@@ -294,6 +348,7 @@ def recycle(
     final_norm: str | None = None,
     variant: str = "paper",
     drop_ratio: float = 0.0,
+    mixed: str = "none",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
@@ -320,6 +375,9 @@ def recycle(
         drop_ratio: Drop-Upcycling (``upcycle`` only): in each expert ``round(drop_ratio * h_e)`` random hidden
             neurons are re-initialised from the dense tensors' statistics (:func:`~moejet.recycle.build.
             reinit_neurons`); 0 (default): exact copies.
+        mixed: ``none`` (default), ``core_upcycled`` (core experts: copies of ``dense_state``'s MLP of the block;
+            universal experts recycled from the predecessor by ``strategy``) or ``univ_upcycled`` (universal
+            experts cut from the dense MLP by the upcycle rule; core experts recycled); see :func:`mixed_sources`.
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -327,7 +385,7 @@ def recycle(
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, univ_mode=univ_mode,
+    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, univ_mode=univ_mode,
                              query_norm=query_norm, importance_metric=importance_metric,
                              expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
@@ -343,6 +401,7 @@ def recycle(
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
+    dense_mlps, upcycled = mixed_sources(pair, dense_state, mixed)
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
@@ -365,19 +424,19 @@ def recycle(
     t = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 graph_parts, switches, drop_ratio, gen)
+                                 graph_parts, switches, drop_ratio, gen, upcycled)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
-                               switches["query_norm"], switches["final_norm"], gen)
+                               switches["query_norm"], switches["final_norm"], gen, dense_mlps)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dict(
+    report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dense_mlps, dict(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
         successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
-        coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio,
+        coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
         dense=dense_state is not None))
     return state, report
 
@@ -402,38 +461,56 @@ def _mean_share(importance: torch.Tensor, indices: list[torch.Tensor]) -> float:
     return float(importance[picked].mean() / mean) if mean > 0 else math.nan
 
 
-def _drop_report(pair: Pair, sel: Selection, predecessor: nn.Module, ratio: float) -> dict[str, Any] | None:
+def _drop_report(pair: Pair, sel: Selection, predecessor: nn.Module, dense_mlps: dict[str, dict[str, torch.Tensor]],
+                 ratio: float) -> dict[str, Any] | None:
     """Drop-Upcycling's record: the ratio, each expert's re-initialised hidden positions (into the expert, i.e.
-    into its row of ``neuron_indices``) and the ``[mean, std]`` of every dense tensor the new values came from."""
+    into its row of ``neuron_indices``) and, per path, the ``[mean, std]`` of every dense tensor the new values
+    came from (the predecessor's MLP, or the dense checkpoint's for a ``--mixed`` upcycled bank)."""
     if not sel.dropped:
         return None
     pred_state = predecessor.state_dict()
+    stats = {}
+    for b in pair.moe_blocks:
+        pred = reinit_stats(mlp_tensors(pred_state, pair.pred_blocks[b.name]))
+        dense = reinit_stats(dense_mlps[b.name]) if b.name in dense_mlps else {}
+        stats[str(b.index)] = {path: {k: list(v) for k, v in (dense if sel.upcycled.get(b.name) == path
+                                                               else pred).items()} for path in sel.dropped[b.name]}
     return {
         "ratio": ratio,
         "reinit_positions": {str(b.index): {path: idx.tolist() for path, idx in sel.dropped[b.name].items()}
                              for b in pair.moe_blocks},
-        "dense_stats": {str(b.index): {k: list(v) for k, v in
-                                       reinit_stats(mlp_tensors(pred_state, pair.pred_blocks[b.name])).items()}
-                        for b in pair.moe_blocks},
+        "dense_stats": stats,
+    }
+
+
+def _mixed_report(pair: Pair, sel: Selection, mixed: str) -> dict[str, Any] | None:
+    """``--mixed``: which bank came from the dense checkpoint and its neuron indices into that checkpoint's MLP."""
+    if not sel.upcycled:
+        return None
+    return {
+        "mode": mixed,
+        "upcycled_path": next(iter(sel.upcycled.values())),
+        "source": "dense checkpoint",
+        "neuron_indices": {str(b.index): sel.experts[b.name][sel.upcycled[b.name]].tolist() for b in pair.moe_blocks},
     }
 
 
 def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: list[str], graph_info: dict,
                 timings: dict[str, float], predecessor: nn.Module, successor: nn.Module,
-                run: dict[str, Any]) -> dict[str, Any]:
+                dense_mlps: dict[str, dict[str, torch.Tensor]], run: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able recycle report (``recycle.json``, docs/recycling.md); neuron and channel indices point into the
-    predecessor."""
+    predecessor (a ``--mixed`` bank upcycled from the dense checkpoint is in ``mixed``, not ``neuron_indices``)."""
     neuron_indices, blocks_info = {}, {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden
-        experts = sel.experts[b.name]
+        experts = {path: idx for path, idx in sel.experts[b.name].items() if sel.upcycled.get(b.name) != path}
         key = str(b.index)
         neuron_indices[key] = {path: experts[path].tolist() for path in ("core", "univ") if path in experts}
         info = {
             "name": b.name,
             "predecessor_block": pair.pred_blocks[b.name].index,
             "hidden_size": h,
-            "experts": {path: list(experts[path].shape) for path in experts},
+            "experts": {path: list(idx.shape) for path, idx in sel.experts[b.name].items()},
             "coverage": coverage(list(experts.values()), h),
             **{f"{path}_coverage": coverage([experts[path]], h) for path in experts},
         }
@@ -459,8 +536,9 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "seed": run["seed"],
         "variant": run["variant"],
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio")},
-        "drop_upcycling": _drop_report(pair, sel, predecessor, run["drop_ratio"]),
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed")},
+        "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, run["drop_ratio"]),
+        "mixed": _mixed_report(pair, sel, run["mixed"]),
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
         "calibration": None if stats is None else {"images": stats.images,
                                                     "tokens_per_block": max(stats.tokens.values(), default=0)},

@@ -33,6 +33,7 @@ class Selection:
     experts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # MoE block -> path -> (E, h_e)
     expert_channels: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # per_expert: -> (E, d')
     dropped: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # Drop-Upcycling: -> (E, k) positions
+    upcycled: dict[str, str] = field(default_factory=dict)  # --mixed: MoE block -> the path cut from the dense MLP
 
     def attention_sets(self) -> dict[str, torch.Tensor]:
         """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
@@ -219,6 +220,7 @@ def build_state(
     query_norm: str = "inherit",
     final_norm: str = "copy",
     reinit_gen: torch.Generator | None = None,
+    dense_mlps: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The successor's full state dict and the keys left at the successor's fresh init (``pred_blocks``: the
     predecessor's blocks by name, whose MLPs the experts are cut from).
@@ -227,6 +229,8 @@ def build_state(
     :func:`~moejet.recycle.layout.final_norm_alias`) takes the source's final norm (``final_norm="copy"``) or
     keeps its own fresh one (``"fresh"``, what the release's key-matching stitch does). Experts with
     ``sel.dropped`` neurons are re-initialised there (:func:`reinit_neurons`) from ``reinit_gen``, block by block.
+    The bank ``sel.upcycled[block]`` (``--mixed``) is cut from ``dense_mlps[block]`` (:func:`mlp_tensors` of the
+    dense checkpoint, already the successor's width) instead of the predecessor.
     """
     ref_state = successor.state_dict()
     moe_blocks = [b for b in succ_blocks if b.hidden is None]
@@ -269,10 +273,13 @@ def build_state(
         prefix = f"{block.name}.mlp."
         mlp = mlp_tensors(pred_state, pred_blocks[block.name])
         for path, attr, _, _ in expert_banks(block.module.mlp):
-            channels = sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
-            tensors = expert_weights(mlp, channels, sel.experts[block.name][path])
+            source, channels = mlp, sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
+            if sel.upcycled.get(block.name) == path:
+                source = dense_mlps[block.name]
+                channels = torch.arange(source["fc1"].shape[1])
+            tensors = expert_weights(source, channels, sel.experts[block.name][path])
             if path in sel.dropped.get(block.name, {}):
-                tensors = reinit_neurons(tensors, mlp, sel.dropped[block.name][path], reinit_gen)
+                tensors = reinit_neurons(tensors, source, sel.dropped[block.name][path], reinit_gen)
             for name, value in tensors.items():
                 state[f"{prefix}{attr}.{name}"] = value.contiguous()
         for key in ref_state:
