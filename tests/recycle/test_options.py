@@ -1,10 +1,11 @@
-"""Recycling options beyond the paper (issue 23): Drop-Upcycling, mixed sources."""
+"""Recycling options beyond the paper (issue 23): Drop-Upcycling, mixed sources, k-means router init."""
 
 import json
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import recycle
@@ -179,3 +180,78 @@ def test_mixed_flag_and_its_errors(run_recycle, recycle_files, recipe, tmp_path)
     with pytest.raises(OptionError, match="block 2 has no core experts"):
         recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", succ, "uniform", None, dense_state=dense_state,
                 mixed="univ_upcycled")
+
+
+def reference_kmeans(tokens, k, gen, iters=20):
+    """Spherical k-means written out: k-means++ (first centre randint, then multinomial draws weighted by 1 - the
+    best cosine so far), then Lloyd steps with per-cluster loops. Returns (centroids, mean best cosine)."""
+    x = F.normalize(tokens.double(), dim=1)
+    centres = [x[int(torch.randint(x.shape[0], (1,), generator=gen))]]
+    while len(centres) < k:
+        gap = (1 - torch.stack([x @ c for c in centres]).max(dim=0).values).clamp_min(0)
+        centres.append(x[int(torch.multinomial(gap if gap.sum() > 0 else torch.ones_like(gap), 1, generator=gen))])
+    c = torch.stack(centres)
+    for _ in range(iters):
+        assign = torch.stack([x @ cj for cj in c], dim=1).argmax(dim=1)
+        c = torch.stack([F.normalize(x[assign == j].sum(0), dim=0) if (assign == j).any() else c[j]
+                         for j in range(k)])
+    return c, (x @ c.t()).max(dim=1).values.mean().item()
+
+
+def norm2_tokens(model, names, batches):
+    """The MLP input (norm2 output) of blocks ``names`` of ``model`` over ``batches``: ``{name: (n, d)}``."""
+    seen = {n: [] for n in names}
+    hooks = [model.get_submodule(f"{n}.norm2").register_forward_hook(
+        lambda m, a, out, n=n: seen[n].append(out.reshape(-1, out.shape[-1]))) for n in names]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    return {n: torch.cat(v) for n, v in seen.items()}
+
+
+def test_kmeans_router_queries_are_the_reference_centroids(recycle_files, recipe, calib_batches):
+    pred = recycle_files["vit"]
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(), seed=5,
+                            router_init="kmeans")
+    info = report["router_init"]
+    assert report["options"]["router_init"] == "kmeans" and info["iterations"] == 20
+    c = torch.tensor(report["channel_indices"][0])
+    names = [report["moe_blocks"][k]["name"] for k in ("2", "3")]
+    tokens = norm2_tokens(pred, names, calib_batches())
+    gen = torch.Generator().manual_seed(5)  # uniform draws nothing: k-means++ starts the seeded generator
+    for key, name in zip(("2", "3"), names):
+        queries = state[f"{name}.mlp.queries"]
+        ref, fit = reference_kmeans(tokens[name][:, c], queries.shape[0], gen)
+        assert torch.allclose(queries.double(), ref, atol=1e-6), name
+        block = info["blocks"][key]
+        assert block["tokens"] == 3 * 6 * 17 and block["slots"] == queries.shape[0]
+        assert block["mean_cosine"] == pytest.approx(fit) and 0 < block["query_alignment"] <= 1 + 1e-9
+        assert f"{name}.mlp.queries" not in report["fresh_keys"]
+    fresh, plain = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(), seed=5)
+    assert plain["router_init"] is None and f"{names[0]}.mlp.queries" in plain["fresh_keys"]
+    assert all(torch.equal(fresh[k], state[k]) for k in state if not k.endswith(".queries"))
+
+
+def test_kmeans_router_on_convnext_and_its_errors(recycle_files, recipe, calib_batches, run_recycle, tmp_path):
+    batches = [x[:, :, :32, :32] for x in calib_batches()]
+    state, report = recycle(recycle_files["cnx"], "cjetmoe_femto", recipe.succ_cnx, "importance", batches,
+                            router_init="kmeans")
+    for key, positions in (("3", 4), ("4", 1)):  # 18 images of 32 px: 2x2 positions in stage 2, 1x1 in stage 3
+        q = state[f"{report['moe_blocks'][key]['name']}.mlp.queries"]
+        assert torch.allclose(q.norm(dim=1), torch.ones(q.shape[0]), atol=1e-5)
+        assert report["router_init"]["blocks"][key]["tokens"] == 18 * positions
+    with pytest.raises(OptionError, match="pass calibration data"):
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
+                router_init="kmeans")
+    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    with pytest.raises(OptionError, match="drop --dense-checkpoint"):
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(),
+                dense_state=dense, router_init="kmeans")
+    with pytest.raises(OptionError, match="use one of fresh, kmeans"):
+        check_options("uniform", router_init="spectral")
+    assert run_recycle(recycle_files, tmp_path / "out", "vit", "random", extra=["--quiet", "--router-init",
+                                                                                 "kmeans"]) == 0
+    report = json.loads((tmp_path / "out" / "recycle.json").read_text())
+    assert report["router_init"]["blocks"]["2"]["tokens"] == 12 * 17

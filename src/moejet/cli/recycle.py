@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.common import check_model_kwargs
-from ..recycle.api import MIXED_MODES, SWITCH_CHOICES
+from ..recycle.api import MIXED_MODES, ROUTER_INITS, SWITCH_CHOICES
 from ..recycle.select import RECYCLE_STRATEGIES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .common import integer, number, parse_kwargs
@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="mixed sources (needs --dense-checkpoint): core experts upcycled from the dense checkpoint's "
                         "MLP and universal experts recycled from the predecessor by --strategy (core_upcycled), or "
                         "the reverse (univ_upcycled); default: none, every expert from the predecessor")
+    p.add_argument("--router-init", default="fresh", choices=ROUTER_INITS,
+                   help="slot queries: the successor's fresh init (default), or kmeans: spherical k-means centroids "
+                        "of the calibration tokens reaching each router (from the predecessor; not with "
+                        "--dense-checkpoint)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
         coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
-        mixed=args.mixed,
+        mixed=args.mixed, router_init=args.router_init,
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

@@ -35,6 +35,7 @@ from .layout import (
     pool_shape,
     stage_dims,
 )
+from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
     EXPERT_CHANNELS,
     RECYCLE_STRATEGIES,
@@ -54,6 +55,7 @@ NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
 FINAL_NORMS = ("copy", "fresh")
 MIXED_MODES = ("none", "core_upcycled", "univ_upcycled")  # --mixed: which bank is upcycled from the dense checkpoint
+ROUTER_INITS = ("fresh", "kmeans")  # --router-init: the successor's fresh slot queries, or k-means centroids
 SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
                   "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
                   "final_norm": FINAL_NORMS}
@@ -69,7 +71,8 @@ class OptionError(UserError):
 
 
 def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  drop_ratio: float = 0.0, mixed: str = "none", **switches: str | None) -> dict[str, str]:
+                  drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh",
+                  **switches: str | None) -> dict[str, str]:
     """Check every recycling option; returns each switch's value under ``variant``
     (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
     if strategy not in RECYCLE_STRATEGIES:
@@ -94,6 +97,8 @@ def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, 
                                                     f"needs strategy upcycle, not {strategy}")
     if mixed not in MIXED_MODES:
         raise OptionError("mixed", mixed, f"use one of {', '.join(MIXED_MODES)}")
+    if router_init not in ROUTER_INITS:
+        raise OptionError("router_init", router_init, f"use one of {', '.join(ROUTER_INITS)}")
     return resolved
 
 
@@ -349,6 +354,7 @@ def recycle(
     variant: str = "paper",
     drop_ratio: float = 0.0,
     mixed: str = "none",
+    router_init: str = "fresh",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
@@ -378,6 +384,10 @@ def recycle(
         mixed: ``none`` (default), ``core_upcycled`` (core experts: copies of ``dense_state``'s MLP of the block;
             universal experts recycled from the predecessor by ``strategy``) or ``univ_upcycled`` (universal
             experts cut from the dense MLP by the upcycle rule; core experts recycled); see :func:`mixed_sources`.
+        router_init: ``fresh`` (default: the successor's seeded init) or ``kmeans`` (each MoE block's slot queries
+            are spherical k-means centroids of the calibration tokens reaching its router, taken from the
+            predecessor on the successor's channels; needs calibration data and no dense checkpoint; see
+            :mod:`moejet.recycle.router`).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -385,13 +395,25 @@ def recycle(
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, univ_mode=univ_mode,
+    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init,
+                             univ_mode=univ_mode,
                              query_norm=query_norm, importance_metric=importance_metric,
                              expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
         raise UserError(f"strategy {strategy!r} needs calibration images: pass calibration data (--calib-images > 0)")
+    if router_init == "kmeans" and calib_loader is None:
+        raise OptionError("router_init", router_init, "clusters calibration tokens: pass calibration data "
+                                                      "(--calib-images > 0)")
+    if router_init == "kmeans" and dense_state is not None:
+        raise OptionError("router_init", router_init, "takes the router's keys from the predecessor, which a dense "
+                                                      "checkpoint's blocks do not compute: drop --dense-checkpoint")
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
+    if router_init == "kmeans":
+        no_queries = [b.index for b in pair.moe_blocks if not isinstance(getattr(b.module.mlp, "queries", None),
+                                                                         nn.Parameter)]
+        if no_queries:
+            raise OptionError("router_init", router_init, f"MoE block {no_queries[0]} has no slot queries")
     if dense_state is not None:
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
@@ -405,18 +427,21 @@ def recycle(
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
-    stats = None
+    stats, keys = None, {}
     if calib_loader is not None:
         dev = resolve_device(device)
         home = next(predecessor.parameters()).device
         t = time.perf_counter()
         predecessor.to(dev)
+        collector = KeyCollector([pair.pred_blocks[b.name] for b in pair.moe_blocks]) \
+            if router_init == "kmeans" else None
         try:
             coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
             stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
                                   coact_percentile, progress, calib_batches, switches["importance_metric"])
         finally:
             predecessor.to(home)
+            keys = collector.remove() if collector is not None else {}
         if stats.images == 0:
             raise UserError("the calibration data gave no images: point --calib-data at a non-empty dataset")
         timings["calibration_s"] = time.perf_counter() - t
@@ -429,6 +454,9 @@ def recycle(
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"], gen, dense_mlps)
+    router_info = None
+    if router_init == "kmeans":
+        router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -437,8 +465,40 @@ def recycle(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
         successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
         coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
-        dense=dense_state is not None))
+        router_init=router_init, router=router_info, dense=dense_state is not None))
     return state, report
+
+
+def kmeans_queries(state: dict[str, torch.Tensor], fresh: list[str], pair: Pair, sel: Selection,
+                   keys: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, Any]:
+    """``--router-init kmeans``: each MoE block's ``queries (S, d')`` := spherical k-means centroids
+    (:func:`~moejet.recycle.router.spherical_kmeans`, drawn from ``gen`` after every other draw) of the block's
+    calibration keys ``keys[name] (n, d)`` at the successor's channels; in ``state``, in place. Returns the report:
+    tokens per block, the k-means fit (mean cosine of a token to its centroid) and, where the router has a query
+    LayerNorm, ``query_alignment`` (mean cosine of a centroid to the query the router actually compares with:
+    ``normalize(query_norm(c))``, 1 without one)."""
+    info = {"iterations": KMEANS_ITERS, "max_tokens": KMEANS_MAX_TOKENS, "blocks": {}}
+    for b in pair.moe_blocks:
+        key = f"{b.name}.mlp.queries"
+        x = keys[b.name][:, sel.channels[b.stage]]
+        k = state[key].shape[0]
+        if x.shape[0] < k:
+            raise UserError(f"--router-init kmeans: block {b.index} has {k} slots but the calibration data gave only "
+                            f"{x.shape[0]} tokens: pass more calibration images")
+        centroids, fit = spherical_kmeans(x, k, gen)
+        state[key] = centroids.to(state[key].dtype)
+        if key in fresh:
+            fresh.remove(key)
+        norm = b.module.mlp.query_norm if hasattr(b.module.mlp, "query_norm") else None
+        alignment = 1.0
+        if norm is not None:
+            w, bias = state.get(f"{b.name}.mlp.query_norm.weight"), state.get(f"{b.name}.mlp.query_norm.bias")
+            q = torch.nn.functional.layer_norm(centroids, (centroids.shape[1],), None if w is None else w.double(),
+                                               None if bias is None else bias.double(), norm.eps)
+            alignment = float(torch.nn.functional.cosine_similarity(q, centroids, dim=1).mean())
+        info["blocks"][str(b.index)] = {"tokens": x.shape[0], "slots": k, "mean_cosine": fit,
+                                        "query_alignment": alignment}
+    return info
 
 
 def check_loadable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -536,7 +596,8 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "seed": run["seed"],
         "variant": run["variant"],
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed")},
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed", "router_init")},
+        "router_init": run["router"],
         "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, run["drop_ratio"]),
         "mixed": _mixed_report(pair, sel, run["mixed"]),
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
