@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..models.common import check_model_kwargs
-from ..recycle.api import MIXED_MODES, ROUTER_INITS, SWITCH_CHOICES
+from ..recycle.align import ALIGN_MODES
+from ..recycle.api import ALIGN_RIDGE, MIXED_MODES, ROUTER_INITS, SWITCH_CHOICES
 from ..recycle.select import RECYCLE_STRATEGIES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .common import integer, number, parse_kwargs
@@ -83,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="slot queries: the successor's fresh init (default), or kmeans: spherical k-means centroids "
                         "of the calibration tokens reaching each router (from the predecessor; not with "
                         "--dense-checkpoint)")
+    p.add_argument("--align", default="none", choices=ALIGN_MODES,
+                   help="affine: per MoE block, fit ridge affine maps between the dense checkpoint's and the "
+                        "predecessor's MLP inputs / outputs on the calibration images and fold them into the "
+                        "experts' fc1 / fc2 (needs --dense-checkpoint and the same patch grid; default: none)")
+    p.add_argument("--align-ridge", type=number(0.0), default=ALIGN_RIDGE, metavar="LAMBDA",
+                   help=f"--align's ridge: LAMBDA * tokens * I added to the covariance (default: {ALIGN_RIDGE:g})")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -107,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
         coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
-        mixed=args.mixed, router_init=args.router_init,
+        mixed=args.mixed, router_init=args.router_init, align=args.align, align_ridge=args.align_ridge,
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

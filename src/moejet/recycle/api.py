@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
+from .align import ALIGN_MODES, collect_alignment, fold_affine
 from .build import Selection, build_state, mlp_tensors, pool_sets, reinit_stats, select_heads
 from .graph import part_size, part_weights, partition
 from .layout import (
@@ -55,6 +56,7 @@ NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
 FINAL_NORMS = ("copy", "fresh")
 MIXED_MODES = ("none", "core_upcycled", "univ_upcycled")  # --mixed: which bank is upcycled from the dense checkpoint
+ALIGN_RIDGE = 1e-3  # --align-ridge default: ridge * n * I added to the n-token covariance
 ROUTER_INITS = ("fresh", "kmeans")  # --router-init: the successor's fresh slot queries, or k-means centroids
 SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
                   "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
@@ -71,8 +73,8 @@ class OptionError(UserError):
 
 
 def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh",
-                  **switches: str | None) -> dict[str, str]:
+                  drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh", align: str = "none",
+                  align_ridge: float = ALIGN_RIDGE, **switches: str | None) -> dict[str, str]:
     """Check every recycling option; returns each switch's value under ``variant``
     (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
     if strategy not in RECYCLE_STRATEGIES:
@@ -99,6 +101,13 @@ def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, 
         raise OptionError("mixed", mixed, f"use one of {', '.join(MIXED_MODES)}")
     if router_init not in ROUTER_INITS:
         raise OptionError("router_init", router_init, f"use one of {', '.join(ROUTER_INITS)}")
+    if align not in ALIGN_MODES:
+        raise OptionError("align", align, f"use one of {', '.join(ALIGN_MODES)}")
+    if isinstance(align_ridge, bool) or not isinstance(align_ridge, (int, float)) or not 0 <= align_ridge < math.inf:
+        raise OptionError("align_ridge", align_ridge, "must be a finite number >= 0")
+    if align != "none" and resolved["expert_channels"] != "shared":
+        raise OptionError("align", align, "fits one map per block on the successor's channels: use "
+                                          "expert_channels shared")
     return resolved
 
 
@@ -355,6 +364,8 @@ def recycle(
     drop_ratio: float = 0.0,
     mixed: str = "none",
     router_init: str = "fresh",
+    align: str = "none",
+    align_ridge: float = ALIGN_RIDGE,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
@@ -388,6 +399,10 @@ def recycle(
             are spherical k-means centroids of the calibration tokens reaching its router, taken from the
             predecessor on the successor's channels; needs calibration data and no dense checkpoint; see
             :mod:`moejet.recycle.router`).
+        align / align_ridge: ``none`` (default) or ``affine``: per MoE block, ridge-fitted (``align_ridge``) affine
+            maps from the dense model's MLP input to the predecessor's (on the successor's channels) and from the
+            predecessor's MLP output to the dense model's, folded into every predecessor-cut expert's fc1 / fc2;
+            needs ``dense_state`` and calibration data (:mod:`moejet.recycle.align`).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -396,7 +411,7 @@ def recycle(
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
     switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init,
-                             univ_mode=univ_mode,
+                             align, align_ridge, univ_mode=univ_mode,
                              query_norm=query_norm, importance_metric=importance_metric,
                              expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
@@ -407,6 +422,11 @@ def recycle(
     if router_init == "kmeans" and dense_state is not None:
         raise OptionError("router_init", router_init, "takes the router's keys from the predecessor, which a dense "
                                                       "checkpoint's blocks do not compute: drop --dense-checkpoint")
+    if align != "none" and dense_state is None:
+        raise OptionError("align", align, "maps the dense model's basis onto the predecessor's: pass "
+                                          "--dense-checkpoint")
+    if align != "none" and calib_loader is None:
+        raise OptionError("align", align, "fits on calibration images: pass calibration data (--calib-images > 0)")
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
     if router_init == "kmeans":
@@ -457,6 +477,10 @@ def recycle(
     router_info = None
     if router_init == "kmeans":
         router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
+    align_info = None
+    if align == "affine":
+        align_info = align_experts(state, pair, sel, predecessor, model, successor, successor_kwargs, dense_state,
+                                   calib_loader, resolve_device(device), align_ridge, seed)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -465,7 +489,8 @@ def recycle(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
         successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
         coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
-        router_init=router_init, router=router_info, dense=dense_state is not None))
+        router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
+        dense=dense_state is not None))
     return state, report
 
 
@@ -498,6 +523,43 @@ def kmeans_queries(state: dict[str, torch.Tensor], fresh: list[str], pair: Pair,
             alignment = float(torch.nn.functional.cosine_similarity(q, centroids, dim=1).mean())
         info["blocks"][str(b.index)] = {"tokens": x.shape[0], "slots": k, "mean_cosine": fit,
                                         "query_alignment": alignment}
+    return info
+
+
+def align_experts(state: dict[str, torch.Tensor], pair: Pair, sel: Selection, predecessor: nn.Module,
+                  model: nn.Module, successor: str, successor_kwargs: dict[str, Any],
+                  dense_state: dict[str, torch.Tensor], loader: Iterable, device: torch.device, ridge: float,
+                  seed: int) -> dict[str, Any]:
+    """``--align affine`` (:mod:`moejet.recycle.align`): the dense model (the successor's dense twin with
+    ``dense_state``) and the predecessor see the calibration images; per MoE block the two ridge maps are fitted and
+    folded into every bank cut from the predecessor (a ``--mixed`` bank upcycled from the dense MLP is already in
+    the dense basis), in ``state``. Returns the report: ridge, and per block tokens and both maps' ``R^2``."""
+    twin_kwargs = dict(successor_kwargs, moe_layers=()) if getattr(model, "moe_layers", None) is not None \
+        else dict(successor_kwargs)
+    dense = build_successor(successor, twin_kwargs, seed)
+    dense.load_state_dict(dense_state, strict=False)
+    dense_blocks = {b.name: b for b in blocks(dense)}
+    pairs = [(pair.pred_blocks[b.name], dense_blocks[b.name], sel.channels[b.stage]) for b in pair.moe_blocks]
+    home = next(predecessor.parameters()).device
+    predecessor.to(device)
+    dense.to(device)
+    try:
+        moments = collect_alignment(predecessor, dense, pairs, loader, device)
+    finally:
+        predecessor.to(home)
+    info = {"ridge": ridge, "blocks": {}}
+    for b in pair.moe_blocks:
+        fit_in, fit_out = moments[b.name]
+        a, shift, r2_in = fit_in.fit(ridge)
+        big_b, beta, r2_out = fit_out.fit(ridge)
+        for path, attr, _, _ in expert_banks(b.module.mlp):
+            if sel.upcycled.get(b.name) == path:
+                continue
+            prefix = f"{b.name}.mlp.{attr}."
+            names = [k[len(prefix):] for k in state if k.startswith(prefix)]
+            folded = fold_affine({k: state[prefix + k] for k in names}, a, shift, big_b, beta)
+            state.update({prefix + k: v.contiguous() for k, v in folded.items()})
+        info["blocks"][str(b.index)] = {"tokens": fit_in.n, "input_r2": r2_in, "output_r2": r2_out}
     return info
 
 
@@ -596,7 +658,9 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "seed": run["seed"],
         "variant": run["variant"],
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed", "router_init")},
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed", "router_init",
+                                        "align", "align_ridge")},
+        "align": run["align_info"],
         "router_init": run["router"],
         "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, run["drop_ratio"]),
         "mixed": _mixed_report(pair, sel, run["mixed"]),

@@ -171,6 +171,8 @@ class RecycleConfig:
     drop_ratio: float = 0.0  # Drop-Upcycling (strategy upcycle): share of each expert's neurons re-initialised
     mixed: str = "none"  # none | core_upcycled | univ_upcycled: that bank from dense_checkpoint's MLPs
     router_init: str = "fresh"  # fresh | kmeans: slot queries from k-means of the calibration tokens
+    align: str = "none"  # none | affine: ridge maps dense <-> predecessor bases folded into the experts
+    align_ridge: float = 1e-3  # align's ridge (times tokens, on the covariance)
 
 
 @dataclass
@@ -471,7 +473,7 @@ def _validate_recycle(config: Config, need: Need) -> None:
     try:
         check_options(recycle.strategy, recycle.variant or config.variant, recycle.graph_parts,
                       recycle.coact_percentile, recycle.drop_ratio, recycle.mixed,
-                      recycle.router_init, **recycle_switches(config))
+                      recycle.router_init, recycle.align, recycle.align_ridge, **recycle_switches(config))
     except OptionError as err:
         key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
         need(False, key, err.what)
@@ -481,6 +483,9 @@ def _validate_recycle(config: Config, need: Need) -> None:
          "kmeans clusters calibration tokens: set recycle.calib_images > 0")
     need(recycle.router_init != "kmeans" or recycle.dense_checkpoint is None, "recycle.router_init",
          "kmeans takes the router's keys from the predecessor: drop recycle.dense_checkpoint")
+    need(recycle.align == "none" or (recycle.dense_checkpoint is not None and recycle.calib_images > 0),
+         "recycle.align", "affine fits the dense checkpoint against the predecessor on calibration images: set "
+         "recycle.dense_checkpoint and recycle.calib_images > 0")
     need(recycle.calib_images >= 0, "recycle.calib_images", "must be >= 0 (0: no calibration)")
     need(recycle.calib_images > 0 or recycle.strategy not in NEEDS_STATS, "recycle.calib_images",
          f"strategy {recycle.strategy} needs calibration images: set recycle.calib_images > 0")
