@@ -255,3 +255,38 @@ def test_kmeans_router_on_convnext_and_its_errors(recycle_files, recipe, calib_b
                                                                                  "kmeans"]) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert report["router_init"]["blocks"]["2"]["tokens"] == 12 * 17
+
+
+def test_drop_upcycling_reinitialises_the_gate_of_a_gated_mlp_too():
+    """EVA-02 (split SwiGLU with a hidden norm): the gate rows and gate bias of the dropped neurons are fresh, from
+    the dense gate's statistics; the hidden norm's per-neuron affine stays a copy."""
+    kwargs = dict(embed_dim=32, depth=4, num_heads=2, num_classes=10, img_size=28)
+    torch.manual_seed(0)
+    pred = timm.create_model("eva02_base_patch14_224", **kwargs).eval()
+    with torch.no_grad():
+        for blk in pred.blocks:
+            blk.mlp.fc1_g.weight.normal_(0.1, 0.05)
+            blk.mlp.fc1_g.bias.normal_(0.5, 0.2)
+    succ = dict(base="eva02_base_patch14_224", **kwargs, moe_layers=[2, 3], core_experts=2, univ_experts=4,
+                univ_factor=1.0)
+    state, report = recycle(pred, "jetmoe", succ, "upcycle", None, drop_ratio=0.5)
+    p = pred.state_dict()
+    for key, info in report["moe_blocks"].items():
+        name = info["name"]
+        gate, gate_b, norm_w = (p[f"{name}.mlp.{k}"] for k in ("fc1_g.weight", "fc1_g.bias", "norm.weight"))
+        fresh = []
+        for path, attr in PATHS:
+            q = f"{name}.mlp.{attr}."
+            for e, (idx, pos) in enumerate(zip(report["neuron_indices"][key][path],
+                                               report["drop_upcycling"]["reinit_positions"][key][path])):
+                idx, pos = torch.tensor(idx), torch.tensor(pos)
+                kept = torch.tensor([j for j in range(len(idx)) if j not in set(pos.tolist())])
+                assert len(pos) == round(0.5 * 85) == 42
+                assert torch.equal(state[q + "fc1_gate_weight"][e][kept], gate[idx[kept]])
+                assert torch.equal(state[q + "fc1_gate_bias"][e][kept], gate_b[idx[kept]])
+                assert torch.equal(state[q + "norm_weight"][e], norm_w[idx])
+                assert not torch.isclose(state[q + "fc1_gate_weight"][e][pos], gate[idx[pos]]).any()
+                fresh.append(state[q + "fc1_gate_weight"][e][pos].reshape(-1))
+        values = torch.cat(fresh).double()
+        assert values.mean().item() == pytest.approx(gate.double().mean().item(), abs=0.005)
+        assert values.std().item() == pytest.approx(gate.double().std().item(), rel=0.05)
