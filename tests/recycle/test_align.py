@@ -105,10 +105,23 @@ def test_align_errors(recycle_files, recipe, calib_batches):
         recycle(fine, *args[1:], calib_batches(), dense_state=dense_state, align="affine")
 
 
-def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path):
+def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path, capsys):
     assert run_recycle(recycle_files, tmp_path / "out", "vit", "uniform",
-                       extra=["--quiet", "--dense-checkpoint", str(recycle_files["dense_file"]), "--align", "affine",
-                              "--align-ridge", "0.01"]) == 0
+                       extra=["--dense-checkpoint", str(recycle_files["dense_file"]), "--align", "affine",
+                              "--align-ridge", "0.01", "--mixed", "univ_upcycled"]) == 0
+    assert "options       mixed=univ_upcycled; align=affine (ridge 0.01, mean R^2 in " in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert report["options"]["align"] == "affine" and report["align"]["ridge"] == 0.01
     assert set(report["align"]["blocks"]) == {"2", "3"} and report["align"]["blocks"]["2"]["tokens"] == 12 * 17
+
+
+def test_align_leaves_a_bank_upcycled_from_the_dense_mlp_as_it_is(recycle_files, recipe, calib_batches):
+    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    args = (recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches())
+    plain, _ = recycle(*args, dense_state=dense_state, mixed="univ_upcycled")
+    state, report = recycle(*args, dense_state=dense_state, mixed="univ_upcycled", align="affine")
+    assert set(report["align"]["blocks"]) == {"2", "3"}
+    for name in ("blocks.2", "blocks.3"):
+        for k in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"):
+            assert torch.equal(state[f"{name}.mlp.univ_experts.{k}"], plain[f"{name}.mlp.univ_experts.{k}"])
+            assert not torch.equal(state[f"{name}.mlp.core_experts.{k}"], plain[f"{name}.mlp.core_experts.{k}"])
