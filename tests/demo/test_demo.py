@@ -188,3 +188,28 @@ def test_recycled_arms_differ_only_in_their_initial_weights(tmp_path):
     for e in range(experts.num_experts):  # Sparse Upcycling: every core expert is T's MLP
         torch.testing.assert_close(experts.fc1_weight[e], mlp.fc1.weight)
         torch.testing.assert_close(experts.fc2_weight[e], mlp.fc2.weight)
+
+
+def test_recycle_options_go_to_the_arms_that_take_them(tmp_path, capsys):
+    from moejet.demo.run import arm_recycle_options, recycle_arm
+    from moejet.demo.setup import ARMS
+
+    options = {"drop_ratio": 0.25, "router_init": "kmeans", "mixed": "core_upcycled", "align": "affine"}
+    assert arm_recycle_options(ARMS, options) == {
+        "moe_jetpack": {"mixed": "core_upcycled", "align": "affine"}, "softmoe_recycled": {"align": "affine"},
+        "sparse_upcycling": {"drop_ratio": 0.25, "router_init": "kmeans"}}
+    core = [a for a in ARMS if not a.optional]
+    for bad, message in (({"key_proj": 1}, "not a recycling option the demo applies"),
+                         ({"drop_ratio": 0.25}, "no recycled arm of this run takes it"),
+                         ({"mixed": "both"}, "for the MoE Jetpack arm: recycle option mixed = 'both' is invalid")):
+        with pytest.raises(UserError, match=message):
+            arm_recycle_options(core, bad)
+    assert main(["demo", "--quick", "--core-only", "--recycle-options", "drop_ratio=0.5", "--out",
+                 str(tmp_path / "demo")]) == 2
+    assert "no recycled arm of this run takes it" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    arm = next(a for a in ARMS if a.key == "sparse_upcycling")
+    recycle_arm(arm, check_assets(ASSETS), tmp_path / "up", QUICK, "cpu", seed=0,
+                options={"drop_ratio": 0.25, "router_init": "kmeans"})
+    report = json.loads((tmp_path / "up" / "recycle.json").read_text())
+    assert report["options"]["drop_ratio"] == 0.25 and report["options"]["router_init"] == "kmeans"
+    assert report["drop_upcycling"] is not None and report["router_init"]["blocks"]

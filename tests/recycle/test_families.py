@@ -272,3 +272,27 @@ def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
     for key, value in small_model.state_dict().items():
         if not key.startswith(moe_blocks):
             assert torch.equal(state[key], value.reshape(state[key].shape)), key  # conv MLPs: as Linear weights
+
+
+def test_a_layout_the_role_table_does_not_describe_is_a_one_line_error(tmp_path):
+    """A tiered ConvNeXt stem (``*_ols``) narrowed without a dense checkpoint: a UserError, not an IndexError."""
+    from moejet.errors import UserError
+
+    kwargs = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1))
+    checkpoint, _ = wide_checkpoint("convnext_atto_ols", kwargs, tmp_path / "ols.pth")
+    with pytest.raises(UserError, match="cannot recycle stem.0.weight: .* pass a --dense-checkpoint"):
+        recycled(checkpoint, tmp_path / "out", {"dims": [8, 16, 32, 64]}, strategy="uniform")
+
+
+def test_a_conv_mlp_convnext_moejet_file_is_a_dense_checkpoint(tmp_path):
+    """A moejet file of a ConvNeXt built with 1x1-conv MLPs gives the dense part of a Linear-MLP successor."""
+    small_kwargs = dict(CONVNEXT)
+    small = randomized(timm.create_model("convnext_atto", **small_kwargs))
+    save_model(small, tmp_path / "small.safetensors", "convnext_atto", small_kwargs)
+    checkpoint, _ = wide_checkpoint("convnext_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
+                                    tmp_path / "large.pth")
+    file, _ = recycled(checkpoint, tmp_path / "out", MOE_ARGS["convnext"],
+                       dense_checkpoint=str(tmp_path / "small.safetensors"))
+    state = build_from_checkpoint(file)[0].state_dict()
+    weight = "stages.0.blocks.0.mlp.fc1.weight"
+    assert torch.equal(state[weight], small.state_dict()[weight].reshape(state[weight].shape))

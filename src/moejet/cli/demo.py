@@ -11,6 +11,7 @@ from ..demo.pretrain import pretrain
 from ..demo.run import run_seeds
 from ..demo.setup import FULL, QUICK
 from ..device import resolve_device
+from .common import parse_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated seeds; several write a mean ± spread summary")
     p.add_argument("--core-only", action="store_true",
                    help="only the four arms of the paper's Table 1 (skip Soft MoE + recycling and Sparse Upcycling)")
+    p.add_argument("--recycle-options", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="recycling options for the recycled arms that take them: drop_ratio=R and "
+                        "router_init=kmeans (Sparse Upcycling), mixed=core_upcycled|univ_upcycled (MoE Jetpack), "
+                        "align=affine, align_ridge=L (the arms with a dense part); see docs/recycling.md")
     p.add_argument("--pretrain", action="store_true",
                    help="regenerate the shipped predecessors from scratch on synthetic-upstream (slow)")
     p.add_argument("--pretrain-roles", type=role_list, default=("S", "T"),
@@ -59,5 +64,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pretrain:
         print(json.dumps(pretrain(out / "pretrain", budget, device, roles=args.pretrain_roles), indent=2))
         return 0
-    run_seeds(out, budget, device, args.seeds, include_optional=not args.core_only)
+    options = parse_kwargs(args.recycle_options, "--recycle-options")
+    if options:
+        from ..demo.run import arm_recycle_options
+        from ..demo.setup import ARMS
+
+        arm_recycle_options([a for a in ARMS if not args.core_only or not a.optional], options)  # before any work
+    run_seeds(out, budget, device, args.seeds, include_optional=not args.core_only, recycle_options=options)
     return 0

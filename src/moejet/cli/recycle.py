@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..models.common import check_model_kwargs
-from ..recycle.api import SWITCH_CHOICES
+from ..recycle.align import ALIGN_MODES
+from ..recycle.api import ALIGN_RIDGE, MIXED_MODES, ROUTER_INITS, SWITCH_CHOICES
 from ..recycle.select import RECYCLE_STRATEGIES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .common import integer, number, parse_kwargs
@@ -71,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--graph-parts", type=integer(1), default=32, help="target METIS parts per layer (graph)")
     p.add_argument("--coact-percentile", type=number(0.0, 100.0, low_open=True, high_open=True), default=90.0,
                    help="a neuron is active above this percentile of its layer's activations (graph)")
+    p.add_argument("--drop-ratio", type=number(0.0, 1.0, high_open=True), default=0.0, metavar="R",
+                   help="Drop-Upcycling (Nakamura et al., ICLR 2025; --strategy upcycle only): re-initialise "
+                        "round(R * h_e) random hidden neurons of each expert from the dense weights' mean and std "
+                        "(default: 0, exact copies)")
+    p.add_argument("--mixed", default="none", choices=MIXED_MODES,
+                   help="mixed sources (needs --dense-checkpoint): core experts upcycled from the dense checkpoint's "
+                        "MLP and universal experts recycled from the predecessor by --strategy (core_upcycled), or "
+                        "the reverse (univ_upcycled); default: none, every expert from the predecessor")
+    p.add_argument("--router-init", default="fresh", choices=ROUTER_INITS,
+                   help="slot queries: the successor's fresh init (default), or kmeans: spherical k-means centroids "
+                        "of the calibration tokens reaching each router (from the predecessor; not with "
+                        "--dense-checkpoint)")
+    p.add_argument("--align", default="none", choices=ALIGN_MODES,
+                   help="affine: per MoE block, fit ridge affine maps between the dense checkpoint's and the "
+                        "predecessor's MLP inputs / outputs on the calibration images and fold them into the "
+                        "experts' fc1 / fc2 (needs --dense-checkpoint and the same patch grid; default: none)")
+    p.add_argument("--align-ridge", type=number(0.0), default=ALIGN_RIDGE, metavar="LAMBDA",
+                   help=f"--align's ridge: LAMBDA * tokens * I added to the covariance (default: {ALIGN_RIDGE:g})")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -94,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,
         workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
         switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
-        coact_percentile=args.coact_percentile, progress=not args.quiet,
+        coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
+        mixed=args.mixed, router_init=args.router_init, align=args.align, align_ridge=args.align_ridge,
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

@@ -54,9 +54,49 @@ def check_assets(assets: Path) -> dict[str, Path]:
     return paths
 
 
+# moejet demo --recycle-options: which recycled arms take each recycle() option (the others recycle without it).
+# Sparse Upcycling recycles T alone (no dense checkpoint); the other recycled arms take experts from S and the
+# dense part from T; only MoE Jetpack's successor has both expert banks.
+_UPCYCLED = lambda arm: arm.init == "recycle:upcycle"
+_WITH_DENSE = lambda arm: arm.init.startswith("recycle:") and not _UPCYCLED(arm)
+RECYCLE_OPTION_ARMS = {
+    "drop_ratio": _UPCYCLED,
+    "router_init": _UPCYCLED,
+    "mixed": lambda arm: _WITH_DENSE(arm) and "univ_experts" in arm.model[1],
+    "align": _WITH_DENSE,
+    "align_ridge": _WITH_DENSE,
+}
+
+
+def arm_recycle_options(arms: list[Arm], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--recycle-options``: per recycled arm (key) the options it takes (:data:`RECYCLE_OPTION_ARMS`), each
+    value checked as ``moejet recycle`` checks it. An unknown option, or one no arm of this run takes, is a
+    UserError."""
+    from ..recycle.api import OptionError, check_options
+
+    unknown = sorted(set(options) - set(RECYCLE_OPTION_ARMS))
+    if unknown:
+        raise UserError(f"--recycle-options {unknown[0]} is not a recycling option the demo applies: use "
+                        f"{', '.join(RECYCLE_OPTION_ARMS)}")
+    recycled = [a for a in arms if a.init.startswith("recycle:")]
+    out = {a.key: {k: v for k, v in options.items() if RECYCLE_OPTION_ARMS[k](a)} for a in recycled}
+    for key in options:
+        if not any(key in taken for taken in out.values()):
+            raise UserError(f"--recycle-options {key}: no recycled arm of this run takes it (drop_ratio and "
+                            "router_init go to Sparse Upcycling, mixed to MoE Jetpack, align to the arms with a "
+                            "dense part; drop --core-only)")
+    for arm in recycled:
+        try:
+            check_options(arm.init.split(":", 1)[1], **out[arm.key])
+        except (OptionError, TypeError) as err:
+            raise UserError(f"--recycle-options for the {arm.label} arm: {err}") from None
+    return out
+
+
 def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: Budget, device: str,
-                seed: int) -> tuple[Path, float]:
-    """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds).
+                seed: int, options: dict[str, Any] | None = None) -> tuple[Path, float]:
+    """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds). ``options``:
+    extra :func:`~moejet.recycle.recycle` keywords (the arm's share of ``--recycle-options``).
 
     Calibration images come from the predecessors' own (upstream) training data, as the released code
     calibrates on an ImageNet subset.
@@ -74,7 +114,7 @@ def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: 
     loader, _ = calibration_loader(budget.pretrain_upstream, predecessor, budget.calib_images, 64, seed=seed)
     dense_state = load_dense_state(dense, successor, successor_kwargs, seed) if dense else None
     state, report = recycle(predecessor, successor, successor_kwargs, strategy, loader, dense_state=dense_state,
-                            seed=seed, device=device, predecessor_name=name)
+                            seed=seed, device=device, predecessor_name=name, **(options or {}))
     model_path, _ = write_outputs(out_dir, state, report, successor, successor_kwargs)
     return model_path, time.perf_counter() - start
 
@@ -93,12 +133,16 @@ def arm_config(arm: Arm, init_checkpoint: Path | None, budget: Budget, seed: int
 
 
 def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, include_optional: bool = True,
-             assets: Path = ASSETS, analyze: bool = True) -> dict[str, Any]:
-    """Run every arm into ``out``; returns the results written to ``out/results.json``."""
+             assets: Path = ASSETS, analyze: bool = True,
+             recycle_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every arm into ``out``; returns the results written to ``out/results.json``. ``recycle_options``
+    (``--recycle-options``): recycling options for the recycled arms that take them (:func:`arm_recycle_options`),
+    recorded per arm as ``recycle_options``."""
     if (out / "results.json").exists() or (out / "runs").exists():
         raise UserError(f"{out} already holds a demo run: pass another --out or delete it")
     predecessors = check_assets(assets)
     arms = [a for a in ARMS if include_optional or not a.optional]
+    per_arm = arm_recycle_options(arms, recycle_options or {})
     start = time.perf_counter()
     total_epochs = budget.epochs * len(arms)
     overall = tqdm(total=total_epochs, desc="demo", unit="epoch", position=0, dynamic_ncols=True)
@@ -109,7 +153,8 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
             init = predecessors["T"]
         elif arm.init.startswith("recycle:"):
             overall.set_postfix_str(f"{arm.label}: recycling")
-            init, recycle_s = recycle_arm(arm, predecessors, out / "recycled" / arm.key, budget, device, seed)
+            init, recycle_s = recycle_arm(arm, predecessors, out / "recycled" / arm.key, budget, device, seed,
+                                          per_arm[arm.key])
         config = config_from_dict(arm_config(arm, init, budget, seed, device))
 
         def on_epoch(row: dict[str, Any], label: str = arm.label) -> None:
@@ -129,6 +174,7 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
             "curve": [[m["epoch"], m["val_top1"]] for m in metrics if "val_top1" in m],
             "train_time_s": metrics[-1]["wall_time_s"],
             "recycle_time_s": recycle_s,
+            "recycle_options": per_arm.get(arm.key),
         })
         tqdm.write(f"{arm.label:32s} top-1 {rows[-1]['top1']:5.1f}%  ({rows[-1]['train_time_s']:.0f} s)")
     overall.close()
@@ -148,14 +194,15 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
     return results
 
 
-def run_seeds(out: Path, budget: Budget, device: str, seeds: list[int], include_optional: bool = True
-              ) -> list[dict[str, Any]]:
+def run_seeds(out: Path, budget: Budget, device: str, seeds: list[int], include_optional: bool = True,
+              recycle_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """:func:`run_demo` for each seed (into ``out/seed-N`` when there are several, with a mean ± spread summary
     in ``out/seeds.md``); prints each report's results table."""
     results = []
     for seed in seeds:
         seed_out = out if len(seeds) == 1 else out / f"seed-{seed}"
-        results.append(run_demo(seed_out, budget, device, seed, include_optional=include_optional))
+        results.append(run_demo(seed_out, budget, device, seed, include_optional=include_optional,
+                                recycle_options=recycle_options))
         print(f"\nreport: {seed_out / 'report.md'}")
         print((seed_out / "results.md").read_text())
     if len(seeds) > 1:

@@ -22,7 +22,8 @@ from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
-from .build import Selection, build_state, pool_sets, select_heads
+from .align import ALIGN_MODES, collect_alignment, fold_affine
+from .build import Selection, build_state, mlp_tensors, pool_sets, reinit_stats, select_heads
 from .graph import part_size, part_weights, partition
 from .layout import (
     Block,
@@ -35,6 +36,7 @@ from .layout import (
     pool_shape,
     stage_dims,
 )
+from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
     EXPERT_CHANNELS,
     RECYCLE_STRATEGIES,
@@ -45,6 +47,7 @@ from .select import (
     select_dense_neurons,
     select_expert_channels,
     select_experts,
+    select_reinit,
     subselect,
 )
 from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
@@ -52,6 +55,9 @@ from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
 FINAL_NORMS = ("copy", "fresh")
+MIXED_MODES = ("none", "core_upcycled", "univ_upcycled")  # --mixed: which bank is upcycled from the dense checkpoint
+ALIGN_RIDGE = 1e-3  # --align-ridge default: ridge * n * I added to the n-token covariance
+ROUTER_INITS = ("fresh", "kmeans")  # --router-init: the successor's fresh slot queries, or k-means centroids
 SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
                   "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
                   "final_norm": FINAL_NORMS}
@@ -67,7 +73,8 @@ class OptionError(UserError):
 
 
 def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  **switches: str | None) -> dict[str, str]:
+                  drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh", align: str = "none",
+                  align_ridge: float = ALIGN_RIDGE, **switches: str | None) -> dict[str, str]:
     """Check every recycling option; returns each switch's value under ``variant``
     (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
     if strategy not in RECYCLE_STRATEGIES:
@@ -85,7 +92,63 @@ def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, 
         raise OptionError("graph_parts", graph_parts, "must be an integer >= 1")
     if not 0.0 < coact_percentile < 100.0:
         raise OptionError("coact_percentile", coact_percentile, "must be in (0, 100)")
+    if isinstance(drop_ratio, bool) or not isinstance(drop_ratio, (int, float)) or not 0.0 <= drop_ratio < 1.0:
+        raise OptionError("drop_ratio", drop_ratio, "must be a number in [0, 1)")
+    if drop_ratio > 0 and strategy != "upcycle":
+        raise OptionError("drop_ratio", drop_ratio, f"Drop-Upcycling re-initialises parts of whole-MLP copies: it "
+                                                    f"needs strategy upcycle, not {strategy}")
+    if mixed not in MIXED_MODES:
+        raise OptionError("mixed", mixed, f"use one of {', '.join(MIXED_MODES)}")
+    if router_init not in ROUTER_INITS:
+        raise OptionError("router_init", router_init, f"use one of {', '.join(ROUTER_INITS)}")
+    if align not in ALIGN_MODES:
+        raise OptionError("align", align, f"use one of {', '.join(ALIGN_MODES)}")
+    if isinstance(align_ridge, bool) or not isinstance(align_ridge, (int, float)) or not 0 <= align_ridge < math.inf:
+        raise OptionError("align_ridge", align_ridge, "must be a finite number >= 0")
+    if align != "none" and resolved["expert_channels"] != "shared":
+        raise OptionError("align", align, "fits one map per block on the successor's channels: use "
+                                          "expert_channels shared")
     return resolved
+
+
+def mixed_sources(pair: Pair, dense_state: dict[str, torch.Tensor] | None, mixed: str
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, tuple[str, int]]]:
+    """``--mixed``: per MoE block the dense checkpoint's MLP (:func:`~moejet.recycle.build.mlp_tensors`) and
+    ``(upcycled path, its hidden size)``. ``core_upcycled`` copies the whole dense MLP into every core expert
+    (Sparse Upcycling), so the core experts must be as wide; ``univ_upcycled`` cuts the universal experts from it
+    by the upcycle rule of :func:`~moejet.recycle.select.select_experts`. Raises :class:`OptionError`."""
+    if mixed == "none":
+        return {}, {}
+    if dense_state is None:
+        raise OptionError("mixed", mixed, "the upcycled experts are the dense checkpoint's MLPs: pass "
+                                          "--dense-checkpoint")
+    path = mixed.split("_")[0]
+    mlps, upcycled = {}, {}
+    for b in pair.moe_blocks:
+        banks = {p: hidden for p, _, _, hidden in expert_banks(b.module.mlp)}
+        if set(banks) != {"core", "univ"}:
+            raise OptionError("mixed", mixed, f"block {b.index} has no {'universal' if 'core' in banks else 'core'} "
+                                              "experts: mixing sources needs both banks (a dual-path MoE)")
+        pb = pair.pred_blocks[b.name]
+        if not any(k.startswith(f"{b.name}.mlp.") for k in dense_state):
+            raise OptionError("mixed", mixed, f"the dense checkpoint has no MLP in block {b.index}: pass one of the "
+                                              "successor's dense twin")
+        try:
+            mlp = mlp_tensors(dense_state, Block(b.name, b.index, b.stage, b.dim, pb.hidden, pb.module, pb.kind))
+        except (AttributeError, KeyError):
+            mlp = {}
+        if "fc1" not in mlp or "fc2" not in mlp or mlp["fc1"].shape[1] != b.dim:
+            raise OptionError("mixed", mixed, f"the dense checkpoint's block {b.index} MLP is not a {pb.kind} MLP of "
+                                              f"width {b.dim}: pass a checkpoint of the successor's dense twin")
+        h = mlp["fc1"].shape[0]
+        if path == "core" and banks["core"] != h:
+            raise OptionError("mixed", mixed, f"core experts copy block {b.index}'s dense MLP ({h} neurons) but have "
+                                              f"{banks['core']}: set mlp_ratio so core experts are as wide")
+        if banks[path] > h:
+            raise OptionError("mixed", mixed, f"block {b.index}'s universal experts need {banks[path]} neurons but "
+                                              f"the dense MLP has {h}: lower univ_factor")
+        mlps[b.name], upcycled[b.name] = mlp, (path, h)
+    return mlps, upcycled
 
 
 @dataclass(frozen=True)
@@ -204,10 +267,16 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
 
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
-               seed: int, dense: bool, graph_parts: int, switches: dict[str, str]) -> tuple[Selection, dict[str, Any]]:
-    """Every index set, drawn from one generator in a fixed order (channels, dense neurons, experts)."""
+               seed: int, dense: bool, graph_parts: int, switches: dict[str, str], drop_ratio: float = 0.0,
+               gen: torch.Generator | None = None,
+               upcycled: dict[str, tuple[str, int]] | None = None) -> tuple[Selection, dict[str, Any]]:
+    """Every index set, drawn from one generator (``gen``, else one seeded with ``seed``) in a fixed order
+    (channels, dense neurons, experts, then Drop-Upcycling's re-initialised neurons of every expert).
+
+    ``upcycled`` (``--mixed``): MoE block name -> ``(path, h)``: that bank is cut by the upcycle rule from the dense
+    checkpoint's MLP of ``h`` neurons (its indices point there); the other bank is recycled by ``strategy``."""
     univ_mode, rule = switches["univ_mode"], switches["uniform_rule"]
-    gen = torch.Generator().manual_seed(seed)
+    gen = gen if gen is not None else torch.Generator().manual_seed(seed)
     channels = []
     for s, (d, d_out) in enumerate(zip(pair.pred_dims, pair.succ_dims)):
         importance = None
@@ -229,15 +298,20 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
                 importance = stats.neuron[b.name] if stats is not None else None
                 sel.dense_neurons[b.name] = select_dense_neurons(strategy, h, b.hidden, importance, gen, rule)
     graph_info = {}
+    upcycled = upcycled or {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden
         importance = stats.neuron[b.name] if stats is not None else None
+        up_path, h_dense = upcycled.get(b.name, (None, 0))
+        if up_path is not None:
+            sel.upcycled[b.name] = up_path
         banks = expert_banks(b.module.mlp)
+        recycled = [bank for bank in banks if bank[0] != up_path]
         core_hidden = next((hidden for path, _, _, hidden in banks if path == "core"), None)
         subselecting = univ_mode == "subselect" and core_hidden is not None  # no core path: universal draw
         parts = weights = None
         if strategy == "graph":
-            sizes = [core_hidden] if subselecting else [hidden for _, _, _, hidden in banks]
+            sizes = [core_hidden] if subselecting else [hidden for _, _, _, hidden in recycled]
             g = part_size(h, sizes, graph_parts)
             parts = partition(stats.coact[b.name], importance, g, seed)
             weights = part_weights(stats.coact[b.name], parts)
@@ -245,7 +319,9 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
                                         "threshold": stats.thresholds[b.name]}
         sel.experts[b.name] = {}
         for path, _, num, hidden in banks:
-            if path == "univ" and subselecting:
+            if path == up_path:  # --mixed: cut from the dense checkpoint's MLP by the upcycle rule
+                sel.experts[b.name][path] = select_experts("upcycle", num, h_dense, hidden, gen)
+            elif path == "univ" and subselecting:
                 draw = select_experts(strategy, num, h, core_hidden, gen, importance, parts, weights, rule)
                 sel.experts[b.name][path] = subselect(draw, hidden)
             else:
@@ -256,7 +332,11 @@ def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strateg
             channel_importance = stats.channel[b.name] if stats is not None else None
             sel.expert_channels[b.name] = {
                 path: select_expert_channels(strategy, num, d, d_out, channel_importance, gen, rule)
-                for path, _, num, _ in banks}
+                for path, _, num, _ in recycled}
+    if drop_ratio > 0:
+        for b in pair.moe_blocks:
+            sel.dropped[b.name] = {path: select_reinit(num, hidden, drop_ratio, gen)
+                                   for path, _, num, hidden in expert_banks(b.module.mlp)}
     return sel, graph_info
 
 
@@ -281,6 +361,11 @@ def recycle(
     uniform_rule: str | None = None,
     final_norm: str | None = None,
     variant: str = "paper",
+    drop_ratio: float = 0.0,
+    mixed: str = "none",
+    router_init: str = "fresh",
+    align: str = "none",
+    align_ridge: float = ALIGN_RIDGE,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
@@ -304,6 +389,20 @@ def recycle(
         uniform_rule: ``shared`` (paper Eq. 7) or ``linspace`` (release).
         final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
             source's final norm (default) or keep the successor's ``fresh`` one (release).
+        drop_ratio: Drop-Upcycling (``upcycle`` only): in each expert ``round(drop_ratio * h_e)`` random hidden
+            neurons are re-initialised from the dense tensors' statistics (:func:`~moejet.recycle.build.
+            reinit_neurons`); 0 (default): exact copies.
+        mixed: ``none`` (default), ``core_upcycled`` (core experts: copies of ``dense_state``'s MLP of the block;
+            universal experts recycled from the predecessor by ``strategy``) or ``univ_upcycled`` (universal
+            experts cut from the dense MLP by the upcycle rule; core experts recycled); see :func:`mixed_sources`.
+        router_init: ``fresh`` (default: the successor's seeded init) or ``kmeans`` (each MoE block's slot queries
+            are spherical k-means centroids of the calibration tokens reaching its router, taken from the
+            predecessor on the successor's channels; needs calibration data and no dense checkpoint; see
+            :mod:`moejet.recycle.router`).
+        align / align_ridge: ``none`` (default) or ``affine``: per MoE block, ridge-fitted (``align_ridge``) affine
+            maps from the dense model's MLP input to the predecessor's (on the successor's channels) and from the
+            predecessor's MLP output to the dense model's, folded into every predecessor-cut expert's fc1 / fc2;
+            needs ``dense_state`` and calibration data (:mod:`moejet.recycle.align`).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -311,13 +410,30 @@ def recycle(
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    switches = check_options(strategy, variant, graph_parts, coact_percentile, univ_mode=univ_mode,
+    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init,
+                             align, align_ridge, univ_mode=univ_mode,
                              query_norm=query_norm, importance_metric=importance_metric,
                              expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
     if strategy in NEEDS_STATS and calib_loader is None:
         raise UserError(f"strategy {strategy!r} needs calibration images: pass calibration data (--calib-images > 0)")
+    if router_init == "kmeans" and calib_loader is None:
+        raise OptionError("router_init", router_init, "clusters calibration tokens: pass calibration data "
+                                                      "(--calib-images > 0)")
+    if router_init == "kmeans" and dense_state is not None:
+        raise OptionError("router_init", router_init, "takes the router's keys from the predecessor, which a dense "
+                                                      "checkpoint's blocks do not compute: drop --dense-checkpoint")
+    if align != "none" and dense_state is None:
+        raise OptionError("align", align, "maps the dense model's basis onto the predecessor's: pass "
+                                          "--dense-checkpoint")
+    if align != "none" and calib_loader is None:
+        raise OptionError("align", align, "fits on calibration images: pass calibration data (--calib-images > 0)")
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
+    if router_init == "kmeans":
+        no_queries = [b.index for b in pair.moe_blocks if not isinstance(getattr(b.module.mlp, "queries", None),
+                                                                         nn.Parameter)]
+        if no_queries:
+            raise OptionError("router_init", router_init, f"MoE block {no_queries[0]} has no slot queries")
     if dense_state is not None:
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
@@ -327,41 +443,124 @@ def recycle(
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
+    dense_mlps, upcycled = mixed_sources(pair, dense_state, mixed)
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
-    stats = None
+    stats, keys = None, {}
     if calib_loader is not None:
         dev = resolve_device(device)
         home = next(predecessor.parameters()).device
         t = time.perf_counter()
         predecessor.to(dev)
+        collector = KeyCollector([pair.pred_blocks[b.name] for b in pair.moe_blocks]) \
+            if router_init == "kmeans" else None
         try:
             coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
             stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
                                   coact_percentile, progress, calib_batches, switches["importance_metric"])
         finally:
             predecessor.to(home)
+            keys = collector.remove() if collector is not None else {}
         if stats.images == 0:
             raise UserError("the calibration data gave no images: point --calib-data at a non-empty dataset")
         timings["calibration_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 graph_parts, switches)
+                                 graph_parts, switches, drop_ratio, gen, upcycled)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
-                               switches["query_norm"], switches["final_norm"])
+                               switches["query_norm"], switches["final_norm"], gen, dense_mlps)
+    router_info = None
+    if router_init == "kmeans":
+        router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
+    align_info = None
+    if align == "affine":
+        align_info = align_experts(state, pair, sel, predecessor, model, successor, successor_kwargs, dense_state,
+                                   calib_loader, resolve_device(device), align_ridge, seed)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dict(
+    report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dense_mlps, dict(
         predecessor=predecessor_name or _model_name(predecessor), successor=successor,
         successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
-        coact_percentile=coact_percentile, graph_parts=graph_parts, dense=dense_state is not None))
+        coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
+        router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
+        dense=dense_state is not None))
     return state, report
+
+
+def kmeans_queries(state: dict[str, torch.Tensor], fresh: list[str], pair: Pair, sel: Selection,
+                   keys: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, Any]:
+    """``--router-init kmeans``: each MoE block's ``queries (S, d')`` := spherical k-means centroids
+    (:func:`~moejet.recycle.router.spherical_kmeans`, drawn from ``gen`` after every other draw) of the block's
+    calibration keys ``keys[name] (n, d)`` at the successor's channels; in ``state``, in place. Returns the report:
+    tokens per block, the k-means fit (mean cosine of a token to its centroid) and, where the router has a query
+    LayerNorm, ``query_alignment`` (mean cosine of a centroid to the query the router actually compares with:
+    ``normalize(query_norm(c))``, 1 without one)."""
+    info = {"iterations": KMEANS_ITERS, "max_tokens": KMEANS_MAX_TOKENS, "blocks": {}}
+    for b in pair.moe_blocks:
+        key = f"{b.name}.mlp.queries"
+        x = keys[b.name][:, sel.channels[b.stage]]
+        k = state[key].shape[0]
+        if x.shape[0] < k:
+            raise UserError(f"--router-init kmeans: block {b.index} has {k} slots but the calibration data gave only "
+                            f"{x.shape[0]} tokens: pass more calibration images")
+        centroids, fit = spherical_kmeans(x, k, gen)
+        state[key] = centroids.to(state[key].dtype)
+        if key in fresh:
+            fresh.remove(key)
+        norm = b.module.mlp.query_norm if hasattr(b.module.mlp, "query_norm") else None
+        alignment = 1.0
+        if norm is not None:
+            w, bias = state.get(f"{b.name}.mlp.query_norm.weight"), state.get(f"{b.name}.mlp.query_norm.bias")
+            q = torch.nn.functional.layer_norm(centroids, (centroids.shape[1],), None if w is None else w.double(),
+                                               None if bias is None else bias.double(), norm.eps)
+            alignment = float(torch.nn.functional.cosine_similarity(q, centroids, dim=1).mean())
+        info["blocks"][str(b.index)] = {"tokens": x.shape[0], "slots": k, "mean_cosine": fit,
+                                        "query_alignment": alignment}
+    return info
+
+
+def align_experts(state: dict[str, torch.Tensor], pair: Pair, sel: Selection, predecessor: nn.Module,
+                  model: nn.Module, successor: str, successor_kwargs: dict[str, Any],
+                  dense_state: dict[str, torch.Tensor], loader: Iterable, device: torch.device, ridge: float,
+                  seed: int) -> dict[str, Any]:
+    """``--align affine`` (:mod:`moejet.recycle.align`): the dense model (the successor's dense twin with
+    ``dense_state``) and the predecessor see the calibration images; per MoE block the two ridge maps are fitted and
+    folded into every bank cut from the predecessor (a ``--mixed`` bank upcycled from the dense MLP is already in
+    the dense basis), in ``state``. Returns the report: ridge, and per block tokens and both maps' ``R^2``."""
+    twin_kwargs = dict(successor_kwargs, moe_layers=()) if getattr(model, "moe_layers", None) is not None \
+        else dict(successor_kwargs)
+    dense = build_successor(successor, twin_kwargs, seed)
+    dense.load_state_dict(dense_state, strict=False)
+    dense_blocks = {b.name: b for b in blocks(dense)}
+    pairs = [(pair.pred_blocks[b.name], dense_blocks[b.name], sel.channels[b.stage]) for b in pair.moe_blocks]
+    home = next(predecessor.parameters()).device
+    predecessor.to(device)
+    dense.to(device)
+    try:
+        moments = collect_alignment(predecessor, dense, pairs, loader, device)
+    finally:
+        predecessor.to(home)
+    info = {"ridge": ridge, "blocks": {}}
+    for b in pair.moe_blocks:
+        fit_in, fit_out = moments[b.name]
+        a, shift, r2_in = fit_in.fit(ridge)
+        big_b, beta, r2_out = fit_out.fit(ridge)
+        for path, attr, _, _ in expert_banks(b.module.mlp):
+            if sel.upcycled.get(b.name) == path:
+                continue
+            prefix = f"{b.name}.mlp.{attr}."
+            names = [k[len(prefix):] for k in state if k.startswith(prefix)]
+            folded = fold_affine({k: state[prefix + k] for k in names}, a, shift, big_b, beta)
+            state.update({prefix + k: v.contiguous() for k, v in folded.items()})
+        info["blocks"][str(b.index)] = {"tokens": fit_in.n, "input_r2": r2_in, "output_r2": r2_out}
+    return info
 
 
 def check_loadable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -384,22 +583,56 @@ def _mean_share(importance: torch.Tensor, indices: list[torch.Tensor]) -> float:
     return float(importance[picked].mean() / mean) if mean > 0 else math.nan
 
 
+def _drop_report(pair: Pair, sel: Selection, predecessor: nn.Module, dense_mlps: dict[str, dict[str, torch.Tensor]],
+                 ratio: float) -> dict[str, Any] | None:
+    """Drop-Upcycling's record: the ratio, each expert's re-initialised hidden positions (into the expert, i.e.
+    into its row of ``neuron_indices``) and, per path, the ``[mean, std]`` of every dense tensor the new values
+    came from (the predecessor's MLP, or the dense checkpoint's for a ``--mixed`` upcycled bank)."""
+    if not sel.dropped:
+        return None
+    pred_state = predecessor.state_dict()
+    stats = {}
+    for b in pair.moe_blocks:
+        pred = reinit_stats(mlp_tensors(pred_state, pair.pred_blocks[b.name]))
+        dense = reinit_stats(dense_mlps[b.name]) if b.name in dense_mlps else {}
+        stats[str(b.index)] = {path: {k: list(v) for k, v in (dense if sel.upcycled.get(b.name) == path
+                                                               else pred).items()} for path in sel.dropped[b.name]}
+    return {
+        "ratio": ratio,
+        "reinit_positions": {str(b.index): {path: idx.tolist() for path, idx in sel.dropped[b.name].items()}
+                             for b in pair.moe_blocks},
+        "dense_stats": stats,
+    }
+
+
+def _mixed_report(pair: Pair, sel: Selection, mixed: str) -> dict[str, Any] | None:
+    """``--mixed``: which bank came from the dense checkpoint and its neuron indices into that checkpoint's MLP."""
+    if not sel.upcycled:
+        return None
+    return {
+        "mode": mixed,
+        "upcycled_path": next(iter(sel.upcycled.values())),
+        "source": "dense checkpoint",
+        "neuron_indices": {str(b.index): sel.experts[b.name][sel.upcycled[b.name]].tolist() for b in pair.moe_blocks},
+    }
+
+
 def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: list[str], graph_info: dict,
                 timings: dict[str, float], predecessor: nn.Module, successor: nn.Module,
-                run: dict[str, Any]) -> dict[str, Any]:
+                dense_mlps: dict[str, dict[str, torch.Tensor]], run: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able recycle report (``recycle.json``, docs/recycling.md); neuron and channel indices point into the
-    predecessor."""
+    predecessor (a ``--mixed`` bank upcycled from the dense checkpoint is in ``mixed``, not ``neuron_indices``)."""
     neuron_indices, blocks_info = {}, {}
     for b in pair.moe_blocks:
         h = pair.pred_blocks[b.name].hidden
-        experts = sel.experts[b.name]
+        experts = {path: idx for path, idx in sel.experts[b.name].items() if sel.upcycled.get(b.name) != path}
         key = str(b.index)
         neuron_indices[key] = {path: experts[path].tolist() for path in ("core", "univ") if path in experts}
         info = {
             "name": b.name,
             "predecessor_block": pair.pred_blocks[b.name].index,
             "hidden_size": h,
-            "experts": {path: list(experts[path].shape) for path in experts},
+            "experts": {path: list(idx.shape) for path, idx in sel.experts[b.name].items()},
             "coverage": coverage(list(experts.values()), h),
             **{f"{path}_coverage": coverage([experts[path]], h) for path in experts},
         }
@@ -425,7 +658,12 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "seed": run["seed"],
         "variant": run["variant"],
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts")},
+        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed", "router_init",
+                                        "align", "align_ridge")},
+        "align": run["align_info"],
+        "router_init": run["router"],
+        "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, run["drop_ratio"]),
+        "mixed": _mixed_report(pair, sel, run["mixed"]),
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
         "calibration": None if stats is None else {"images": stats.images,
                                                     "tokens_per_block": max(stats.tokens.values(), default=0)},

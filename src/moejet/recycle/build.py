@@ -32,6 +32,8 @@ class Selection:
     dense_neurons: dict[str, torch.Tensor] = field(default_factory=dict)  # dense block name -> (h',)
     experts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # MoE block -> path -> (E, h_e)
     expert_channels: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # per_expert: -> (E, d')
+    dropped: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # Drop-Upcycling: -> (E, k) positions
+    upcycled: dict[str, str] = field(default_factory=dict)  # --mixed: MoE block -> the path cut from the dense MLP
 
     def attention_sets(self) -> dict[str, torch.Tensor]:
         """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
@@ -94,6 +96,11 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
         elif role in attn_sets:
             index = attn_sets[role]
         if index is not None:
+            if index.numel() and int(index.max()) >= out.shape[axis]:  # a layout the role table does not describe
+                raise UserError(
+                    f"cannot recycle {key}: its axis {axis} has {out.shape[axis]} entries, fewer than the "
+                    f"{role!r} indices need; pass a --dense-checkpoint for the successor's dense part"
+                )
             out = out.index_select(axis, index)
     if "pos" in roles and out.shape[1] != ref.shape[1]:
         out = resample_abs_pos_embed(out, new_size=list(successor.patch_embed.grid_size),
@@ -174,6 +181,39 @@ def expert_weights(mlp: dict[str, torch.Tensor], channels: torch.Tensor, idx: to
     return {**out, **hidden}
 
 
+REINIT_SOURCES = (("fc1_weight", "fc1", 1), ("fc1_bias", "fc1_bias", 1), ("fc1_gate_weight", "gate", 1),
+                  ("fc1_gate_bias", "gate_bias", 1), ("fc2_weight", "fc2", 2))  # expert tensor, dense tensor, axis
+
+
+def reinit_stats(mlp: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """``(mean, std)`` of each whole dense tensor (:func:`mlp_tensors`) Drop-Upcycling re-initialises from."""
+    return {src: (float(mlp[src].double().mean()), float(mlp[src].double().std()) if mlp[src].numel() > 1 else 0.0)
+            for _, src, _ in REINIT_SOURCES if src in mlp}
+
+
+def reinit_neurons(tensors: dict[str, torch.Tensor], mlp: dict[str, torch.Tensor], positions: torch.Tensor,
+                   gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Drop-Upcycling (Nakamura et al., "Drop-Upcycling: Training Sparse Mixture of Experts with Partial
+    Re-initialization", ICLR 2025): the hidden neurons ``positions (E, k)`` of each expert (:func:`expert_weights`)
+    get fresh fc1 rows, fc1 bias entries, gate rows / gate bias entries and fc2 columns, drawn from
+    ``N(mean, std)`` of the whole dense tensor each belongs to (:func:`reinit_stats`); every other entry stays a
+    copy. Draws from ``gen`` in :data:`REINIT_SOURCES` order. A hidden norm's per-neuron affine stays copied."""
+    out = dict(tensors)
+    stats = reinit_stats(mlp)
+    num_experts, k = positions.shape
+    for name, src, axis in REINIT_SOURCES:
+        if name not in tensors or src not in stats:
+            continue
+        t = tensors[name].clone()
+        shape = list(t.shape)
+        shape[axis] = k
+        mean, std = stats[src]
+        values = (torch.randn(shape, generator=gen, dtype=torch.float64) * std + mean).to(t.dtype)
+        index = positions.view(num_experts, *([1] * (axis - 1)), k, *([1] * (t.ndim - axis - 1))).expand(shape)
+        out[name] = t.scatter_(axis, index, values)
+    return out
+
+
 def build_state(
     pred_state: dict[str, torch.Tensor],
     successor: nn.Module,
@@ -184,13 +224,18 @@ def build_state(
     dense_state: dict[str, torch.Tensor] | None = None,
     query_norm: str = "inherit",
     final_norm: str = "copy",
+    reinit_gen: torch.Generator | None = None,
+    dense_mlps: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The successor's full state dict and the keys left at the successor's fresh init (``pred_blocks``: the
     predecessor's blocks by name, whose MLPs the experts are cut from).
 
     A successor that pools differently from its source (``fc_norm`` vs ``norm``, see
     :func:`~moejet.recycle.layout.final_norm_alias`) takes the source's final norm (``final_norm="copy"``) or
-    keeps its own fresh one (``"fresh"``, what the release's key-matching stitch does).
+    keeps its own fresh one (``"fresh"``, what the release's key-matching stitch does). Experts with
+    ``sel.dropped`` neurons are re-initialised there (:func:`reinit_neurons`) from ``reinit_gen``, block by block.
+    The bank ``sel.upcycled[block]`` (``--mixed``) is cut from ``dense_mlps[block]`` (:func:`mlp_tensors` of the
+    dense checkpoint, already the successor's width) instead of the predecessor.
     """
     ref_state = successor.state_dict()
     moe_blocks = [b for b in succ_blocks if b.hidden is None]
@@ -233,8 +278,13 @@ def build_state(
         prefix = f"{block.name}.mlp."
         mlp = mlp_tensors(pred_state, pred_blocks[block.name])
         for path, attr, _, _ in expert_banks(block.module.mlp):
-            channels = sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
-            tensors = expert_weights(mlp, channels, sel.experts[block.name][path])
+            source, channels = mlp, sel.expert_channels.get(block.name, {}).get(path, sel.channels[block.stage])
+            if sel.upcycled.get(block.name) == path:
+                source = dense_mlps[block.name]
+                channels = torch.arange(source["fc1"].shape[1])
+            tensors = expert_weights(source, channels, sel.experts[block.name][path])
+            if path in sel.dropped.get(block.name, {}):
+                tensors = reinit_neurons(tensors, source, sel.dropped[block.name][path], reinit_gen)
             for name, value in tensors.items():
                 state[f"{prefix}{attr}.{name}"] = value.contiguous()
         for key in ref_state:

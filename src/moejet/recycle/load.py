@@ -184,7 +184,7 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
         # non-MoE key of the successor is there with its shape, and keeps a fresh head for another class count
         own = twin.state_dict()
         model, _, _ = build_from_checkpoint(path)
-        state = model.state_dict()
+        state = timm_layout(model.state_dict(), twin)  # a conv-MLP ConvNeXt file: its MLPs as Linear weights
         return {k: v.detach().clone() for k, v in state.items() if not (k in heads and v.shape != own[k].shape)}
     if path.suffix.lower() in NUMPY_SUFFIXES:
         _load_numpy(twin, path, source)

@@ -55,6 +55,24 @@ def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report
     return model_path, report_path
 
 
+def _option_summary(report: dict[str, Any]) -> str:
+    """The recycling options beyond the paper that are on, with their fit where there is one."""
+    options, parts = report.get("options") or {}, []
+    mean = lambda values: sum(values) / len(values) if values else float("nan")
+    if options.get("drop_ratio"):
+        parts.append(f"drop_ratio={options['drop_ratio']:g}")
+    if options.get("mixed", "none") != "none":
+        parts.append(f"mixed={options['mixed']}")
+    if report.get("router_init"):
+        fits = [b["mean_cosine"] for b in report["router_init"]["blocks"].values()]
+        parts.append(f"router_init=kmeans (mean cosine to centroid {mean(fits):.3f})")
+    if report.get("align"):
+        blocks = report["align"]["blocks"].values()
+        parts.append(f"align=affine (ridge {report['align']['ridge']:g}, mean R^2 in "
+                     f"{mean([b['input_r2'] for b in blocks]):.3f} / out {mean([b['output_r2'] for b in blocks]):.3f})")
+    return "; ".join(parts)
+
+
 def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> str:
     """A one-screen human summary of a recycle report."""
     pred, succ = report["predecessor"], report["successor"]
@@ -66,6 +84,9 @@ def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> s
         heads = report["head_indices"]
         lines.append(f"  attention     heads {heads['heads']} kept, {len(heads['head_channels'])} channels per head")
     lines.append(f"  dense part    {report['dense_part']}")
+    extras = _option_summary(report)
+    if extras:
+        lines.append(f"  options       {extras}")
     cal = report.get("calibration")
     timings = report["timings"]
     if cal:

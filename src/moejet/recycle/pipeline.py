@@ -11,7 +11,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import UserError
-from .api import check_options, recycle
+from .api import ALIGN_RIDGE, check_options, recycle
 from .load import calibration_loader, load_dense_state, load_predecessor, resolve_predecessor
 
 AUTO = "auto"  # --successor auto / model.name: auto
@@ -55,14 +55,17 @@ def recycle_sources(
     calib_images: int = 1024, calib_img_size: int | None = None, data_root: str | None = None, batch_size: int = 64,
     workers: int = 2, device: str = "auto", seed: int = 0, variant: str = "paper",
     switches: dict[str, str | None] | None = None, graph_parts: int = 32, coact_percentile: float = 90.0,
-    progress: bool = True,
+    progress: bool = True, drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh",
+    align: str = "none", align_ridge: float = ALIGN_RIDGE,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What ``moejet recycle`` does before writing: load the predecessor, the dense part and the calibration data
     (each argument is the flag of the same name), recycle, and complete the report. Also ``model.init: recycle``
     of ``moejet train``. ``successor="auto"``: see :func:`resolve_successor`; the report names the model built.
     Returns ``(state dict of the successor, report)``."""
     t0 = time.perf_counter()
-    check_options(strategy, variant, graph_parts, coact_percentile, **(switches or {}))  # before loading any file
+    # before loading any file
+    check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init, align,
+                  align_ridge, **(switches or {}))
     successor, successor_kwargs = resolve_successor(
         successor, successor_kwargs, predecessor=predecessor, predecessor_checkpoint=predecessor_checkpoint,
         predecessor_kwargs=predecessor_kwargs, dense_checkpoint=dense_checkpoint, dense_model=dense_model,
@@ -83,7 +86,8 @@ def recycle_sources(
         pred_model, successor, successor_kwargs, strategy, loader, dense, seed=seed, device=dev,
         graph_parts=graph_parts, coact_percentile=coact_percentile, progress=progress,
         calib_batches=len(loader) if loader is not None else None, predecessor_name=pred_name,
-        variant=variant, **(switches or {}),
+        variant=variant, drop_ratio=drop_ratio, mixed=mixed, router_init=router_init, align=align,
+        align_ridge=align_ridge, **(switches or {}),
     )
     report["predecessor"].update(checkpoint=predecessor_checkpoint, pretrained=pretrained, kwargs=pred_kwargs)
     report["dense_checkpoint"] = dense_checkpoint

@@ -128,6 +128,14 @@ def select_experts(
     return idx.sort(dim=1).values.contiguous()
 
 
+def select_reinit(num_experts: int, size: int, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Drop-Upcycling (Nakamura et al., ICLR 2025): ``(num_experts, round(ratio * size))`` hidden positions of each
+    ``size``-neuron expert to re-initialise, a uniformly random subset drawn independently per expert, sorted."""
+    k = round(ratio * size)
+    rows = [torch.randperm(size, generator=gen)[:k].sort().values for _ in range(num_experts)]
+    return torch.stack(rows) if rows else torch.zeros(0, k, dtype=torch.int64)
+
+
 def subselect(core_draw: torch.Tensor, size: int) -> torch.Tensor:
     """Released-code universal experts: the same ``size`` linspace positions of each core-sized draw ``(E, h_core)``
     (``convert_vit_to_dualpath``: ``index_select`` with ``generate_uniform_indices(h_core, size)``)."""

@@ -168,6 +168,11 @@ class RecycleConfig:
     final_norm: str | None = None
     graph_parts: int = 32
     coact_percentile: float = 90.0
+    drop_ratio: float = 0.0  # Drop-Upcycling (strategy upcycle): share of each expert's neurons re-initialised
+    mixed: str = "none"  # none | core_upcycled | univ_upcycled: that bank from dense_checkpoint's MLPs
+    router_init: str = "fresh"  # fresh | kmeans: slot queries from k-means of the calibration tokens
+    align: str = "none"  # none | affine: ridge maps dense <-> predecessor bases folded into the experts
+    align_ridge: float = 1e-3  # align's ridge (times tokens, on the covariance)
 
 
 @dataclass
@@ -467,10 +472,20 @@ def _validate_recycle(config: Config, need: Need) -> None:
          "recycle.pretrained true")
     try:
         check_options(recycle.strategy, recycle.variant or config.variant, recycle.graph_parts,
-                      recycle.coact_percentile, **recycle_switches(config))
+                      recycle.coact_percentile, recycle.drop_ratio, recycle.mixed,
+                      recycle.router_init, recycle.align, recycle.align_ridge, **recycle_switches(config))
     except OptionError as err:
         key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
         need(False, key, err.what)
+    need(recycle.mixed == "none" or recycle.dense_checkpoint is not None, "recycle.mixed",
+         "the upcycled experts are the dense checkpoint's MLPs: set recycle.dense_checkpoint")
+    need(recycle.router_init != "kmeans" or recycle.calib_images > 0, "recycle.router_init",
+         "kmeans clusters calibration tokens: set recycle.calib_images > 0")
+    need(recycle.router_init != "kmeans" or recycle.dense_checkpoint is None, "recycle.router_init",
+         "kmeans takes the router's keys from the predecessor: drop recycle.dense_checkpoint")
+    need(recycle.align == "none" or (recycle.dense_checkpoint is not None and recycle.calib_images > 0),
+         "recycle.align", "affine fits the dense checkpoint against the predecessor on calibration images: set "
+         "recycle.dense_checkpoint and recycle.calib_images > 0")
     need(recycle.calib_images >= 0, "recycle.calib_images", "must be >= 0 (0: no calibration)")
     need(recycle.calib_images > 0 or recycle.strategy not in NEEDS_STATS, "recycle.calib_images",
          f"strategy {recycle.strategy} needs calibration images: set recycle.calib_images > 0")

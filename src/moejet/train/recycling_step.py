@@ -80,7 +80,8 @@ def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
             calib_data=r.calib_data, calib_images=r.calib_images, calib_img_size=r.calib_img_size,
             data_root=r.calib_root, batch_size=r.batch_size, workers=r.workers, device=device, seed=r.seed,
             variant=r.variant or config.variant, switches=recycle_switches(config), graph_parts=r.graph_parts,
-            coact_percentile=r.coact_percentile, progress=sys.stderr.isatty(),
+            coact_percentile=r.coact_percentile, progress=sys.stderr.isatty(), drop_ratio=r.drop_ratio,
+            mixed=r.mixed, router_init=r.router_init, align=r.align, align_ridge=r.align_ridge,
         )
     except UserError as err:
         raise UserError(f"recycling (config section recycle): {err}") from None
