@@ -41,6 +41,20 @@ def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == committed
     for name in committed:
         assert (tmp_path / name).read_bytes() == (CONFIGS / name).read_bytes(), f"{name}: rerun configs/generate.py"
+    modern = generate.write_modern_configs(tmp_path / generate.MODERN_DIR)  # configs/modern/, the same way
+    assert sorted(p.name for p in modern) == sorted(p.name for p in (CONFIGS / generate.MODERN_DIR).iterdir())
+    for path in modern:
+        assert path.read_bytes() == (CONFIGS / generate.MODERN_DIR / path.name).read_bytes(), \
+            f"modern/{path.name}: rerun configs/generate.py"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "modern").glob("*.yaml")), ids=lambda p: p.stem)
+def test_modern_configs_load_and_derive_their_successor(path):
+    """Each modern recipe passes the schema and names its sources: model.name auto with model.init recycle, the
+    predecessor from timm's hub, and (where the family has a smaller checkpoint) the dense part's timm name."""
+    config = load_config(path)
+    assert config.model.name == "auto" and config.model.init == "recycle" and config.recycle.pretrained
+    assert config.recycle.dense_checkpoint is None or config.recycle.dense_model is not None
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
