@@ -25,7 +25,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from machine import describe  # noqa: E402
-
 from moejet.demo.pretrain import ASSETS  # noqa: E402
 from moejet.demo.report import paired_difference  # noqa: E402
 from moejet.demo.run import arm_config, check_assets, recycle_arm, val_correctness  # noqa: E402
