@@ -1,7 +1,7 @@
 """Recycling recipes compared in the demo's world: the demo's predecessors, downstream data and fine-tuning recipe,
 fixed before any run; several seeds; last-epoch top-1 on the demo's large val split (3,000 images).
 
-    python benchmarks/ablation_recycling.py --seeds 0,1,2 --out runs/ablation   # ~18 min per seed on 2 cores
+    python benchmarks/ablation_recycling.py --seeds 0,1,2 --out runs/ablation   # eight demo arms per seed
     python benchmarks/ablation_recycling.py --quick --out /tmp/ablation           # the pipeline in a minute
 
 Rows run one after the other, each for every seed before the next row, so an interrupted run still holds complete

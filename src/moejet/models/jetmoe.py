@@ -115,7 +115,7 @@ def moeify(model: nn.Module, moe_type: str, moe_layers: Sequence[int] | None, co
 def _build_base(base: str, kwargs: dict[str, Any]) -> nn.Module:
     """``timm.create_model(base, **kwargs)``; a ConvNeXt with 1x1-conv MLPs (ConvNeXt-V2) is built with
     ``conv_mlp=False``: the same weights as Linear layers, which the experts need."""
-    if base.split(".")[0] in ("jetmoe",) or not timm.is_model(base):
+    if base.split(".")[0] == "jetmoe" or not timm.is_model(base):
         raise ValueError(f"base {base!r} is not a timm model: name a ViT, EVA or ConvNeXt (e.g. {DEFAULT_BASE})")
     with torch.device("meta"):
         probe = timm.create_model(base, **kwargs)
