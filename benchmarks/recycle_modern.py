@@ -258,18 +258,6 @@ def main() -> None:
               f"dense {sources['dense']['params_m']:.1f} M, successor {sources['successor']['params_m']:.1f} M",
               file=sys.stderr, flush=True)
         ref = None
-        if args.ref_batches:
-            quiet = wait_for_quiet(args.max_load, args.max_wait)
-            cmd = [sys.executable, __file__, "--reference-child", "--ref-checkpoint", sources["predecessor"]["file"],
-                   "--ref-batches", str(args.ref_batches), "--batch-size", str(args.batch_size)]
-            log = work / "reference.log"
-            run = measure(cmd, env, log)
-            if run["returncode"] != 0:
-                sys.exit(f"reference forward failed:\n{log.read_text()[-3000:]}")
-            ref = {**quiet, **run, **json.loads(log.read_text().strip().splitlines()[-1])}
-            print(f"reference: loader {ref['loader_ms_per_image']:.1f} ms/image, forward "
-                  f"{ref['forward_ms_per_image']:.1f} ms/image, other jobs {ref['others_cores']:.2f} cores",
-                  file=sys.stderr, flush=True)
         rows = []
 
         def write() -> None:  # after each strategy too, so that an interrupted run keeps the strategies done
@@ -283,6 +271,20 @@ def main() -> None:
                 "sources": {k: {kk: vv for kk, vv in v.items() if kk != "file"} for k, v in sources.items()},
                 "reference": ref, "runs": rows, "complete": len(rows) == len(args.strategies),
             }, indent=2) + "\n")
+
+        if args.ref_batches:
+            quiet = wait_for_quiet(args.max_load, args.max_wait)
+            cmd = [sys.executable, __file__, "--reference-child", "--ref-checkpoint", sources["predecessor"]["file"],
+                   "--ref-batches", str(args.ref_batches), "--batch-size", str(args.batch_size)]
+            log = work / "reference.log"
+            run = measure(cmd, env, log)
+            if run["returncode"] != 0:
+                sys.exit(f"reference forward failed:\n{log.read_text()[-3000:]}")
+            ref = {**quiet, **run, **json.loads(log.read_text().strip().splitlines()[-1])}
+            print(f"reference: loader {ref['loader_ms_per_image']:.1f} ms/image, forward "
+                  f"{ref['forward_ms_per_image']:.1f} ms/image, other jobs {ref['others_cores']:.2f} cores",
+                  file=sys.stderr, flush=True)
+            write()
 
         for strategy in args.strategies:
             attempts = []
