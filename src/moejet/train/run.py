@@ -24,6 +24,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def train(
     world = setup(config.train.device, config.train.dist_timeout_min)
     try:
         check_shared_dir(run_dir, world)
-        metrics = _train(config, run_dir, resume, stop_after, progress, world, on_epoch, verbose, extend)
+        metrics = _train(config, run_dir, world, _Invocation(resume, extend, stop_after, progress, verbose, on_epoch))
         if world.enabled:  # leave together: a rank that tears down while its peer still writes files can abort (gloo)
             torch.distributed.barrier()
         return metrics
@@ -133,16 +134,38 @@ def train(
         teardown(world)
 
 
-def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, progress: bool, world: World,
-           on_epoch: Callable[[dict[str, Any]], None] | None, verbose: bool,
-           extend: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _Invocation:
+    """What this call of :func:`train` asks for beyond the config."""
+
+    resume: bool
+    extend: str | None
+    stop_after: int | None
+    progress: bool
+    verbose: bool
+    on_epoch: Callable[[dict[str, Any]], None] | None
+
+
+@dataclass
+class _Loaders:
+    """The run's image streams: training (its samples and sampler re-seeded each epoch), validation, telemetry."""
+
+    samples: SeededSamples
+    sampler: GlobalBatchSampler
+    rng: torch.Generator
+    train: Any
+    val: Any
+    telemetry: Any
+    steps_per_epoch: int
+
+
+def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> list[dict[str, Any]]:
     t = config.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
     micro, accum = batch_plan(config, world.world_size)
     amp_dtype = amp_dtype_for(t.amp, world.device)
-    fsdp = t.strategy == "fsdp"
-    if fsdp and not world.enabled:
+    if t.strategy == "fsdp" and not world.enabled:
         raise UserError("train.strategy=fsdp shards the model over processes: launch with torchrun --nproc_per_node "
                         "N (N > 1), or use train.strategy=ddp for one process")
 
@@ -152,10 +175,65 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
         probe = build.create_model(meta_name, meta_kwargs, pretrained=False)
     prefetch = build.uses_prefetcher(world.device)
     train_tf, val_tf = build.build_transforms(config, probe, prefetch)
-    train_ds = build.build_dataset(config, "train", train_tf)
-    val_ds = build.build_dataset(config, "val", val_tf)
+    train_ds, val_ds = build.build_dataset(config, "train", train_tf), build.build_dataset(config, "val", val_tf)
     num_classes = build.num_classes_of(train_ds, config)
 
+    ts = _wire(config, run_dir, world, call.resume, num_classes, amp_dtype)
+    loaders = _loaders(config, world, (train_ds, val_ds), probe, micro, prefetch)
+    ts.scheduler = build.build_scheduler(config, ts.optimizer, loaders.steps_per_epoch)
+    layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
+              "steps_per_epoch": loaders.steps_per_epoch}  # what a mid-epoch recovery point is only valid for
+    recovery = _start_or_resume(ts, call, layout)
+    if ts.counters["epoch"] >= config.schedule.epochs:  # a finished run resumed without more epochs
+        return ts.metrics
+    eval_model, ema_model = _compile(ts)
+    logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
+    if world.is_main and call.verbose:
+        print(f"moejet train: {config.name}: {ts.model_name} on {config.data.dataset} ({len(train_ds)} train / "
+              f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
+              f"global batch {t.batch_size} on {world.world_size} process(es), micro-batches of up to {micro} x "
+              f"{accum} accumulation; lr {config.lr:.3g}; {loaders.steps_per_epoch} steps/epoch; run dir {run_dir}",
+              flush=True)
+
+    epochs_run = 0
+    writer = BackgroundWriter(t.background_save and world.is_main)
+    for epoch in range(ts.counters["epoch"], config.schedule.epochs):
+        if call.stop_after is not None and epochs_run >= call.stop_after:
+            break
+        row, start = _train_epoch(ts, loaders, epoch, recovery, writer, layout, call)
+        recovery = None
+        last_epoch = epoch + 1 == config.schedule.epochs
+        if (epoch + 1) % t.eval_every == 0 or last_epoch:
+            row.update(_evaluate_epoch(ts, loaders, eval_model, ema_model))
+        _finish_epoch(ts, row, time.perf_counter() - start)
+        stopping = call.stop_after is not None and epochs_run + 1 >= call.stop_after
+        is_best = "val_top1" in row and row["val_top1"] > ts.counters["best_top1"]
+        if is_best:
+            ts.counters["best_top1"] = row["val_top1"]
+        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
+            save_epoch(ts, is_best, writer)
+        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+            writer.wait()
+            save_between(ts, is_best)
+        if world.is_main:
+            if call.verbose:
+                print(_summary(row, config.schedule.epochs), flush=True)
+            for log in logs:
+                log(scalars(row), epoch + 1)
+            if call.on_epoch is not None:
+                call.on_epoch(row)
+        epochs_run += 1
+    writer.wait()  # the last save is committed before the run returns
+    for close in closes:
+        close()
+    return ts.metrics
+
+
+def _wire(config: Config, run_dir: Path, world: World, resume: bool, num_classes: int,
+          amp_dtype: torch.dtype | None) -> TrainState:
+    """The model (built, or rebuilt from the run's committed weights), on its device, sharded if FSDP, and what
+    trains it. The scheduler follows once the steps per epoch are known."""
+    t = config.train
     seed_everything(t.seed)  # identical initial weights on every rank and every run with this seed
     if resume:
         model, model_name, model_kwargs = resume_model(run_dir, world.is_main)
@@ -165,175 +243,165 @@ def _train(config: Config, run_dir: Path, resume: bool, stop_after: int | None, 
     build.set_grad_checkpointing(model, t.grad_checkpointing)
     if t.channels_last is None:  # resolved once, and written so into the run's config.yaml
         t.channels_last = world.device.type == "cuda" and isinstance(model, ConvNeXt)  # faster convolutions on GPUs
-    channels_last = t.channels_last
-    if channels_last:
+    if t.channels_last:
         model.to(memory_format=torch.channels_last)
     if world.device.type == "cuda" and not t.deterministic:
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     # the optimizer must see the sharded parameters
-    whole = shard_model(model, world, amp_dtype, t.fsdp_reshard_after_forward) if fsdp else []
+    whole = shard_model(model, world, amp_dtype, t.fsdp_reshard_after_forward) if t.strategy == "fsdp" else []
     optimizer = build.build_optimizer(config, model)
-    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    mixup = build.build_mixup(config, num_classes)
-    loss_fn = build.build_loss(config)
+    return TrainState(
+        config, run_dir, world, model, model, model_name, model_kwargs, optimizer, None, build.build_loss(config),
+        amp_dtype=amp_dtype, scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        ema=ModelEmaV3(model, decay=t.ema_decay) if t.ema else None, mixup=build.build_mixup(config, num_classes),
+        whole=whole)
 
-    train_samples = SeededSamples(train_ds, t.seed)
-    sampler = GlobalBatchSampler(len(train_samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed,
+
+def _loaders(config: Config, world: World, datasets: tuple[Any, Any], probe: nn.Module, micro: int,
+             prefetch: bool) -> _Loaders:
+    """Every image every epoch (a last step with fewer images than processes aside), the last global batch
+    smaller; on CUDA uint8 batches through a prefetcher that normalises on the device."""
+    t = config.train
+    train_ds, val_ds = datasets
+    samples = SeededSamples(train_ds, t.seed)
+    sampler = GlobalBatchSampler(len(samples), t.batch_size, world.world_size, world.rank, micro, seed=t.seed,
                                  tag_epoch=True)
-    loader_rng = torch.Generator()
+    rng = torch.Generator()
     workers = config.data.num_workers
     if workers is None:
         workers = default_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    collate = fast_collate if prefetch else None
     train_loader = DataLoader(  # workers live for the whole run: the sampler's (epoch, index) keys seed each image
-        train_samples, batch_sampler=sampler, generator=loader_rng, num_workers=workers,
-        pin_memory=config.data.pin_memory and world.device.type == "cuda", worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0, collate_fn=fast_collate if prefetch else None,
-    )
-    val_loader = eval_loader(val_ds, t.eval_batch_size or micro, config, world, workers, prefetch)
+        samples, batch_sampler=sampler, generator=rng, num_workers=workers, worker_init_fn=_seed_worker,
+        pin_memory=config.data.pin_memory and world.device.type == "cuda", persistent_workers=workers > 0,
+        collate_fn=collate)
+    eval_batch = t.eval_batch_size or micro
+    val_loader = eval_loader(val_ds, eval_batch, config, world, workers, prefetch)
+    telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
+                                  batch_size=eval_batch, num_workers=0, collate_fn=collate)
     if prefetch:
         train_loader = build.device_loader(train_loader, config, probe, world.device, training=True)
         val_loader = build.device_loader(val_loader, config, probe, world.device, training=False)
-    telemetry_loader = DataLoader(Subset(val_ds, range(min(t.telemetry_images, len(val_ds)))),
-                                  batch_size=t.eval_batch_size or micro, num_workers=0,
-                                  collate_fn=fast_collate if prefetch else None)
-    if prefetch:
         telemetry_loader = build.device_loader(telemetry_loader, config, probe, world.device, training=False)
-    # every image every epoch (a last step with fewer images than processes aside), the last global batch smaller
-    steps_per_epoch = sampler.steps
-    if t.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
-    if steps_per_epoch == 0:
+    steps = sampler.steps if not t.max_steps_per_epoch else min(sampler.steps, t.max_steps_per_epoch)
+    if steps == 0:
         raise UserError(f"dataset {config.data.dataset!r} has no training images: check data.dataset and data.root")
-    scheduler = build.build_scheduler(config, optimizer, steps_per_epoch)
-    layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
-              "steps_per_epoch": steps_per_epoch}  # what a mid-epoch recovery point is only valid for
-    ts = TrainState(config, run_dir, world, model, model, model_name, model_kwargs, optimizer, scheduler, loss_fn,
-                    amp_dtype, scaler, ema, mixup, whole)
+    return _Loaders(samples, sampler, rng, train_loader, val_loader, telemetry_loader, steps)
 
-    recovery = None  # the mid-epoch point a resume continues from
-    if resume:
-        ts.counters, ts.metrics, recovery = load_run_state(ts)
-    state, metrics = ts.counters, ts.metrics
-    if resume:
-        if recovery is not None and recovery["layout"] != layout:
-            raise UserError(
-                f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
-                f"{layout}: resume with the same number of processes and batch settings")
-        if state["epoch"] >= config.schedule.epochs:
-            if extend is not None:
-                raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
-                                f"above {state['epoch']}")
-            if world.is_main:
-                print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
-                      "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue",
-                      flush=True)
-            return metrics
-        if extend == "cosine-restart":
-            state["restart_step"] = state["step"]
-        elif extend == "continue":
-            state["restart_step"] = None
-        if state["restart_step"] is not None:
-            ts.scheduler = _restarted_scheduler(config, optimizer, steps_per_epoch, state["restart_step"])
-    else:
+
+def _start_or_resume(ts: TrainState, call: _Invocation, layout: dict[str, int]) -> dict[str, Any] | None:
+    """A new run writes its config and epoch-0 checkpoint; a resumed one loads its state and returns the mid-epoch
+    recovery point to continue from (None: from the committed epoch's end). A finished run is left as it is."""
+    config, run_dir, world, extend = ts.config, ts.run_dir, ts.world, call.extend
+    if not call.resume:
         if world.is_main:
             with atomic_output(run_dir / CONFIG_FILE) as tmp:
                 tmp.write_text(dump_config(config) + CONFIG_END)
         save_epoch(ts, is_best=False)
-    if resume and world.is_main:  # overrides given with --resume are part of the run from now on
+        return None
+    ts.counters, ts.metrics, recovery = load_run_state(ts)
+    state = ts.counters
+    if recovery is not None and recovery["layout"] != layout:
+        raise UserError(
+            f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
+            f"{layout}: resume with the same number of processes and batch settings")
+    if state["epoch"] >= config.schedule.epochs:
+        if extend is not None:
+            raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
+                            f"above {state['epoch']}")
+        if world.is_main:
+            print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
+                  "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue", flush=True)
+        return None
+    if extend == "cosine-restart":
+        state["restart_step"] = state["step"]
+    elif extend == "continue":
+        state["restart_step"] = None
+    if state["restart_step"] is not None:
+        ts.scheduler = _restarted_scheduler(config, ts.optimizer, layout["steps_per_epoch"], state["restart_step"])
+    if world.is_main:  # overrides given with --resume are part of the run from now on
         with atomic_output(run_dir / CONFIG_FILE) as tmp:
             tmp.write_text(dump_config(config) + CONFIG_END)
+    return recovery
 
+
+def _compile(ts: TrainState) -> tuple[nn.Module, nn.Module | None]:
+    """Sets ``ts.train_model`` (compiled with ``train.compile``, wrapped by DDP on several processes); returns the
+    models evaluation calls: the model's and the EMA's (compiled too, unless FSDP shards them: a sharded model's
+    evaluation is collective and checks its FSDP state, so it stays eager)."""
+    t, world, model, ema = ts.config.train, ts.world, ts.model, ts.ema
     train_model: nn.Module = model
     eval_model, ema_model = model, ema.module if ema is not None else None
-    if t.compile:  # training, evaluation and the EMA's evaluation (telemetry records tensors: it stays eager)
+    if t.compile:
         train_model = torch.compile(model)
-        if not fsdp:  # a sharded model's evaluation is collective and checks its FSDP state: eager
+        if t.strategy != "fsdp":
             eval_model = train_model
             ema_model = torch.compile(ema.module) if ema is not None else None
-    if world.enabled and not fsdp:
+    if world.enabled and t.strategy != "fsdp":
         train_model = wrap_ddp(train_model, world, t.ddp_comm)
     ts.train_model = train_model
-    logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
-    if world.is_main and verbose:
-        print(f"moejet train: {config.name}: {model_name} on {config.data.dataset} ({len(train_ds)} train / "
-              f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
-              f"global batch {t.batch_size} on {world.world_size} process(es), micro-batches of up to {micro} x "
-              f"{accum} accumulation; "
-              f"lr {config.lr:.3g}; {steps_per_epoch} steps/epoch; run dir {run_dir}", flush=True)
+    return eval_model, ema_model
 
-    epochs_run = 0
-    writer = BackgroundWriter(t.background_save and world.is_main)
-    for epoch in range(state["epoch"], config.schedule.epochs):
-        if stop_after is not None and epochs_run >= stop_after:
-            break
-        seed_everything(epoch_seed(t.seed, epoch, world.rank))
-        loader_rng.manual_seed(epoch_seed(t.seed, epoch, world.rank))
-        train_samples.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        start_step, loss_sum, done_s = 0, torch.zeros(2, dtype=torch.float64), 0.0
-        if recovery is not None:  # continue the epoch: its RNG streams and loss sums as they were, its images skipped
-            set_rng_state(recovery["rng"][world.rank])
-            start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][world.rank],
-                                            recovery["elapsed_s"])
-            recovery = None
-        sampler.start_step = start_step
-        start = time.perf_counter() - done_s
-        recovery_point = functools.partial(save_recovery_point, ts, layout, start)
 
-        def save_point(step_in_epoch: int, loss_sum: torch.Tensor, recovery_point=recovery_point) -> None:
-            writer.wait()  # the epoch's save before it is committed first
-            recovery_point(step_in_epoch, loss_sum)
-        step_log = StepLog(t.log_every, epoch, config.schedule.epochs, steps_per_epoch, world.world_size,
-                           world.device) if t.log_every and verbose and world.is_main else None
-        train_loss, images = train_one_epoch(ts, epoch, train_loader, steps_per_epoch, start_step,
-                                             loss_sum.to(world.device), save_point if t.recovery_every else None,
-                                             step_log, progress)
-        train_time = time.perf_counter() - start
-        last_epoch = epoch + 1 == config.schedule.epochs
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                               "train_images": images}
-        if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_prefixed(evaluate(eval_model, val_loader, world, amp_dtype, channels_last), "val_"))
-            if ema is not None:
-                ema_eval = evaluate(ema_model, val_loader, world, amp_dtype, channels_last)
-                row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
-            if t.telemetry_images > 0 and moe_modules(model):  # every rank: a sharded (fsdp) forward needs all
-                telemetry = routing(model, telemetry_loader, world, amp_dtype, channels_last)
-                if world.is_main:
-                    row["routing"] = telemetry
-        epoch_time = time.perf_counter() - start
-        state["wall_time_s"] += epoch_time
-        row.update(
-            lr=max(g["lr"] for g in optimizer.param_groups), images_per_s=images / train_time,
-            epoch_time_s=epoch_time, wall_time_s=state["wall_time_s"],
-            temperatures={name: layer.temperatures() for name, layer in moe_modules(model).items()
-                          if hasattr(layer, "temperatures")},
-        )
-        metrics.append(row)
-        state["epoch"] = epoch + 1
-        is_best = "val_top1" in row and row["val_top1"] > state["best_top1"]
-        if is_best:
-            state["best_top1"] = row["val_top1"]
-        stopping = stop_after is not None and epochs_run + 1 >= stop_after
-        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
-            save_epoch(ts, is_best, writer)
-        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
-            writer.wait()
-            save_between(ts, is_best)
+def _train_epoch(ts: TrainState, loaders: _Loaders, epoch: int, recovery: dict[str, Any] | None,
+                 writer: BackgroundWriter, layout: dict[str, int],
+                 call: _Invocation) -> tuple[dict[str, Any], float]:
+    """The epoch's optimizer steps from its derived RNG states, or from ``recovery``'s mid-epoch point; returns its
+    row so far and when it started (``time.perf_counter``; a resumed epoch counts the seconds it ran before)."""
+    t, world = ts.config.train, ts.world
+    seed_everything(epoch_seed(t.seed, epoch, world.rank))
+    loaders.rng.manual_seed(epoch_seed(t.seed, epoch, world.rank))
+    loaders.samples.set_epoch(epoch)
+    loaders.sampler.set_epoch(epoch)
+    start_step, loss_sum, done_s = 0, torch.zeros(2, dtype=torch.float64), 0.0
+    if recovery is not None:  # continue the epoch: its RNG streams and loss sums as they were, its images skipped
+        set_rng_state(recovery["rng"][world.rank])
+        start_step, loss_sum, done_s = (recovery["step_in_epoch"], recovery["loss_sums"][world.rank],
+                                        recovery["elapsed_s"])
+    loaders.sampler.start_step = start_step
+    start = time.perf_counter() - done_s
+    recovery_point = functools.partial(save_recovery_point, ts, layout, start)
+
+    def save_point(step_in_epoch: int, loss_sum: torch.Tensor) -> None:
+        writer.wait()  # the epoch's save before it is committed first
+        recovery_point(step_in_epoch, loss_sum)
+
+    step_log = StepLog(t.log_every, epoch, ts.config.schedule.epochs, loaders.steps_per_epoch, world.world_size,
+                       world.device) if t.log_every and call.verbose and world.is_main else None
+    train_loss, images = train_one_epoch(ts, epoch, loaders.train, loaders.steps_per_epoch, start_step,
+                                         loss_sum.to(world.device), save_point if t.recovery_every else None,
+                                         step_log, call.progress)
+    row = {"epoch": epoch + 1, "step": ts.counters["step"], "train_loss": train_loss, "train_images": images,
+           "images_per_s": images / (time.perf_counter() - start)}
+    return row, start
+
+
+def _evaluate_epoch(ts: TrainState, loaders: _Loaders, eval_model: nn.Module,
+                    ema_model: nn.Module | None) -> dict[str, Any]:
+    """Validation of the model (and of its EMA), and the routing telemetry, each compiled with the training."""
+    world, amp_dtype, channels_last = ts.world, ts.amp_dtype, ts.config.train.channels_last
+    row = _prefixed(evaluate(eval_model, loaders.val, world, amp_dtype, channels_last), "val_")
+    if ema_model is not None:
+        ema_eval = evaluate(ema_model, loaders.val, world, amp_dtype, channels_last)
+        row.update(val_top1_ema=ema_eval["top1"], val_top5_ema=ema_eval["top5"])
+    if ts.config.train.telemetry_images > 0 and moe_modules(ts.model):  # every rank: a sharded forward needs all
+        telemetry = routing(eval_model, loaders.telemetry, world, amp_dtype, channels_last)
         if world.is_main:
-            if verbose:
-                print(_summary(row, config.schedule.epochs), flush=True)
-            for log in logs:
-                log(scalars(row), epoch + 1)
-            if on_epoch is not None:
-                on_epoch(row)
-        epochs_run += 1
-    writer.wait()  # the last save is committed before the run returns
-    for close in closes:
-        close()
-    return metrics
+            row["routing"] = telemetry
+    return row
+
+
+def _finish_epoch(ts: TrainState, row: dict[str, Any], epoch_time: float) -> None:
+    """The row's closing figures; the epoch counted as done and its row kept."""
+    ts.counters["wall_time_s"] += epoch_time
+    row.update(
+        lr=max(g["lr"] for g in ts.optimizer.param_groups), epoch_time_s=epoch_time,
+        wall_time_s=ts.counters["wall_time_s"],
+        temperatures={name: layer.temperatures() for name, layer in moe_modules(ts.model).items()
+                      if hasattr(layer, "temperatures")})
+    ts.metrics.append(row)
+    ts.counters["epoch"] = row["epoch"]
 
 
 def eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,

@@ -33,7 +33,13 @@ def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
 
 @torch.no_grad()
 def routing_telemetry(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, dict[str, float]]:
-    """``{MoE module name: {stat: value}}`` over ``batches`` of images, in eval mode (mode restored after)."""
+    """``{MoE module name: {stat: value}}`` over ``batches`` of images, in eval mode (mode restored after).
+
+    ``model`` may be the ``torch.compile`` of a model: the forwards then run compiled (the recording layers trace
+    without a graph break, as one more graph), and the names are those of the model inside.
+    """
+    compiled = model
+    model = getattr(model, "_orig_mod", model)
     layers = moe_modules(model)
     if not layers:
         return {}
@@ -45,7 +51,7 @@ def routing_telemetry(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict
     try:
         with capture_routing(model) as captured:
             for batch in batches:
-                model(batch)
+                compiled(batch)
                 b = batch.shape[0]
                 images += b
                 for name, r in captured.items():
