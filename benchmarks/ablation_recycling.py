@@ -1,7 +1,7 @@
 """Recycling recipes compared in the demo's world: the demo's predecessors, downstream data and fine-tuning recipe,
 fixed before any run; several seeds; last-epoch top-1 on the demo's large val split (3,000 images).
 
-    python benchmarks/ablation_recycling.py --seeds 0,1,2 --out runs/ablation   # eight demo arms per seed
+    python benchmarks/ablation_recycling.py --seeds 0,1,2 --out runs/ablation   # ten rows, each on every seed
     python benchmarks/ablation_recycling.py --quick --out /tmp/ablation           # the pipeline in a minute
 
 Rows run one after the other, each for every seed before the next row, so an interrupted run still holds complete
@@ -51,6 +51,11 @@ ROWS = [
      {"router_init": "kmeans"}),
     ("dense_s", "Dense fine-tuning of S (4x the FLOPs of T)", Arm("dense_s", "Dense S", PREDECESSOR_S, "dense-S"),
      {}),
+    # the combinations: every lead of one arm together (MoE Jetpack's two, Sparse Upcycling's two)
+    ("jetpack_mixed_align", "MoE Jetpack + core experts upcycled from T + basis alignment",
+     Arm("mixed_align", "Mixed + align", JETMOE, "recycle:importance"), {"mixed": "core_upcycled", "align": "affine"}),
+    ("upcycling_drop_kmeans", "Drop-Upcycling (r = 0.5) + k-means router",
+     Arm("drop_kmeans", "Drop + k-means", UPCYCLE, "recycle:upcycle"), {"drop_ratio": 0.5, "router_init": "kmeans"}),
 ]
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
 
