@@ -57,6 +57,7 @@ ROWS = [
     ("upcycling_drop_kmeans", "Drop-Upcycling (r = 0.5) + k-means router",
      Arm("drop_kmeans", "Drop + k-means", UPCYCLE, "recycle:upcycle"), {"drop_ratio": 0.5, "router_init": "kmeans"}),
 ]
+REFERENCES = ("moe_jetpack", "sparse_upcycling")  # the rows every other row is compared with
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95%, by degrees of freedom
 
 
@@ -73,26 +74,51 @@ def run_row(arm: Arm, options: dict[str, Any], seed: int, out: Path, budget, pre
             "wall_s": time.perf_counter() - start}
 
 
-def summarise(results: dict[str, Any]) -> str:
-    ref = {r["seed"]: r for r in results["rows"]["moe_jetpack"]["seeds"]}
-    lines = ["| recipe | seeds | top-1 per seed (%) | mean top-1 (%) | − MoE Jetpack: per seed, paired 95% CI over "
-             "images | − MoE Jetpack: mean over seeds (95% t CI) |", "| --- | ---: | --- | ---: | --- | ---: |"]
+def difference(results: dict[str, Any], key: str, ref: str) -> dict[str, Any] | None:
+    """Row ``key`` minus row ``ref`` in top-1 points: per seed with its paired 95% half-width over the val images,
+    and over the seeds both rows have (mean, and the t half-width of the per-seed differences: None for one)."""
+    rows = results["rows"]
+    if key == ref or ref not in rows:
+        return None
+    other = {r["seed"]: r for r in rows[ref]["seeds"]}
+    per_seed = [(r["seed"], *paired_difference(r["correct"], other[r["seed"]]["correct"]))
+                for r in sorted(rows[key]["seeds"], key=lambda r: r["seed"]) if r["seed"] in other]
+    if not per_seed:
+        return None
+    diffs = [d for _, d, _ in per_seed]
+    half = T_975[len(diffs) - 1] * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return {"per_seed": [{"seed": s, "diff": d, "half": h} for s, d, h in per_seed],
+            "mean": statistics.mean(diffs), "half": half,
+            "resolved": half is not None and abs(statistics.mean(diffs)) > half}
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The table's figures without the per-image correctness: what docs and the demo report quote."""
+    rows = {}
     for key, row in results["rows"].items():
-        seeds = sorted(row["seeds"], key=lambda r: r["seed"])
-        tops = [r["top1"] for r in seeds]
-        cell = ""
-        mean_cell = ""
-        if key != "moe_jetpack":
-            diffs = [paired_difference(r["correct"], ref[r["seed"]]["correct"]) for r in seeds if r["seed"] in ref]
-            cell = ", ".join(f"{d:+.1f} ± {h:.1f}" for d, h in diffs)
-            per_seed = [d for d, _ in diffs]
-            if len(per_seed) >= 2:
-                half = T_975[len(per_seed) - 1] * statistics.stdev(per_seed) / math.sqrt(len(per_seed))
-                mean_cell = f"{statistics.mean(per_seed):+.1f} ± {half:.1f}"
-            elif per_seed:
-                mean_cell = f"{per_seed[0]:+.1f} (one seed)"
-        lines.append(f"| {row['label']} | {len(tops)} | {', '.join(f'{t:.1f}' for t in tops)} | "
-                     f"{statistics.mean(tops):.1f} | {cell} | {mean_cell} |")
+        tops = [r["top1"] for r in sorted(row["seeds"], key=lambda r: r["seed"])]
+        rows[key] = {"label": row["label"], "options": row["options"], "seeds": sorted(r["seed"] for r in row["seeds"]),
+                     "top1": tops, "mean_top1": statistics.mean(tops),
+                     "vs": {ref: difference(results, key, ref) for ref in REFERENCES}}
+    return {"machine": results["machine"], "budget": results["budget"], "total_s": results.get("total_s"),
+            "val_images": len(next(iter(results["rows"].values()))["seeds"][0]["correct"]), "rows": rows}
+
+
+def table(summary: dict[str, Any]) -> str:
+    def over_seeds(d: dict[str, Any] | None) -> str:
+        if d is None:
+            return ""
+        return f"{d['mean']:+.1f} ± {d['half']:.1f}" if d["half"] is not None else f"{d['mean']:+.1f} (one seed)"
+
+    lines = ["| recipe | seeds | top-1 per seed (%) | mean top-1 (%) | − MoE Jetpack per seed (paired 95% CI over "
+             "images) | − MoE Jetpack over seeds (95% t CI) | − Sparse Upcycling over seeds (95% t CI) |",
+             "| --- | ---: | --- | ---: | --- | ---: | ---: |"]
+    for row in summary["rows"].values():
+        jetpack = row["vs"]["moe_jetpack"]
+        per_seed = ", ".join(f"{d['diff']:+.1f} ± {d['half']:.1f}" for d in jetpack["per_seed"]) if jetpack else ""
+        lines.append(f"| {row['label']} | {len(row['top1'])} | {', '.join(f'{t:.1f}' for t in row['top1'])} | "
+                     f"{row['mean_top1']:.1f} | {per_seed} | {over_seeds(jetpack)} | "
+                     f"{over_seeds(row['vs']['sparse_upcycling'])} |")
     return "\n".join(lines)
 
 
@@ -103,6 +129,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the demo's --quick budget: checks the pipeline only")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--summary", type=Path, help="also write the summary (OUT/summary.json) here, e.g. "
+                        "src/moejet/assets/demo_ablation.json, which the demo report quotes")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     budget = QUICK if args.quick else FULL
@@ -127,7 +155,11 @@ def main() -> None:
             write_json(path, results)
             print(f"{label} seed {seed}: top-1 {row['seeds'][-1]['top1']:.1f}% "
                   f"({row['seeds'][-1]['wall_s']:.0f} s, {time.perf_counter() - start:.0f} s so far)", flush=True)
-    print(summarise(results))
+    brief = summary(results)
+    for target in (args.out / "summary.json", args.summary):
+        if target is not None:
+            write_json(target, brief)
+    print(table(brief))
 
 
 if __name__ == "__main__":
