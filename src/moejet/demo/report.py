@@ -99,16 +99,39 @@ def findings(results: dict[str, Any]) -> list[str]:
                              "the paper's premise (experts from a larger, STRONGER predecessor) does NOT hold here; "
                              "regenerate the predecessors with `moejet demo --pretrain`."))
     rows = {r["arm"]: r for r in results["arms"] if "correct" in r}
-    if HEADLINE not in rows:
-        return lines
     for arm, r in rows.items():
-        if arm == HEADLINE:
+        if arm == HEADLINE or HEADLINE not in rows:
             continue
         diff, half = paired_difference(r["correct"], rows[HEADLINE]["correct"])
         verdict = "resolved: the interval excludes 0" if abs(diff) > half else "not resolved: the interval contains 0"
         interval = f"[{diff - half:+.1f}, {diff + half:+.1f}]"
         lines.append(f"{r['label']} vs MoE Jetpack: {diff:+.1f} points, 95% CI {interval} "
                      f"(paired over {len(r['correct'])} val images; {verdict}).")
+    if results.get("ablation"):
+        lines += ablation_findings(results["ablation"])
+    return lines
+
+
+def ablation_findings(summary: dict[str, Any]) -> list[str]:
+    """What the recycling ablation (``benchmarks/ablation_recycling.py``, its ``summary.json``) measured in this
+    demo's world over several seeds, and whether any recipe beats Sparse Upcycling by a margin the seeds resolve
+    (a 95% t interval over the per-seed paired differences that excludes 0)."""
+    rows = summary["rows"]
+    seeds = max(len(r["seeds"]) for r in rows.values())
+    ranked = sorted(rows.values(), key=lambda r: r["mean_top1"], reverse=True)
+    lines = [f"Recycling recipes compared in this demo's world ({len(rows)} recipes, {seeds} seeds, "
+             f"{summary['machine']}; the Recycling page of the docs has the table): mean top-1 "
+             + ", ".join(f"{r['label']} {r['mean_top1']:.1f}" for r in ranked) + "."]
+    upcycling = "sparse_upcycling"
+    if upcycling not in rows:
+        return lines
+    resolved = [(r, r["vs"][upcycling]) for r in ranked if (r["vs"].get(upcycling) or {}).get("resolved")]
+    wins = [f"{r['label']} {d['mean']:+.1f} ± {d['half']:.1f}" for r, d in resolved if d["mean"] > 0]
+    if wins:
+        lines.append("Resolved gains over Sparse Upcycling across seeds: " + "; ".join(wins) + ".")
+    else:
+        lines.append("No recipe beats Sparse Upcycling by a margin resolved across seeds: every interval of a "
+                     "higher mean contains 0.")
     return lines
 
 

@@ -13,6 +13,7 @@ epoch's accuracy is the result (no best-epoch picking, no tuning on it).
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import replace
@@ -30,7 +31,7 @@ from ..io.weights import build_from_checkpoint
 from ..train import train
 from ..train.checkpointing import LAST
 from ..train.config import Config, config_from_dict
-from .pretrain import ASSETS, RECORD, load_record
+from .pretrain import ABLATION, ASSETS, RECORD, load_record
 from .report import seed_summary, write_report
 from .setup import (
     ARMS,
@@ -185,6 +186,7 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
         "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
         "predecessors": load_record(assets) if (assets / RECORD).is_file() else None,
+        "ablation": json.loads((assets / ABLATION).read_text()) if (assets / ABLATION).is_file() else None,
     }
     write_json(out / "results.json", results)
     pictures: list[Path] = []
