@@ -160,6 +160,8 @@ class _Loaders:
 
 
 def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> list[dict[str, Any]]:
+    """The run wired (data, model, loaders, state, new or resumed), then its epochs: train, evaluate every
+    ``train.eval_every``, checkpoint every ``train.save_every`` (and at the last epoch and a stop)."""
     t = config.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
