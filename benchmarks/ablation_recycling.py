@@ -97,7 +97,9 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     rows = {}
     for key, row in results["rows"].items():
         tops = [r["top1"] for r in sorted(row["seeds"], key=lambda r: r["seed"])]
-        rows[key] = {"label": row["label"], "options": row["options"], "seeds": sorted(r["seed"] for r in row["seeds"]),
+        arm = next(arm for k, _, arm, _ in ROWS if k == key)
+        rows[key] = {"label": row["label"], "options": row["options"], "recycled": arm.init.startswith("recycle:"),
+                     "seeds": sorted(r["seed"] for r in row["seeds"]),
                      "top1": tops, "mean_top1": statistics.mean(tops),
                      "vs": {ref: difference(results, key, ref) for ref in REFERENCES}}
     return {"machine": results["machine"], "budget": results["budget"], "total_s": results.get("total_s"),

@@ -217,30 +217,33 @@ def test_recycle_options_go_to_the_arms_that_take_them(tmp_path, capsys):
 
 def ablation_summary(upcycling_vs: dict[str, dict]) -> dict:
     """A summary.json of benchmarks/ablation_recycling.py: three rows, their differences to Sparse Upcycling."""
-    def row(label, mean, vs):
-        return {"label": label, "options": {}, "seeds": [0, 1, 2], "top1": [mean] * 3, "mean_top1": mean,
-                "vs": {"moe_jetpack": None, "sparse_upcycling": vs}}
+    def row(label, mean, vs, recycled=True):
+        return {"label": label, "options": {}, "recycled": recycled, "seeds": [0, 1, 2], "top1": [mean] * 3,
+                "mean_top1": mean, "vs": {"moe_jetpack": None, "sparse_upcycling": vs}}
 
     return {"machine": "AMD EPYC (2 cores; avx2)", "rows": {
         "moe_jetpack": row("MoE Jetpack", 55.0, upcycling_vs["moe_jetpack"]),
         "sparse_upcycling": row("Sparse Upcycling", 54.0, None),
-        "dense_s": row("Dense S", 58.0, upcycling_vs["dense_s"])}}
+        "dense_s": row("Dense S", 58.0, upcycling_vs["dense_s"], recycled=False)}}
 
 
-@pytest.mark.parametrize("dense_s_resolved", [True, False])
-def test_the_report_quotes_the_ablation_and_says_whether_any_recipe_beats_upcycling(dense_s_resolved, tmp_path):
+@pytest.mark.parametrize("jetpack_resolved", [True, False])
+def test_the_report_quotes_the_ablation_and_says_whether_any_recipe_beats_upcycling(jetpack_resolved, tmp_path):
     from moejet.demo.report import ablation_findings, write_report
 
-    summary = ablation_summary({"moe_jetpack": {"mean": 1.0, "half": 2.0, "resolved": False},
-                                "dense_s": {"mean": 4.0, "half": 1.5 if dense_s_resolved else 5.0,
-                                            "resolved": dense_s_resolved}})
+    summary = ablation_summary({"moe_jetpack": {"mean": 1.0, "half": 0.5 if jetpack_resolved else 2.0,
+                                                "resolved": jetpack_resolved},
+                                "dense_s": {"mean": 4.0, "half": 1.5, "resolved": True}})
     lines = ablation_findings(summary)
     assert lines[0].endswith("mean top-1 Dense S 58.0, MoE Jetpack 55.0, Sparse Upcycling 54.0.")
     assert "3 recipes, 3 seeds, AMD EPYC (2 cores; avx2)" in lines[0]
-    if dense_s_resolved:  # only the resolved gain is named
-        assert lines[1] == "Resolved gains over Sparse Upcycling across seeds: Dense S +4.0 ± 1.5."
+    if jetpack_resolved:  # a recycling recipe's resolved gain is named; a dense one is reported apart
+        assert lines[1] == ("Recycling recipes that beat Sparse Upcycling by a margin resolved across seeds: "
+                            "MoE Jetpack +1.0 ± 0.5.")
     else:
-        assert lines[1].startswith("No recipe beats Sparse Upcycling by a margin resolved across seeds")
+        assert lines[1] == ("No recycling recipe beats Sparse Upcycling by a margin resolved across seeds (the "
+                            "highest, MoE Jetpack +1.0 ± 2.0, has an interval that contains 0).")
+    assert lines[2] == "Dense fine-tuning against Sparse Upcycling: Dense S +4.0 ± 1.5 (resolved)."
     results = {**fabricated_results({"moe_jetpack": 60.0, "dense_pretrained": 50.0}), "ablation": summary}
     report = write_report(tmp_path, results, []).read_text()
     assert all(f"- {line}" in report for line in lines)

@@ -125,13 +125,23 @@ def ablation_findings(summary: dict[str, Any]) -> list[str]:
     upcycling = "sparse_upcycling"
     if upcycling not in rows:
         return lines
-    resolved = [(r, r["vs"][upcycling]) for r in ranked if (r["vs"].get(upcycling) or {}).get("resolved")]
-    wins = [f"{r['label']} {d['mean']:+.1f} ± {d['half']:.1f}" for r, d in resolved if d["mean"] > 0]
+    def against(r: dict[str, Any]) -> str:
+        d = r["vs"][upcycling]
+        return f"{r['label']} {d['mean']:+.1f} ± {d['half']:.1f}"
+
+    compared = [r for r in ranked if r["vs"].get(upcycling) and r["vs"][upcycling]["half"] is not None]
+    recycled = [r for r in compared if r["recycled"]]
+    wins = [against(r) for r in recycled if r["vs"][upcycling]["resolved"] and r["vs"][upcycling]["mean"] > 0]
     if wins:
-        lines.append("Resolved gains over Sparse Upcycling across seeds: " + "; ".join(wins) + ".")
-    else:
-        lines.append("No recipe beats Sparse Upcycling by a margin resolved across seeds: every interval of a "
-                     "higher mean contains 0.")
+        lines.append("Recycling recipes that beat Sparse Upcycling by a margin resolved across seeds: "
+                     + "; ".join(wins) + ".")
+    elif recycled:
+        lines.append("No recycling recipe beats Sparse Upcycling by a margin resolved across seeds (the highest, "
+                     f"{against(recycled[0])}, has an interval that contains 0).")
+    dense = [f"{against(r)} ({'resolved' if r['vs'][upcycling]['resolved'] else 'not resolved'})"
+             for r in compared if not r["recycled"]]
+    if dense:
+        lines.append("Dense fine-tuning against Sparse Upcycling: " + "; ".join(dense) + ".")
     return lines
 
 
