@@ -134,7 +134,13 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, help="also write the summary (OUT/summary.json) here, e.g. "
                         "src/moejet/assets/demo_ablation.json, which the demo report quotes")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    unknown = set(args.rows.split(",")) - {k for k, *_ in ROWS}
+    if unknown:
+        parser.error(f"--rows: unknown {', '.join(sorted(unknown))}; the rows are {', '.join(k for k, *_ in ROWS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2")
     budget = QUICK if args.quick else FULL
     if args.quick:
         budget = replace(budget, calib_images=16)

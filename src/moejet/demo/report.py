@@ -99,10 +99,11 @@ def findings(results: dict[str, Any]) -> list[str]:
                              "the paper's premise (experts from a larger, STRONGER predecessor) does NOT hold here; "
                              "regenerate the predecessors with `moejet demo --pretrain`."))
     rows = {r["arm"]: r for r in results["arms"] if "correct" in r}
-    for arm, r in rows.items():
-        if arm == HEADLINE or HEADLINE not in rows:
+    headline = rows.get(HEADLINE)
+    for arm, r in rows.items() if headline is not None else ():
+        if arm == HEADLINE:
             continue
-        diff, half = paired_difference(r["correct"], rows[HEADLINE]["correct"])
+        diff, half = paired_difference(r["correct"], headline["correct"])
         verdict = "resolved: the interval excludes 0" if abs(diff) > half else "not resolved: the interval contains 0"
         interval = f"[{diff - half:+.1f}, {diff + half:+.1f}]"
         lines.append(f"{r['label']} vs MoE Jetpack: {diff:+.1f} points, 95% CI {interval} "
@@ -125,6 +126,7 @@ def ablation_findings(summary: dict[str, Any]) -> list[str]:
     upcycling = "sparse_upcycling"
     if upcycling not in rows:
         return lines
+
     def against(r: dict[str, Any]) -> str:
         d = r["vs"][upcycling]
         return f"{r['label']} {d['mean']:+.1f} ± {d['half']:.1f}"
