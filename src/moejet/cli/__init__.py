@@ -1,5 +1,8 @@
 """The ``moejet`` command line: one module per subcommand, each of which only parses its arguments and calls the
 library. Every module here has ``register(subparsers)``, which adds its parser with ``func=handler(args)``.
+Building the parser imports neither torch nor timm (a module here imports the library inside its handler), so
+``moejet --help``, every ``--help`` and argument errors take milliseconds when run through the ``moejet`` program
+(``moejet_cli``, which keeps ``import moejet`` light).
 
 Errors: bad input raises :class:`~moejet.errors.UserError` in the library and is printed here as one line, exit
 code 2; argparse's own errors are one line too. Anything else is a bug in moejet: one line says so and where the
@@ -15,8 +18,6 @@ import sys
 import tempfile
 import time
 import traceback
-
-import torch
 
 from ..errors import UserError
 from ..malloc import keep_freed_memory
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     code = run(argv, program=argv is None)
-    if argv is None:  # the program, not a library call
+    if argv is None and "torch" in sys.modules:  # the program (a torchrun worker has imported torch)
         from ..train.distributed import is_torchrun_worker, leave
 
         if is_torchrun_worker():
@@ -65,6 +66,10 @@ def run(argv: list[str] | None = None, program: bool = False) -> int:
         parser.print_help()
         return 0
     try:
+        import torch
+
+        from .. import models  # noqa: F401  (registers the models with timm: the subcommands build them by name)
+
         if program and not torch.cuda.is_available():  # CPU runs: a GPU run's host memory is not its hot path
             keep_freed_memory()
         return int(args.func(args) or 0)

@@ -17,10 +17,10 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..models.common import input_size_of
+from ..options import EXPORT_FORMATS
 from .files import atomic_output
 from .weights import build_from_checkpoint
 
-FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".ts"}
 TRACE_BATCH, CHECK_BATCH = 2, 3
 
 
@@ -89,8 +89,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     """Write ``checkpoint`` (a moejet safetensors file) to ``out`` in format ``fmt``; returns the max abs
     difference between the written file's output and the eager model's on a fresh batch. The image size is
     fixed in the export: ``img_size`` (default: the size the model expects, e.g. its pretrained config's)."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         _check_onnx_installed()
     model = build_from_checkpoint(checkpoint)[0].eval()
