@@ -3,15 +3,16 @@ through pyproject.toml's entry point in a fresh interpreter, import neither torc
 still finds moejet's models registered."""
 
 import json
+import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 from moejet.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
-ENTRY_POINT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["moejet"]
+# the console script's target, as [project.scripts] names it (tomllib is Python 3.11+)
+ENTRY_POINT = re.search(r'^moejet = "([\w.:]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
 
 # runs the entry point once per argv of sys.argv[1] (JSON), as the console script does; prints the exit codes and
 # which of torch / timm were imported

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -240,5 +239,4 @@ def calibration_loader(spec: str, model: nn.Module, num_images: int, batch_size:
     if n < num_images:
         info["warning"] = (f"{num_images} calibration images asked for, {spec!r} has {n} training images: "
                            f"calibrated on all {n}")
-        print(f"moejet: warning: {info['warning']}", file=sys.stderr)
     return loader, info
