@@ -17,7 +17,8 @@ PACKAGE = SRC / "moejet"
 
 # lower number = lower layer; a module may import only from its own or a lower layer (longest matching prefix)
 LAYERS = {
-    "moejet.errors": 0, "moejet.variants": 0, "moejet.malloc": 0, "moejet.device": 0, "moejet.io.files": 0,
+    "moejet.errors": 0, "moejet.variants": 0, "moejet.options": 0, "moejet.malloc": 0, "moejet.device": 0,
+    "moejet.io.files": 0,
     "moejet.layers": 1,
     "moejet.models": 2,
     "moejet.io.weights": 3, "moejet.io": 3, "moejet.data": 3,

@@ -3,3 +3,12 @@
 
 class UserError(Exception):
     """Bad input (data, checkpoint, config, arguments): the message says what is wrong and what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the program. ``signum``: which; the message, set by the operation it
+    stopped, says what was saved and how to continue."""
+
+    def __init__(self, message: str = "interrupted", signum: int = 2) -> None:  # 2: SIGINT
+        super().__init__(message)
+        self.signum = signum

@@ -19,6 +19,13 @@ def install_nan_loss(step: int, setattr_: Callable[[Any, str, Any], None] = seta
     ``step`` (1-based; each built optimizer counts its own steps, so each ``train`` call counts from 1).
 
     ``setattr_``: how to patch ``build_loss`` / ``build_optimizer`` (pytest's ``monkeypatch.setattr`` undoes it)."""
+    install_loss_fault(step, lambda loss: loss * float("nan"), setattr_)
+
+
+def install_loss_fault(step: int, fault: Callable[[Any], Any], setattr_: Callable[[Any, str, Any], None] = setattr
+                       ) -> None:
+    """Pass each loss value of optimizer step ``step``'s micro-batches through ``fault`` (see
+    :func:`install_nan_loss`)."""
     import torch
 
     from moejet.train import build
@@ -44,7 +51,7 @@ def install_nan_loss(step: int, setattr_: Callable[[Any, str, Any], None] = seta
         def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
             value = self.loss(*args, **kwargs)
             if steps["done"] + 1 == step:  # a micro-batch of step `step`
-                value = value * float("nan")
+                value = fault(value)
             return value
 
     setattr_(build, "build_optimizer", build_optimizer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -38,19 +40,24 @@ def load_and_run(fmt, path, images):
 
 @pytest.mark.parametrize("fmt,suffix", [("export", ".pt2"), ("onnx", ".onnx"), ("torchscript", ".ts")])
 @pytest.mark.parametrize("model_case", [VIT, VIT_ENTMAX, CONVNEXT], ids=["vit", "vit-entmax15", "convnext"])
-def test_export_formats_equal_the_eager_model_at_any_batch(tmp_path, capsys, fmt, suffix, model_case):
+def test_export_formats_equal_the_eager_model_at_any_batch_and_say_one_line(tmp_path, capfd, fmt, suffix,
+                                                                             model_case):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
     model, path = saved(tmp_path, *model_case)
     if fmt == "torchscript" and model_case is VIT_ENTMAX:
         assert main(["export", str(path), "--format", fmt]) == 2
         assert "TorchScript cannot record entmax15's autograd function (blocks.2.mlp combines with entmax15): " \
-               "use --format export or --format onnx" in capsys.readouterr().err
+               "use --format export or --format onnx" in capfd.readouterr().err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
         return
-    assert main(["export", str(path), "--format", fmt, "--img-size", "32"]) == 0
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("default")  # what a user's interpreter shows
+        assert main(["export", str(path), "--format", fmt, "--img-size", "32"]) == 0
     out = path.with_suffix(suffix)
-    assert f"wrote {out} ({fmt})" in capsys.readouterr().out
+    printed = capfd.readouterr()  # file descriptors: the exporters' own prints and logs too
+    assert printed.out.startswith(f"wrote {out} ({fmt})") and printed.out.count("\n") == 1  # quiet on success
+    assert printed.err == "" and [w for w in warned if not issubclass(w.category, DeprecationWarning)] == []
     images = torch.randn(7, 3, 32, 32)  # neither the trace batch (2) nor the check batch (3)
     with torch.no_grad():
         torch.testing.assert_close(load_and_run(fmt, out, images), model(images), atol=1e-5, rtol=1e-5)

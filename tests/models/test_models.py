@@ -1,18 +1,15 @@
 """models: parameter counts, defaults, checkpoint compatibility, features, variants, bad kwargs."""
 
+import json
+
 import pytest
 import timm
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.analysis.cost import count_macs, count_params
+from moejet.analysis.cost import count_macs, count_params, meta_param_count, model_cost
 from moejet.layers import SoftMoE, SpheroMoE
 from moejet.models import MODEL_NAMES, moe_modules
-
-
-def meta_params(name, **kwargs):
-    with torch.device("meta"):
-        return count_params(timm.create_model(name, **kwargs)) / 1e6
 
 
 @pytest.mark.parametrize(
@@ -30,7 +27,7 @@ def meta_params(name, **kwargs):
     ],
 )
 def test_param_counts_match_paper_table4(name, kwargs, paper_millions):
-    assert meta_params(name, **kwargs) == pytest.approx(paper_millions, rel=0.01)
+    assert meta_param_count(name, **kwargs) / 1e6 == pytest.approx(paper_millions, rel=0.01)
 
 
 def test_every_registered_model_builds_and_runs_tiny(tiny_vit, tiny_convnext):
@@ -182,8 +179,24 @@ def test_recycled_file_loads_through_timm_pretrained_overlay(tiny_vit, tmp_path)
 def test_models_command_rejects_unknown_names(capsys):
     from moejet.cli import main
 
-    assert main(["models", "--no-macs", "vjetmoe_nonexistent"]) == 2
+    assert main(["models", "vjetmoe_nonexistent"]) == 2
     assert "unknown model 'vjetmoe_nonexistent': see `moejet models`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "family"), [("vjetmoe_tiny_patch16_224", "vit"), ("cjetmoe_femto", "convnext")])
+def test_meta_param_count_is_the_built_models(tiny_moe, name, family):
+    kwargs = tiny_moe(family)
+    assert meta_param_count(name, **kwargs) == count_params(timm.create_model(name, **kwargs))
+
+
+def test_models_command_counts_params_and_measures_macs_only_when_asked(capsys):
+    from moejet.cli import main
+
+    assert main(["models", "--json", "convnext_femto_d18"]) == 0
+    params = count_params(timm.create_model("convnext_femto_d18"))
+    assert json.loads(capsys.readouterr().out) == [{"name": "convnext_femto_d18", "params": params}]
+    assert main(["models", "--macs", "--json", "convnext_femto_d18"]) == 0
+    assert json.loads(capsys.readouterr().out) == [model_cost("convnext_femto_d18").as_dict()]
 
 
 @pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])

@@ -107,3 +107,14 @@ def test_moejet_files_name_their_model(header_cli, run_recycle, recipe, recycle_
         err = capsys.readouterr().err
         assert err.startswith("moejet recycle: error: ") and err.count("\n") == 1 and message in err, err
         assert not (tmp_path / f"bad{i}").exists()
+
+
+def test_more_calibration_images_than_the_data_has_is_one_warning_line_recorded_in_the_report(
+        run_recycle, recycle_files, tmp_path, capsys):
+    data = "synthetic:size=32,classes=3,per_class=4"  # 12 training images
+    assert run_recycle(recycle_files, tmp_path / "out", extra=["--calib-data", data, "--calib-images", "20",
+                                                               "--quiet"]) == 0
+    warning = f"20 calibration images asked for, {data!r} has 12 training images: calibrated on all 12"
+    assert capsys.readouterr().err.splitlines() == [f"moejet: warning: {warning}"]
+    calibration = json.loads((tmp_path / "out" / "recycle.json").read_text())["calibration"]
+    assert (calibration["requested_images"], calibration["images"], calibration["warning"]) == (20, 12, warning)

@@ -35,6 +35,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def meta_param_count(name: str, **kwargs) -> int:
+    """Parameters of the timm model ``name``, built on the meta device: shapes only, no weights allocated or
+    initialised (a fraction of a second and no memory, where a real ViT-S MoE build takes seconds and GBs)."""
+    with torch.device("meta"):
+        return count_params(timm.create_model(name, **kwargs))
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
     """``(total MACs, routing MACs)`` for one image of ``input_size`` (C, H, W), in eval mode."""

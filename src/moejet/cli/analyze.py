@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..models.common import check_model_kwargs
 from .common import integer, number, parse_kwargs
 
 
@@ -112,6 +111,7 @@ def run_curves(args: argparse.Namespace) -> int:
 
 def run_cost(args: argparse.Namespace) -> int:
     from ..analysis.report import write_cost
+    from ..models.common import check_model_kwargs
 
     kwargs = parse_kwargs(args.set, "--set")
     check_model_kwargs(kwargs, "--set ")

@@ -6,6 +6,7 @@ import argparse
 import ast
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -60,3 +61,10 @@ def number(low: float, high: float = math.inf, low_open: bool = False, high_open
 
     parse.invalid_example = "nan"  # type: ignore[attr-defined]
     return parse
+
+
+def module_doc(module: str) -> str:
+    """The docstring of moejet's ``module`` (``"io.export"``), read from its source: importing it would import torch,
+    and a parser's description must not."""
+    path = Path(__file__).resolve().parents[1].joinpath(*module.split(".")).with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""

@@ -7,10 +7,6 @@ import json
 import time
 from pathlib import Path
 
-from ..demo.pretrain import pretrain
-from ..demo.run import run_seeds
-from ..demo.setup import FULL, QUICK
-from ..device import resolve_device
 from .common import parse_kwargs
 
 
@@ -58,6 +54,11 @@ def role_list(text: str) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..demo.pretrain import pretrain
+    from ..demo.run import run_seeds
+    from ..demo.setup import FULL, QUICK
+    from ..device import resolve_device
+
     device = str(resolve_device(args.device))
     budget = QUICK if args.quick else FULL
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

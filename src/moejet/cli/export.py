@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..io import export
-from ..io.export import CHECK_BATCH, FORMATS, export_checkpoint
-from .common import integer, number
+from ..options import EXPORT_FORMATS
+from .common import integer, module_doc, number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a moejet checkpoint (torch.export, ONNX or TorchScript)",
-                              description=export.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=module_doc("io.export"), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .safetensors file written by moejet (recycle, train, convert)")
-    p.add_argument("--format", dest="fmt", choices=tuple(FORMATS), default="export")
+    p.add_argument("--format", dest="fmt", choices=tuple(EXPORT_FORMATS), default="export")
     p.add_argument("--out", help="output file (default: the checkpoint's name with .pt2 / .onnx / .ts)")
     p.add_argument("--img-size", type=integer(8), help="export resolution (default: the model's input size, e.g. 224)")
     p.add_argument("--atol", type=number(0.0, low_open=True), default=1e-4,
@@ -23,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(FORMATS[args.fmt])
+    from ..io.export import CHECK_BATCH, export_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(EXPORT_FORMATS[args.fmt])
     difference = export_checkpoint(args.checkpoint, out, args.fmt, args.atol, args.img_size)
     print(f"wrote {out} ({args.fmt}); max |export - eager| on a batch of {CHECK_BATCH}: {difference:.3g}")
     return 0

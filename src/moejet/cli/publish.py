@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.hub import publish
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -24,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io.hub import publish
+
     result = publish(args.source, args.repo_id, args.out, args.private, args.token, macs=not args.no_macs)
     print(f"published {args.source} -> {result}")
     if args.out:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models.common import check_model_kwargs
-from ..recycle.align import ALIGN_MODES
-from ..recycle.api import ALIGN_RIDGE, MIXED_MODES, ROUTER_INITS, SWITCH_CHOICES
-from ..recycle.select import RECYCLE_STRATEGIES
+from ..options import ALIGN_MODES, ALIGN_RIDGE, MIXED_MODES, RECYCLE_STRATEGIES, ROUTER_INITS, SWITCH_CHOICES
 from ..variants import RECYCLE_SWITCHES, VARIANTS
 from .common import integer, number, parse_kwargs
 
@@ -96,6 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models.common import check_model_kwargs
     from ..recycle import recycle_sources, summary, write_outputs
 
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")

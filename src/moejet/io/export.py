@@ -7,6 +7,7 @@ no file is left behind. The batch dimension is dynamic in all three formats.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -17,10 +18,10 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..models.common import input_size_of
+from ..options import EXPORT_FORMATS
 from .files import atomic_output
 from .weights import build_from_checkpoint
 
-FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".ts"}
 TRACE_BATCH, CHECK_BATCH = 2, 3
 
 
@@ -28,18 +29,27 @@ def _batch_dim() -> dict[int, Any]:
     return {0: torch.export.Dim("batch", min=1, max=4096)}
 
 
+# through file objects: given a path, torch.export warns unless its name ends in .pt2 (atomic_output's ends in .tmp)
 def write_export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     program = torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),))
-    torch.export.save(program, path)
+    with open(path, "wb") as f:
+        torch.export.save(program, f)
 
 
 def run_export(path: Path, images: torch.Tensor) -> torch.Tensor:
-    return torch.export.load(path).module()(images)
+    with open(path, "rb") as f:
+        return torch.export.load(f).module()(images)
 
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=(_batch_dim(),),
-                      input_names=["images"], output_names=["logits"], external_data=False)
+    optimizer_log = logging.getLogger("onnxscript")  # its warnings name constant folds it skips: not the user's to fix
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
+    try:
+        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=(_batch_dim(),),
+                          input_names=["images"], output_names=["logits"], external_data=False, verbose=False)
+    finally:
+        optimizer_log.setLevel(level)
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -89,8 +99,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     """Write ``checkpoint`` (a moejet safetensors file) to ``out`` in format ``fmt``; returns the max abs
     difference between the written file's output and the eager model's on a fresh batch. The image size is
     fixed in the export: ``img_size`` (default: the size the model expects, e.g. its pretrained config's)."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         _check_onnx_installed()
     model = build_from_checkpoint(checkpoint)[0].eval()

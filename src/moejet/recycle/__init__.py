@@ -7,11 +7,11 @@
     write_outputs("out/", state, report, "vjetmoe_tiny_patch16_224", {"num_classes": 100})
 """
 
+from ..options import RECYCLE_STRATEGIES, UNIV_MODES
 from .api import OptionError, check_options, check_pair, recycle
 from .load import calibration_loader, load_dense_state, load_predecessor
 from .output import summary, write_outputs
 from .pipeline import recycle_sources
-from .select import RECYCLE_STRATEGIES, UNIV_MODES
 from .stats import CalibStats, collect_stats
 
 __all__ = [

@@ -25,8 +25,6 @@ import torch.nn as nn
 from ..errors import UserError
 from .layout import Block
 
-ALIGN_MODES = ("none", "affine")
-
 
 class Moments:
     """Streamed ``n``, ``sum x``, ``sum y``, ``sum x x^T``, ``sum x y^T``, ``sum ||y||^2`` of token pairs."""

@@ -21,8 +21,16 @@ from ..device import resolve_device
 from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
+from ..options import (
+    ALIGN_MODES,
+    ALIGN_RIDGE,
+    MIXED_MODES,
+    RECYCLE_STRATEGIES,
+    ROUTER_INITS,
+    SWITCH_CHOICES,
+)
 from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
-from .align import ALIGN_MODES, collect_alignment, fold_affine
+from .align import collect_alignment, fold_affine
 from .build import Selection, build_state, mlp_tensors, pool_sets, reinit_stats, select_heads
 from .graph import part_size, part_weights, partition
 from .layout import (
@@ -38,10 +46,6 @@ from .layout import (
 )
 from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
-    EXPERT_CHANNELS,
-    RECYCLE_STRATEGIES,
-    UNIFORM_RULES,
-    UNIV_MODES,
     coverage,
     select_channels,
     select_dense_neurons,
@@ -50,17 +54,9 @@ from .select import (
     select_reinit,
     subselect,
 )
-from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
+from .stats import CalibStats, collect_stats
 
 NEEDS_STATS = ("importance", "graph")
-QUERY_NORMS = ("inherit", "fresh")
-FINAL_NORMS = ("copy", "fresh")
-MIXED_MODES = ("none", "core_upcycled", "univ_upcycled")  # --mixed: which bank is upcycled from the dense checkpoint
-ALIGN_RIDGE = 1e-3  # --align-ridge default: ridge * n * I added to the n-token covariance
-ROUTER_INITS = ("fresh", "kmeans")  # --router-init: the successor's fresh slot queries, or k-means centroids
-SWITCH_CHOICES = {"importance_metric": IMPORTANCE_METRICS, "expert_channels": EXPERT_CHANNELS,
-                  "uniform_rule": UNIFORM_RULES, "query_norm": QUERY_NORMS, "univ_mode": UNIV_MODES,
-                  "final_norm": FINAL_NORMS}
 
 
 class OptionError(UserError):

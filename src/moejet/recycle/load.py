@@ -236,4 +236,7 @@ def calibration_loader(spec: str, model: nn.Module, num_images: int, batch_size:
     info = {"data": spec, "requested_images": num_images, "images": n, "batch_size": batch_size,
             "input_size": list(config["input_size"]), "mean": list(config["mean"]), "std": list(config["std"]),
             "interpolation": config["interpolation"], "crop_pct": config["crop_pct"]}
+    if n < num_images:
+        info["warning"] = (f"{num_images} calibration images asked for, {spec!r} has {n} training images: "
+                           f"calibrated on all {n}")
     return loader, info

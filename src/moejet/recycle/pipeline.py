@@ -4,6 +4,7 @@ files (or timm's hub), then :func:`~moejet.recycle.api.recycle`. ``moejet train`
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -93,6 +94,8 @@ def recycle_sources(
     report["dense_checkpoint"] = dense_checkpoint
     if calib is not None:
         report["calibration"] = {**calib, **(report["calibration"] or {})}
+        if "warning" in calib:  # once the recycling went through: a failed run's error stays the only line
+            print(f"moejet: warning: {calib['warning']}", file=sys.stderr)
     report["timings"] = {"load_s": round(load_s, 4), **report["timings"],
                          "total_s": round(time.perf_counter() - t0, 4)}
     report["device"] = str(dev)

@@ -10,11 +10,6 @@ import torch
 
 from .graph import sample_part_unions
 
-RECYCLE_STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
-UNIV_MODES = ("draw", "subselect")
-UNIFORM_RULES = ("shared", "linspace")
-EXPERT_CHANNELS = ("shared", "per_expert")
-
 
 def evenly_spaced(n: int, k: int) -> torch.Tensor:
     """``floor(i * n / k)`` for ``i < k`` (paper Eq. 7): ``k`` of ``n`` positions, spread evenly."""

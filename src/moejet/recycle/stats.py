@@ -33,10 +33,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..options import IMPORTANCE_METRICS
 from .layout import Block
 
 PERCENTILE_SAMPLE = 1 << 22  # first-batch activations used to estimate a threshold (strided subsample)
-IMPORTANCE_METRICS = ("mean_abs", "l2")
 
 
 @dataclass

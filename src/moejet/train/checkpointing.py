@@ -304,6 +304,15 @@ def sync_last(run_dir: Path) -> None:
             _remove(path)
 
 
+def saved_point(run_dir: Path) -> tuple[int, int, int]:
+    """``(epochs done, steps done of the next epoch, optimizer step)`` of the committed checkpoint: its epoch, or its
+    mid-epoch recovery point."""
+    pointer = read_pointer(run_dir)
+    entry = pointer.get("recovery", pointer)
+    step = int(read_metadata(run_dir / entry["weights"]).get("moejet.step", 0))
+    return pointer["epoch"], entry.get("step_in_epoch", 0), step
+
+
 def read_pointer(run_dir: Path) -> dict[str, Any]:
     """The committed checkpoint of ``run_dir`` (errors name the file and what to do)."""
     path = run_dir / POINTER

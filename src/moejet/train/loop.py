@@ -55,8 +55,9 @@ def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_s
     scheduler.step_update(state["step"])
     if loss_sum is None:
         loss_sum = torch.zeros(2, device=world.device, dtype=torch.float64)  # (sum of per-image losses, images)
+    # disable=None: no bar when stderr is not a terminal (a log file gets the train.log_every lines, not bar frames)
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
-               dynamic_ncols=True, disable=not (progress and world.is_main))
+               dynamic_ncols=True, disable=None if progress and world.is_main else True)
     batches = iter(loader)
     sampler = loader.batch_sampler
     first_bad = torch.full((), -1, dtype=torch.int64, device=world.device)  # first step with a non-finite loss

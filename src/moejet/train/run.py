@@ -20,8 +20,10 @@ with ``train.recovery_every``, every N optimizer steps (with every rank's RNG st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import SeededSamples
 from ..data.sampler import GlobalBatchSampler
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..io.files import atomic_output
 from ..models import moe_modules
 from . import build
@@ -54,6 +56,7 @@ from .checkpointing import (
     save_between,
     save_epoch,
     save_recovery_point,
+    saved_point,
 )
 from .config import Config, batch_plan, check_input_files, dump_config
 from .distributed import (
@@ -191,7 +194,9 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
     eval_model, ema_model = _compile(ts)
     logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
     if world.is_main and call.verbose:
-        print(f"moejet train: {config.name}: {ts.model_name} on {config.data.dataset} ({len(train_ds)} train / "
+        start = f"resuming {run_dir} from {_point(*saved_point(run_dir), loaders.steps_per_epoch)}: " if call.resume \
+            else ""
+        print(f"moejet train: {start}{config.name}: {ts.model_name} on {config.data.dataset} ({len(train_ds)} train / "
               f"{len(val_ds)} val images, {num_classes} classes); {world.world_size} process(es) on {world.device}; "
               f"global batch {t.batch_size} on {world.world_size} process(es), micro-batches of up to {micro} x "
               f"{accum} accumulation; lr {config.lr:.3g}; {loaders.steps_per_epoch} steps/epoch; run dir {run_dir}",
@@ -199,35 +204,43 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
 
     epochs_run = 0
     writer = BackgroundWriter(t.background_save and world.is_main)
-    for epoch in range(ts.counters["epoch"], config.schedule.epochs):
-        if call.stop_after is not None and epochs_run >= call.stop_after:
-            break
-        row, start = _train_epoch(ts, loaders, epoch, recovery, writer, layout, call)
-        recovery = None
-        last_epoch = epoch + 1 == config.schedule.epochs
-        if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            row.update(_evaluate_epoch(ts, loaders, eval_model, ema_model))
-        _finish_epoch(ts, row, time.perf_counter() - start)
-        stopping = call.stop_after is not None and epochs_run + 1 >= call.stop_after
-        is_best = "val_top1" in row and row["val_top1"] > ts.counters["best_top1"]
-        if is_best:
-            ts.counters["best_top1"] = row["val_top1"]
-        if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
-            save_epoch(ts, is_best, writer)
-        else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+    try:
+        for epoch in range(ts.counters["epoch"], config.schedule.epochs):
+            if call.stop_after is not None and epochs_run >= call.stop_after:
+                break
+            row, start = _train_epoch(ts, loaders, epoch, recovery, writer, layout, call)
+            recovery = None
+            last_epoch = epoch + 1 == config.schedule.epochs
+            if (epoch + 1) % t.eval_every == 0 or last_epoch:
+                row.update(_evaluate_epoch(ts, loaders, eval_model, ema_model))
+            _finish_epoch(ts, row, time.perf_counter() - start)
+            stopping = call.stop_after is not None and epochs_run + 1 >= call.stop_after
+            is_best = "val_top1" in row and row["val_top1"] > ts.counters["best_top1"]
+            if is_best:
+                ts.counters["best_top1"] = row["val_top1"]
+            if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
+                save_epoch(ts, is_best, writer)
+            else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
+                writer.wait()
+                save_between(ts, is_best)
+            if world.is_main:
+                if call.verbose:
+                    print(_summary(row, config.schedule.epochs, is_best), flush=True)
+                for log in logs:
+                    log(scalars(row), epoch + 1)
+                if call.on_epoch is not None:
+                    call.on_epoch(row)
+            epochs_run += 1
+    except KeyboardInterrupt as err:
+        if not world.is_main:
+            raise
+        with contextlib.suppress(Exception):  # a save in flight commits first; if it fails, the previous one stands
             writer.wait()
-            save_between(ts, is_best)
-        if world.is_main:
-            if call.verbose:
-                print(_summary(row, config.schedule.epochs), flush=True)
-            for log in logs:
-                log(scalars(row), epoch + 1)
-            if call.on_epoch is not None:
-                call.on_epoch(row)
-        epochs_run += 1
+        raise Interrupted(_interruption(ts, loaders.steps_per_epoch), getattr(err, "signum", 2)) from None
+    finally:
+        for close in closes:
+            close()
     writer.wait()  # the last save is committed before the run returns
-    for close in closes:
-        close()
     return ts.metrics
 
 
@@ -443,14 +456,36 @@ def _prefixed(values: dict[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in values.items() if k != "images"}
 
 
-def _summary(row: dict[str, Any], epochs: int) -> str:
+def _summary(row: dict[str, Any], epochs: int, is_best: bool) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
     if "val_top1" in row:
-        parts += [f"val_top1 {row['val_top1']:.2f}", f"val_top5 {row['val_top5']:.2f}"]
+        parts += [f"val_loss {row['val_loss']:.4f}", f"val_top1 {row['val_top1']:.2f}" + (" (new best)" if is_best
+                                                                                           else ""),
+                  f"val_top5 {row['val_top5']:.2f}"]
     if "val_top1_ema" in row:
         parts.append(f"ema_top1 {row['val_top1_ema']:.2f}")
     parts += [f"lr {row['lr']:.3g}", f"{row['images_per_s']:.1f} img/s", f"{row['epoch_time_s']:.1f} s"]
     return "  ".join(parts)
+
+
+def _point(epochs_done: int, step_in_epoch: int, optimizer_step: int, steps_per_epoch: int) -> str:
+    """Where a run stands: ``epoch 3 step 0/8 (optimizer step 16)`` is the start of epoch 3 (the end of epoch 2)."""
+    return f"epoch {epochs_done + 1} step {step_in_epoch}/{steps_per_epoch} (optimizer step {optimizer_step})"
+
+
+def _interruption(ts: TrainState, steps_per_epoch: int) -> str:
+    """What an interrupt leaves: the last saved point, the optimizer steps done since (lost), the command that
+    resumes."""
+    epochs_done, step_in_epoch, saved_step = saved_point(ts.run_dir)
+    lost = ts.counters["step"] - saved_step
+    every = ts.config.train.recovery_every
+    saves = (f"mid-epoch saves every {every} steps (train.recovery_every)" if every else
+             "mid-epoch saves are off: set train.recovery_every=N to save every N steps")
+    lost_text = {0: "nothing is lost", 1: "the 1 step done since then is lost"}.get(
+        lost, f"the {lost} steps done since then are lost")
+    return (f"interrupted at optimizer step {ts.counters['step']}; the last save is "
+            f"{_point(epochs_done, step_in_epoch, saved_step, steps_per_epoch)}: {lost_text} ({saves}); resume "
+            f"with: moejet train --resume {shlex.quote(str(ts.run_dir))}")
 
 
 class _Shifted:
