@@ -21,7 +21,8 @@ import torch
 from ..errors import UserError
 from ..malloc import keep_freed_memory
 
-COMMANDS = ("models", "recycle", "train", "eval", "analyze", "demo", "publish", "export", "convert")
+COMMANDS = ("models", "configs", "recycle", "train", "eval", "predict", "analyze", "demo", "publish", "export",
+            "convert")
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error, never a user's
 
 

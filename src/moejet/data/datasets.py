@@ -93,6 +93,27 @@ def _parse_synthetic_options(name: str, text: str) -> dict[str, int]:
     return options
 
 
+def dataset_label(spec: str) -> str:
+    """The dataset's public name: ``folder:PATH`` as ``folder:<its folder name>`` (no path of this machine),
+    ``synthetic`` as ``synthetic-downstream``, other specs as they are."""
+    name, options = parse_dataset_spec(spec)
+    if name == "folder":
+        return f"folder:{Path(options['path']).expanduser().resolve().name or 'root'}"
+    return str(spec).strip() if name != "synthetic-downstream" or ":" in str(spec) else name
+
+
+def class_names(dataset: torch.utils.data.Dataset) -> list[str] | None:
+    """The dataset's class names in label order (folder names, torchvision's and the synthetic data's ``classes``;
+    the first part's for a concatenation), or None when it has none."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        dataset = dataset.datasets[0]
+    if isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None and len(names) == getattr(dataset, "num_classes", len(names)) \
+        else None
+
+
 def default_root(name: str) -> Path:
     """``$MOEJET_DATA/<name>`` if the variable is set, else ``~/.cache/moejet/data/<name>``."""
     base = os.environ.get("MOEJET_DATA")
