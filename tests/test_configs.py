@@ -61,7 +61,8 @@ def test_packaged_configs_resolve_by_name_and_by_path(tmp_path, monkeypatch):
     (tmp_path / "table1_vit_t_jetpack_cifar100.yaml").write_text("name: mine\n")
     assert resolve_config("table1_vit_t_jetpack_cifar100.yaml") == Path("table1_vit_t_jetpack_cifar100.yaml")
     assert load_config("table1_vit_t_jetpack_cifar100").name == "table1_vit_t_jetpack_cifar100"
-    with pytest.raises(UserError, match=r"neither a file nor a packaged config \(similar: table1_vit_t_jetpack_c"):
+    typo = r"does not exist, nor is 'table1_vit_t_jetpack_cifar10' a packaged config \(similar: table1_vit_t_jetpack_c"
+    with pytest.raises(UserError, match=typo):
         load_config("configs/table1_vit_t_jetpack_cifar10.yaml")
 
 

@@ -45,5 +45,5 @@ def resolve_config(name_or_path: str | Path) -> Path:
         return packaged[name]
     close = [n for n in packaged if name and name in n][:3]
     hint = f" (similar: {', '.join(close)})" if close else ""
-    raise UserError(f"config {str(name_or_path)!r} is neither a file nor a packaged config{hint}: check the path, "
-                    "or pass a name that `moejet configs` lists, e.g. table1_vit_t_jetpack_cifar100")
+    raise UserError(f"config file {name_or_path} does not exist, nor is {name!r} a packaged config{hint}: check the "
+                    "path, or pass a name that `moejet configs` lists, e.g. table1_vit_t_jetpack_cifar100")

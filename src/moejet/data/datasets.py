@@ -202,7 +202,7 @@ def _open_torchvision(name: str, root: Path, split: str, transform: Callable | N
 
 # --- class-per-folder trees (ImageNet, folder:PATH) -------------------------------------------------------
 
-_LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on bad files
+LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -238,7 +238,7 @@ class ImageFolderSkipUnreadable(tvd.ImageFolder):
                 continue
             try:
                 image = load_rgb(path)
-            except _LOAD_ERRORS as err:
+            except LOAD_ERRORS as err:
                 self._record_unreadable(path, err)
                 bad.add(path)
                 continue
@@ -283,6 +283,6 @@ def find_unreadable(dataset: ImageFolderSkipUnreadable) -> list[str]:
     for path, _ in dataset.samples:
         try:
             load_rgb(path)
-        except _LOAD_ERRORS:
+        except LOAD_ERRORS:
             bad.append(path)
     return bad
