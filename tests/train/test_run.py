@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
@@ -17,19 +16,7 @@ from moejet.train import build, load_config, train
 from moejet.train.evaluation import BEST_NOTE
 from moejet.train.telemetry import routing_telemetry
 
-
-def colour_folder(root, per_class=24, val_per_class=12, size=32):
-    """3 classes told apart by their dominant colour channel, under noise: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in range(3):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.uniform(0, 120, (size, size, 3))
-                pixels[..., c] += 120
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
-    return root
-
+from ..helpers.images import colour_folder
 
 # ------------------------------------------------------------------------------------------- full runs
 
@@ -41,7 +28,10 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, c
     metrics = train(config, run, progress=False)
 
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.safetensors", "checkpoint.json", "checkpoints", "config.yaml", "last.safetensors", "metrics.jsonl"]
+        "best.safetensors", "checkpoint.json", "checkpoints", "classes.json", "config.yaml", "last.safetensors",
+        "metrics.jsonl"]
+    assert json.loads((run / "classes.json").read_text()) == {"dataset": "folder:colours", "label_names": [
+        "c0", "c1", "c2"]}  # the folder's name, not its path
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(metrics))
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [9, 18]
