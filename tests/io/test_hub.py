@@ -101,7 +101,7 @@ def test_the_card_of_a_locally_recycled_run_names_no_hub_model_and_no_path(folde
         assert str(path) not in card
     assert not re.search(r"(?<![\w:/.])/[\w.-]+/", card), "an absolute path in the card"
     config = json.loads((out / "config.json").read_text())
-    assert config["label_names"] == ["blue", "green", "red"]  # the folder names, in label order (sorted, as ImageFolder labels them)
+    assert config["label_names"] == ["blue", "green", "red"]  # folder names, in label order (sorted)
     assert "- classes (3, `label_names` in config.json): `blue`, `green`, `red`" in card
     loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert loaded.pretrained_cfg["label_names"] == ["blue", "green", "red"]

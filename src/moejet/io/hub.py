@@ -18,7 +18,7 @@ import torch.nn as nn
 import yaml
 
 from ..data.datasets import dataset_label
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..recycle.output import REPORT_FILE
 from ..train.checkpointing import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from ..train.recycling_step import RECYCLE_DIR
@@ -225,7 +225,7 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, token: 
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=commit_message, repo_type="model")
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"upload to {repo_id} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        raise UserError(f"upload to {repo_id} failed ({type(err).__name__}: {first_line(err)}); "
                         "check your token (huggingface-cli login) and network, or use --out DIR") from None
     return str(getattr(info, "commit_url", info))
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io.download import create_pretrained
 from ..io.weights import (
     KWARGS_KEY,
@@ -66,7 +66,7 @@ def _load_numpy(model: nn.Module, path: Path, source: str) -> None:
         timm.models.load_checkpoint(model, str(path))
     except (KeyError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f"{source} does not match the model architecture or is damaged "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); check the model name and its "
+                        f"({type(err).__name__}: {first_line(err)}); check the model name and its "
                         "arguments") from None
 
 
