@@ -13,7 +13,7 @@ from moejet.cli import main
 from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint, read_metadata
 from moejet.train import build, load_config, train
-from moejet.train.evaluation import BEST_NOTE
+from moejet.train.evaluation import best_note
 from moejet.train.telemetry import routing_telemetry
 
 from ..helpers.images import colour_folder
@@ -72,10 +72,12 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, c
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
     assert result["which"] == "last" and "note" not in result
-    # the best epoch was chosen on the val (= official test) split: its result says so
+    # the best epoch was chosen on the split it is scored on: its result names that split as it is
+    note = "best epoch selected on the val split (the images of folder:colours/val): not a held-out result"
+    assert best_note(f"folder:{data}") == note and "official test split" in best_note("cifar100")
     assert main(["eval", "--run", str(run), "--which", "best", "--out", str(tmp_path / "run_best.json")]) == 0
-    assert capsys.readouterr().out.rstrip().endswith(f"[{BEST_NOTE}]")
-    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == BEST_NOTE
+    assert capsys.readouterr().out.rstrip().endswith(f"[{note}]")
+    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == note
     # any checkpoint file on a config's dataset
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
                  "--out", str(tmp_path / "best.json")]) == 0

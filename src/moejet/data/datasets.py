@@ -102,6 +102,18 @@ def dataset_label(spec: str) -> str:
     return str(spec).strip() if name != "synthetic-downstream" or ":" in str(spec) else name
 
 
+def val_split_name(spec: str) -> str:
+    """What our ``val`` split of ``spec`` is, in words (see the module docstring's splits)."""
+    name, _ = parse_dataset_spec(spec)
+    if name in TORCHVISION:
+        return f"{name}'s official test split"
+    if name == "imagenet":
+        return "ImageNet's official validation set"
+    if name == "folder":
+        return f"the images of {dataset_label(spec)}/val"
+    return f"the {name} val images"
+
+
 def class_names(dataset: torch.utils.data.Dataset) -> list[str] | None:
     """The dataset's class names in label order (folder names, torchvision's and the synthetic data's ``classes``;
     the first part's for a concatenation), or None when it has none."""
