@@ -71,7 +71,7 @@ def test_publish_out_round_trips_through_timm_local_dir(vit_kw, tiny_moe, tmp_pa
     ({"moejet.recycle.predecessor": "vit_small_patch16_224.augreg_in21k", "moejet.recycle.pretrained": "true",
       "moejet.recycle.dense_checkpoint": "false"},
      "the experts from timm's `vit_small_patch16_224.augreg_in21k`, downloaded from the Hugging Face Hub; the other "
-     "layers from the same model"),
+     "layers cut from the same predecessor"),
     ({"moejet.recycle.predecessor": "vit_small_patch16_224.augreg_in21k", "moejet.recycle.pretrained": "false",
       "moejet.recycle.dense_checkpoint": "true"},
      "the experts from a local checkpoint (a `vit_small_patch16_224`); the other layers from a local checkpoint"),

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "probable first. The model's own preprocessing and class names are used.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_DIR", help="a `moejet train` run directory (its last weights)")
-    source.add_argument("--model", metavar="SPEC",
+    source.add_argument("--model", metavar="MODEL",
                         help="local-dir:PATH (a moejet publish folder), hf-hub:ID or a moejet .safetensors file")
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and folders (searched "
                    "recursively)")

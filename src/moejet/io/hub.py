@@ -102,8 +102,8 @@ def weights_origin(info: dict[str, Any]) -> str | None:
         source = {True: f"timm's `{name}`, downloaded from the Hugging Face Hub",
                   False: f"a local checkpoint (a `{architecture}`)",
                   None: f"a `{architecture}` (whether from the Hub or a local file is not recorded)"}
-        rest = {True: "; the other layers from a local checkpoint", False: "; the other layers from the same model",
-                None: ""}[recycle.get("dense_checkpoint")]
+        rest = {True: "; the other layers from a local checkpoint", None: "",
+                False: "; the other layers cut from the same predecessor"}[recycle.get("dense_checkpoint")]
         return (f"recycled with strategy `{recycle.get('strategy', '?')}` (seed {recycle.get('seed', '?')}): the "
                 f"experts from {source[recycle.get('from_hub')]}{rest}")
     model = (info.get("config") or {}).get("model") or {}
