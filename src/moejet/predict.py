@@ -95,7 +95,7 @@ def _published_model(spec: str) -> nn.Module:
 
     if spec.startswith("local-dir:") and not Path(spec.removeprefix("local-dir:")).is_dir():
         raise UserError(f"--model {spec}: no such folder; pass a folder written by moejet publish --out")
-    return create_pretrained(spec, "pass its folder as --model local-dir:PATH")
+    return create_pretrained(spec, "--model local-dir:PATH (its folder)")
 
 
 def image_files(inputs: list[str | os.PathLike]) -> list[Path]:

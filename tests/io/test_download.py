@@ -34,7 +34,7 @@ def test_an_unreachable_hub_fails_at_once_from_the_cache_only(no_hub):
     assert not download.hub_reachable()
     no_hub.clear()
     with pytest.raises(WeightsUnavailable) as err:
-        create_pretrained("vit_tiny_patch16_224.augreg_in21k", "pass it with --file FILE", img_size=32)
+        create_pretrained("vit_tiny_patch16_224.augreg_in21k", "--file FILE", img_size=32)
     assert len(no_hub) == 1, f"one probe, no download attempts or retries: {no_hub}"
     message = str(err.value)
     assert message == (
@@ -49,7 +49,7 @@ def test_recycle_names_its_flag_and_train_its_config_keys(no_hub, tmp_path, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and HUB_FILE in err and err.rstrip().endswith(
-        "pass it as --predecessor-checkpoint FILE (instead of --pretrained)"), err
+        "pass it with --predecessor-checkpoint FILE (instead of --pretrained)"), err
     argv = ["train", "--config", "table3_upcycle_in1k", "--out", str(tmp_path / "run"), "--set",
             "data.dataset=synthetic-downstream:size=32,classes=2,per_class=2,val_per_class=1", "--set",
             "data.img_size=32", "--set", "model.kwargs.img_size=32", "--set", "recycle.predecessor_kwargs.img_size=32"]
@@ -57,5 +57,6 @@ def test_recycle_names_its_flag_and_train_its_config_keys(no_hub, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and HUB_FILE in err, err
     assert err.startswith("moejet train: error: recycling (config section recycle): timm's pretrained weights")
-    assert err.rstrip().endswith("set it with --set recycle.pretrained=false --set recycle.predecessor_checkpoint=FILE")
+    assert err.rstrip().endswith(
+        "pass it with --set recycle.pretrained=false --set recycle.predecessor_checkpoint=FILE")
     assert "--predecessor-checkpoint" not in err

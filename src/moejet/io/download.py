@@ -25,11 +25,12 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 
 class WeightsUnavailable(UserError):
     """timm's hosted weights could not be had. ``reason`` says why and ``url`` is the file to download; ``how``
-    (the command's own option for a local file) completes the message."""
+    (the command's own option for a local file, e.g. ``--predecessor-checkpoint FILE``) completes the message."""
 
     def __init__(self, reason: str, url: str | None, how: str):
         self.reason, self.url = reason, url
-        fetch = f"download {url} on a machine with network and {how}" if url else how
+        fetch = f"download {url} on a machine with network and pass it with {how}" if url else \
+            f"pass a local weights file with {how}"
         super().__init__(f"{reason}: {fetch}")
 
 
@@ -80,8 +81,8 @@ def weights_url(name: str) -> str | None:
 
 def create_pretrained(name: str, how: str, **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=True, **kwargs)``; when the weights cannot be had (no network and not
-    cached, or any download error) a :class:`WeightsUnavailable` whose message ends with ``how``, e.g. "set
-    model.init=checkpoint and model.init_checkpoint=FILE"."""
+    cached, or any download error) a :class:`WeightsUnavailable` whose message ends with ``how``, the command's way
+    to pass a local file instead, e.g. ``--set model.init=checkpoint --set model.init_checkpoint=FILE``."""
     import timm
     from huggingface_hub import constants
 

@@ -31,7 +31,7 @@ from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
 
 NUMPY_SUFFIXES = (".npz", ".npy")
-PREDECESSOR_FILE_HINT = "pass it as --predecessor-checkpoint FILE (instead of --pretrained)"  # moejet recycle's flags
+PREDECESSOR_FILE_HINT = "--predecessor-checkpoint FILE (instead of --pretrained)"  # moejet recycle's flags
 
 
 def _create(name: str, role: str, **kwargs: Any) -> nn.Module:

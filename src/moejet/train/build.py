@@ -108,7 +108,7 @@ def build_model(config: Config, num_classes: int,
     name, kwargs = model_kwargs(config, num_classes)
     m = config.model
     if m.init == "pretrained":
-        how = "set it with --set model.init=checkpoint --set model.init_checkpoint=FILE"
+        how = "--set model.init=checkpoint --set model.init_checkpoint=FILE"
         return create_pretrained(name, how, **kwargs), name, kwargs
     init_file = None
     if m.init == "recycle":

@@ -10,6 +10,7 @@ Learning rate: ``optim.lr`` when given, else ``optim.base_lr * train.batch_size 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -221,18 +222,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"config file {path} is not valid YAML ({reason}): fix its syntax") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
-    dataset = (raw.get("data") or {}).get("dataset") if isinstance(raw.get("data"), dict) else None
-    name, description = raw.get("name"), raw.get("description")
+    dataset, name, description = _dataset_of(raw), raw.get("name"), raw.get("description")
     for item in overrides:
         apply_override(raw, item)
-    new_dataset = (raw.get("data") or {}).get("dataset") if isinstance(raw.get("data"), dict) else None
-    if path is not None and dataset is not None and isinstance(new_dataset, str) and new_dataset != dataset:
-        new_name, new_description = renamed_for_data(name or path.stem, dataset, new_dataset)
-        if raw.get("name") == name:
-            raw["name"] = new_name
-        if raw.get("description") == description:
-            raw["description"] = new_description
+    new_dataset = _dataset_of(raw)
+    if path is not None and isinstance(dataset, str) and isinstance(new_dataset, str) and new_dataset != dataset:
+        with contextlib.suppress(UserError):  # a bad spec: validation names its key below
+            new_name, new_description = renamed_for_data(name or path.stem, dataset, new_dataset)
+            raw["name"] = new_name if raw.get("name") == name else raw["name"]
+            raw["description"] = new_description if raw.get("description") == description else raw["description"]
     return config_from_dict(raw)
+
+
+def _dataset_of(raw: dict[str, Any]) -> Any:
+    return raw["data"].get("dataset") if isinstance(raw.get("data"), dict) else None
 
 
 def renamed_for_data(name: str, dataset: str, new_dataset: str) -> tuple[str, str]:

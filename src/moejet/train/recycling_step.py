@@ -111,7 +111,7 @@ def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
         )
     except WeightsUnavailable as err:  # moejet train's way to pass the file: the recycle section's keys
         raise WeightsUnavailable(f"recycling (config section recycle): {err.reason}", err.url,
-                                 "set it with --set recycle.pretrained=false --set recycle.predecessor_checkpoint="
+                                 "--set recycle.pretrained=false --set recycle.predecessor_checkpoint="
                                  "FILE") from None
     except UserError as err:
         raise UserError(f"recycling (config section recycle): {as_config_keys(str(err))}") from None

@@ -42,7 +42,7 @@ from ..data.datasets import class_names, dataset_label
 from ..data.sampler import GlobalBatchSampler
 from ..errors import UserError
 from ..io.files import atomic_output
-from ..io.labels import write_labels
+from ..io.labels import LABELS_FILE, write_labels
 from ..models import moe_modules
 from . import build
 from .checkpointing import (
@@ -189,8 +189,8 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
     layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
               "steps_per_epoch": loaders.steps_per_epoch}  # what a mid-epoch recovery point is only valid for
     recovery = _start_or_resume(ts, call, layout)
-    if world.is_main:  # the class names travel with the run (moejet publish, export and predict read them)
-        write_labels(run_dir, dataset_label(config.data.dataset), class_names(train_ds))
+    if world.is_main and not (call.resume and (run_dir / LABELS_FILE).is_file()):  # moejet publish, export, predict
+        write_labels(run_dir, dataset_label(config.data.dataset), class_names(train_ds))  # read the class names
     if ts.counters["epoch"] >= config.schedule.epochs:  # a finished run resumed without more epochs
         return ts.metrics
     eval_model, ema_model = _compile(ts)
