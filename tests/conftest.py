@@ -178,6 +178,32 @@ def moejet_env():
             "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory):
+    """A finished run on one's own images, as a new user makes it: recycled from a local predecessor file (named
+    like timm's Hub model, ``vit_small_patch16_224.augreg_in21k``, but never downloaded), calibrated and trained for
+    one 2-step epoch on a class-per-folder tree (classes ``red``, ``green``, ``blue``). Returns ``{"run", "data",
+    "predecessor"}`` (read-only: copy the run to change it)."""
+    from moejet.io.weights import save_model
+    from moejet.train import train
+
+    from .helpers.images import colour_folder
+
+    root = tmp_path_factory.mktemp("folder_run")
+    data = colour_folder(root / "my photos", per_class=4, val_per_class=2, classes=("red", "green", "blue"))
+    pred_kwargs = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2, "num_classes": 10}
+    torch.manual_seed(0)
+    predecessor = root / "vit_small_patch16_224.augreg_in21k.safetensors"
+    save_model(timm.create_model("vit_small_patch16_224", **pred_kwargs), predecessor, "vit_small_patch16_224",
+               pred_kwargs)
+    recycle = {"predecessor": "vit_small_patch16_224.augreg_in21k", "predecessor_checkpoint": str(predecessor),
+               "calib_data": f"folder:{data}", "calib_images": 6, "batch_size": 6, "workers": 0}
+    config = _tiny_config(model={"init": "recycle"}, recycle=recycle, data={"dataset": f"folder:{data}"},
+                          schedule={"epochs": 1}, train={"max_steps_per_epoch": 2, "batch_size": 4})
+    train(config, root / "run", progress=False, verbose=False)
+    return MappingProxyType({"run": root / "run", "data": data, "predecessor": predecessor})
+
+
 # ------------------------------------------------------------------------------------------- recycling
 
 RECIPE = SimpleNamespace(

@@ -9,12 +9,14 @@ import timm
 import torch
 import yaml
 
+from moejet.configs import PACKAGED_DIR, config_names, packaged_configs, resolve_config
 from moejet.errors import UserError
 from moejet.train import build
 from moejet.train.config import batch_plan, load_config
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-YAMLS = sorted(CONFIGS.glob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # generate.py and README.md
+PACKAGED = PACKAGED_DIR  # the YAML files, shipped in the package
+YAMLS = sorted(PACKAGED.glob("*.yaml"))
 SPHERO_MODELS = ("vjetmoe_tiny_patch16_224", "vjetmoe_small_patch16_224")
 
 
@@ -28,27 +30,54 @@ def is_sphero(cfg: dict) -> bool:
 
 
 def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch):
-    """configs/ holds generate.py's configs and README.md and nothing else, byte for byte."""
+    """The package's configs (src/moejet/configs/) and configs/README.md are generate.py's output, byte for byte,
+    and nothing else."""
     spec = importlib.util.spec_from_file_location("configs_generate", CONFIGS / "generate.py")
     generate = importlib.util.module_from_spec(spec)
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ left in configs/
     monkeypatch.setitem(sys.modules, spec.name, generate)
     spec.loader.exec_module(generate)
-    written = generate.write_configs(tmp_path)
-    (tmp_path / "README.md").write_text(generate.readme())  # what `python configs/generate.py DIR` adds
-    assert sorted(p.name for p in written) == sorted(p.name for p in tmp_path.glob("*.yaml"))
-    committed = sorted(p.name for p in CONFIGS.iterdir() if p.is_file() and p.name != "generate.py")
-    assert sorted(p.name for p in tmp_path.iterdir()) == committed
-    for name in committed:
-        assert (tmp_path / name).read_bytes() == (CONFIGS / name).read_bytes(), f"{name}: rerun configs/generate.py"
-    modern = generate.write_modern_configs(tmp_path / generate.MODERN_DIR)  # configs/modern/, the same way
-    assert sorted(p.name for p in modern) == sorted(p.name for p in (CONFIGS / generate.MODERN_DIR).iterdir())
-    for path in modern:
-        assert path.read_bytes() == (CONFIGS / generate.MODERN_DIR / path.name).read_bytes(), \
-            f"modern/{path.name}: rerun configs/generate.py"
+    assert generate.PACKAGED == PACKAGED  # `python configs/generate.py` rewrites the package's copy
+    generate.main([str(tmp_path)])
+    assert sorted(p.name for p in CONFIGS.iterdir() if p.is_file()) == ["README.md", "generate.py"]
+    assert (tmp_path / "README.md").read_bytes() == (CONFIGS / "README.md").read_bytes(), "rerun configs/generate.py"
+    for sub in ("", generate.MODERN_DIR):
+        written = sorted(p.name for p in (tmp_path / sub).glob("*.yaml"))
+        packaged = sorted(p.name for p in (PACKAGED / sub).iterdir() if p.is_file() and p.name != "__init__.py")
+        assert written == packaged, f"{sub or '.'}: rerun configs/generate.py"
+        for name in written:
+            assert (tmp_path / sub / name).read_bytes() == (PACKAGED / sub / name).read_bytes(), \
+                f"{sub}/{name}: rerun configs/generate.py"
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "modern").glob("*.yaml")), ids=lambda p: p.stem)
+def test_packaged_configs_resolve_by_name_and_by_path(tmp_path, monkeypatch):
+    names = config_names()
+    assert len(names) == len(YAMLS) + 3 and names == list(packaged_configs())
+    assert config_names("table3_*") == [f"table3_{s}_in1k" for s in ("graph", "importance", "random", "uniform",
+                                                                       "upcycle")]
+    assert resolve_config("table1_vit_t_jetpack_cifar100") == PACKAGED / "table1_vit_t_jetpack_cifar100.yaml"
+    assert resolve_config("modern_dinov2_b14_s14_cifar100.yaml").parent == PACKAGED / "modern"
+    monkeypatch.chdir(tmp_path)  # a file of the same name in the working directory wins: a path is a path
+    (tmp_path / "table1_vit_t_jetpack_cifar100.yaml").write_text("name: mine\n")
+    assert resolve_config("table1_vit_t_jetpack_cifar100.yaml") == Path("table1_vit_t_jetpack_cifar100.yaml")
+    assert load_config("table1_vit_t_jetpack_cifar100").name == "table1_vit_t_jetpack_cifar100"
+    typo = r"does not exist, nor is 'table1_vit_t_jetpack_cifar10' a packaged config \(similar: table1_vit_t_jetpack_c"
+    with pytest.raises(UserError, match=typo):
+        load_config("configs/table1_vit_t_jetpack_cifar10.yaml")
+
+
+def test_a_config_run_on_other_data_is_named_after_it_and_says_it_is_not_a_paper_setting():
+    own = load_config("table1_vit_t_jetpack_flowers")
+    assert own.name == "table1_vit_t_jetpack_flowers" and "Paper top-1: 95.4" in own.description
+    moved = load_config("table1_vit_t_jetpack_flowers", ["data.dataset=folder:/home/someone/my pets/"])
+    assert moved.name == "my-pets_table1_vit_t_jetpack_flowers"
+    assert "Paper top-1" not in moved.description and "not a paper setting" in moved.description
+    assert "folder:my pets" in moved.description and "/home" not in moved.description
+    named = load_config("table1_vit_t_jetpack_flowers", ["data.dataset=cifar10", "name=mine"])
+    assert named.name == "mine" and "not a paper setting" in named.description
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGED / "modern").glob("*.yaml")), ids=lambda p: p.stem)
 def test_modern_configs_load_and_derive_their_successor(path):
     """Each modern recipe passes the schema and names its sources: model.name auto with model.init recycle, the
     predecessor from timm's hub, and (where the family has a smaller checkpoint) the dense part's timm name."""
@@ -145,7 +174,7 @@ def test_readme_recycle_commands_match_the_configs():
 
 def test_v_jetmoe_s_configs_exist_with_the_papers_numbers():
     for dataset, top1 in (("cifar100", 89.9), ("in1k", 82.4)):
-        cfg = raw(CONFIGS / f"table4_vjetmoe_s_{dataset}.yaml")
+        cfg = raw(PACKAGED / f"table4_vjetmoe_s_{dataset}.yaml")
         assert cfg["model"]["name"] == "vjetmoe_small_patch16_224"
         assert cfg["recycle"]["predecessor"] == "vit_base_patch16_224.augreg_in21k"
         assert cfg["recycle"]["dense_checkpoint"] == "checkpoints/vit_small_patch16_224.augreg_in21k.safetensors"

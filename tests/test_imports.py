@@ -18,13 +18,13 @@ PACKAGE = SRC / "moejet"
 # lower number = lower layer; a module may import only from its own or a lower layer (longest matching prefix)
 LAYERS = {
     "moejet.errors": 0, "moejet.variants": 0, "moejet.options": 0, "moejet.malloc": 0, "moejet.device": 0,
-    "moejet.io.files": 0,
+    "moejet.io.files": 0, "moejet.configs": 0,
     "moejet.layers": 1,
     "moejet.models": 2,
     "moejet.io.weights": 3, "moejet.io": 3, "moejet.data": 3,
     "moejet.recycle": 4, "moejet.analysis": 4,
     "moejet.train": 5,
-    "moejet.io.hub": 6, "moejet.io.export": 6, "moejet.io.convert": 6, "moejet.demo": 6,
+    "moejet.io.hub": 6, "moejet.io.export": 6, "moejet.io.convert": 6, "moejet.demo": 6, "moejet.predict": 6,
     "moejet.cli": 7, "moejet.__main__": 7,
 }
 EXEMPT = {"moejet"}  # the package root re-exports the public API

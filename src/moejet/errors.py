@@ -12,3 +12,8 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str = "interrupted", signum: int = 2) -> None:  # 2: SIGINT
         super().__init__(message)
         self.signum = signum
+
+
+def first_line(err: BaseException) -> str:
+    """``err``'s message for a one-line error: its first non-empty line, whole (a message is never cut mid-word)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), "")

@@ -199,6 +199,13 @@ ROWS = [
     (["convert", "{pickle}", "--out", "{out}/m.safetensors"], "evil.pth"),
     # models
     (["models", "vit_gigantic"], "vit_gigantic"),
+    # configs
+    (["configs", "table9_*"], "no packaged config matches 'table9_*'"),
+    # predict
+    (["predict", "--model", "{model}", "{text}"], "has no class names"),
+    (["predict", "--model", "{model}", "{empty_dir}"], "holds no images"),
+    (["predict", "--model", "local-dir:{missing}", "{text}"], "no such folder"),
+    (["predict", "--run", "{empty_dir}", "{text}"], "is not a moejet run directory"),
     # the program itself
     (["frobnicate"], "invalid choice"),
 ]

@@ -1,13 +1,12 @@
 """The global-batch sampler: every step is exactly the global batch, split over any number of processes."""
 
-from pathlib import Path
-
 import pytest
 
+from moejet.configs import PACKAGED_DIR
 from moejet.data.sampler import GlobalBatchSampler, shares, split
 from moejet.train.config import batch_plan, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted(PACKAGED_DIR.glob("*.yaml"))
 PROCESSES = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -92,3 +93,27 @@ def test_onnx_without_its_packages_says_what_to_install(tmp_path, capsys, monkey
     monkeypatch.setattr(export, "_importable", lambda module: module != "onnxruntime")
     assert main(["export", str(path), "--format", "onnx"]) == 2
     assert "--format onnx needs onnxruntime: pip install 'moe-jetpack[export]'" in capsys.readouterr().err
+
+
+def read_metadata_of(fmt, path):
+    """The metadata an exported file carries, read back with each format's own loader."""
+    if fmt == "export":
+        extra = {"label_names": "", "moejet.model": ""}
+        torch.export.load(path, extra_files=extra)
+        return extra
+    if fmt == "torchscript":
+        extra = {"label_names": "", "moejet.model": ""}
+        torch.jit.load(str(path), _extra_files=extra)
+        return {k: v.decode() for k, v in extra.items()}  # TorchScript gives bytes
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])  # ONNX writes metadata_props the same way (15 s more)
+def test_exported_files_carry_the_class_names_of_their_run(folder_run, tmp_path, capsys, fmt):
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(folder_run["run"] / "last.safetensors"), "--format", fmt, "--out", str(out)]) == 0
+    metadata = read_metadata_of(fmt, out)
+    assert json.loads(metadata["label_names"]) == ["blue", "green", "red"]
+    assert metadata["moejet.model"] == "vjetmoe_tiny_patch16_224"

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,6 +17,8 @@ from timm.models import save_for_hf
 import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 from moejet.io.weights import save_model
+from moejet.train.build import data_settings
+from moejet.train.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +67,58 @@ def test_publish_out_round_trips_through_timm_local_dir(vit_kw, tiny_moe, tmp_pa
     assert f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M" in card
 
 
-def test_publish_a_recycled_file_names_its_source(vit_kw, tmp_path, capsys):
+@pytest.mark.parametrize("header, origin", [
+    ({"moejet.recycle.predecessor": "vit_small_patch16_224.augreg_in21k", "moejet.recycle.pretrained": "true",
+      "moejet.recycle.dense_checkpoint": "false"},
+     "the experts from timm's `vit_small_patch16_224.augreg_in21k`, downloaded from the Hugging Face Hub; the other "
+     "layers cut from the same predecessor"),
+    ({"moejet.recycle.predecessor": "vit_small_patch16_224.augreg_in21k", "moejet.recycle.pretrained": "false",
+      "moejet.recycle.dense_checkpoint": "true"},
+     "the experts from a local checkpoint (a `vit_small_patch16_224`); the other layers from a local checkpoint"),
+    ({"moejet.recycle.predecessor": "vit_small_patch16_224"},  # a file written before the source was recorded
+     "the experts from a `vit_small_patch16_224` (whether from the Hub or a local file is not recorded)"),
+], ids=["hub", "local", "unrecorded"])
+def test_publish_a_recycled_file_says_where_its_weights_came_from(vit_kw, tmp_path, capsys, header, origin):
     model = timm.create_model("vjetmoe_tiny_patch16_224", **vit_kw)
     path = tmp_path / "model.safetensors"
     save_model(model, path, "vjetmoe_tiny_patch16_224", vit_kw, metadata={
-        "moejet.recycle.predecessor": "vit_small_patch16_224", "moejet.recycle.strategy": "importance",
-        "moejet.recycle.seed": "0"})
+        "moejet.recycle.strategy": "importance", "moejet.recycle.seed": "0", **header})
     assert main(["publish", str(path), "--out", str(tmp_path / "pub"), "--no-macs"]) == 0
     card = (tmp_path / "pub" / "README.md").read_text()
-    assert "recycled from `vit_small_patch16_224` with strategy `importance` (seed 0)" in card
+    assert "- initial weights: recycled with strategy `importance` (seed 0): " + origin + "\n" in card
     assert "MACs" not in card and "## Results" not in card
+
+
+def test_the_card_of_a_locally_recycled_run_names_no_hub_model_and_no_path(folder_run, tmp_path, capsys):
+    """The issue's case: recycled from a local file named like timm's Hub model, fine-tuned on a folder."""
+    out = tmp_path / "published"
+    assert main(["publish", str(folder_run["run"]), "--out", str(out), "--no-macs"]) == 0
+    card = (out / "README.md").read_text()
+    assert "the experts from a local checkpoint (a `vit_small_patch16_224`)" in card
+    assert "augreg" not in card and "Hugging Face Hub" not in card  # no Hub name: nothing was downloaded
+    assert "fine-tuned on: `folder:my photos` at 32 px" in card
+    for path in (folder_run["data"], folder_run["predecessor"], folder_run["run"], tmp_path, Path.home()):
+        assert str(path) not in card
+    assert not re.search(r"(?<![\w:/.])/[\w.-]+/", card), "an absolute path in the card"
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"] == ["blue", "green", "red"]  # folder names, in label order (sorted)
+    assert "- classes (3, `label_names` in config.json): `blue`, `green`, `red`" in card
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert loaded.pretrained_cfg["label_names"] == ["blue", "green", "red"]
+    settings = data_settings(load_config(folder_run["run"] / "config.yaml"), loaded)  # the run's validation images'
+    assert {k: loaded.pretrained_cfg[k] for k in settings} == {**settings, "input_size": (3, 32, 32)}
+
+
+def test_published_files_are_shared_0644_and_0755_under_umask_022(vit_kw, tmp_path, capsys):
+    run, _ = make_run(tmp_path, vit_kw)
+    old = os.umask(0o022)
+    try:
+        assert main(["publish", str(run), "--out", str(tmp_path / "pub"), "--no-macs"]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "pub", *(tmp_path / "pub").iterdir())}
+    assert modes == {"pub": 0o755, "README.md": 0o644, "config.json": 0o644, "model.safetensors": 0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pub", "run"]  # no temporary folder left
 
 
 def test_publish_repo_id_uploads_the_folder(vit_kw, tmp_path, capsys, monkeypatch):

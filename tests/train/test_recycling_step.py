@@ -89,7 +89,8 @@ def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(tiny_config, wr
     from moejet.io.hub import describe
 
     assert describe(run / "last.safetensors", run)["recycle"] == {"predecessor": "vit_small_patch16_224",
-                                                                 "strategy": "importance", "seed": "3"}
+                                                                 "strategy": "importance", "seed": "3",
+                                                                 "from_hub": False, "dense_checkpoint": False}
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["init"] == "recycle" and saved["recycle"]["seed"] == 3
     assert "recycle" not in yaml.safe_load(_dump(from_file))  # other inits keep their config.yaml as before

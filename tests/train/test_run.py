@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
@@ -14,22 +13,10 @@ from moejet.cli import main
 from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint, read_metadata
 from moejet.train import build, load_config, train
-from moejet.train.evaluation import BEST_NOTE
+from moejet.train.evaluation import best_note
 from moejet.train.telemetry import routing_telemetry
 
-
-def colour_folder(root, per_class=24, val_per_class=12, size=32):
-    """3 classes told apart by their dominant colour channel, under noise: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", val_per_class)):
-        for c in range(3):
-            (root / split / f"c{c}").mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.uniform(0, 120, (size, size, 3))
-                pixels[..., c] += 120
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
-    return root
-
+from ..helpers.images import colour_folder
 
 # ------------------------------------------------------------------------------------------- full runs
 
@@ -41,7 +28,10 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, c
     metrics = train(config, run, progress=False)
 
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.safetensors", "checkpoint.json", "checkpoints", "config.yaml", "last.safetensors", "metrics.jsonl"]
+        "best.safetensors", "checkpoint.json", "checkpoints", "classes.json", "config.yaml", "last.safetensors",
+        "metrics.jsonl"]
+    assert json.loads((run / "classes.json").read_text()) == {"dataset": "folder:colours", "label_names": [
+        "c0", "c1", "c2"]}  # the folder's name, not its path
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(metrics))
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [9, 18]
@@ -82,10 +72,12 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, c
     result = json.loads((run / "eval.json").read_text())
     assert result["top1"] == pytest.approx(rows[-1]["val_top1"]) and result["images"] == 36
     assert result["which"] == "last" and "note" not in result
-    # the best epoch was chosen on the val (= official test) split: its result says so
+    # the best epoch was chosen on the split it is scored on: its result names that split as it is
+    note = "best epoch selected on the val split (the images of folder:colours/val): not a held-out result"
+    assert best_note(f"folder:{data}") == note and "official test split" in best_note("cifar100")
     assert main(["eval", "--run", str(run), "--which", "best", "--out", str(tmp_path / "run_best.json")]) == 0
-    assert capsys.readouterr().out.rstrip().endswith(f"[{BEST_NOTE}]")
-    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == BEST_NOTE
+    assert capsys.readouterr().out.rstrip().endswith(f"[{note}]")
+    assert json.loads((tmp_path / "run_best.json").read_text())["note"] == note
     # any checkpoint file on a config's dataset
     assert main(["eval", "--checkpoint", str(run / "best.safetensors"), "--config", str(run / "config.yaml"),
                  "--out", str(tmp_path / "best.json")]) == 0

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from ..errors import Interrupted, UserError
 from ..malloc import keep_freed_memory
 
-COMMANDS = ("models", "recycle", "train", "eval", "analyze", "demo", "publish", "export", "convert")
+COMMANDS = ("models", "configs", "recycle", "train", "eval", "predict", "analyze", "demo", "publish", "export",
+            "convert")
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error, never a user's
 
 
@@ -72,12 +73,13 @@ def run(argv: list[str] | None = None, program: bool = False) -> int:
         return 0
     try:
         with sigterm_interrupts():
-            import torch
+            if not getattr(args, "light", False):  # a light subcommand (moejet configs) builds no model
+                import torch
 
-            from .. import models  # noqa: F401  (registers the models with timm: the subcommands build them by name)
+                from .. import models  # noqa: F401  (registers the models with timm: subcommands build them by name)
 
-            if program and not torch.cuda.is_available():  # CPU runs: a GPU run's host memory is not its hot path
-                keep_freed_memory()
+                if program and not torch.cuda.is_available():  # CPU runs: a GPU run's host memory is not its hot path
+                    keep_freed_memory()
             return int(args.func(args) or 0)
     except UserError as err:
         print(f"moejet {args.command}: error: {err}", file=sys.stderr)

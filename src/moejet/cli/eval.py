@@ -20,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (e.g. --set data.root=/data)")
     e.add_argument("--which", choices=("best", "last"), default="last",
-                   help="checkpoint of the run (default last; best is selected on the val split, which for our "
-                   "datasets is the official test split)")
+                   help="checkpoint of the run (default last; best is selected on the val split it is scored on: "
+                   "for torchvision datasets their official test split, for folder:PATH its val/ images)")
     e.add_argument("--batch-size", type=integer(1), help="images per process and batch")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the config's train.device")
     e.add_argument("--out", type=Path, help="eval.json path (default: RUN_DIR/eval.json or next to --checkpoint)")

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model from a YAML config into a run directory. Under torchrun every process "
                     "joins one process group; train.batch_size stays the global batch whatever the process count.",
     )
-    p.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("--config", type=Path, metavar="NAME|FILE",
+                   help="a packaged config by name (moejet configs lists them) or a YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=1e-3 --set model.kwargs.depth=6 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<config name>)")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.extend is not None:
         raise UserError("--extend lengthens a resumed run: use it with --resume RUN_DIR --set schedule.epochs=N")
     if args.config is None:
-        raise UserError("give --config FILE (see configs/) or --resume RUN_DIR")
+        raise UserError("give --config NAME|FILE (moejet configs lists the packaged names) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(config), end="")

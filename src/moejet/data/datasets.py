@@ -93,6 +93,39 @@ def _parse_synthetic_options(name: str, text: str) -> dict[str, int]:
     return options
 
 
+def dataset_label(spec: str) -> str:
+    """The dataset's public name: ``folder:PATH`` as ``folder:<its folder name>`` (no path of this machine),
+    ``synthetic`` as ``synthetic-downstream``, other specs as they are."""
+    name, options = parse_dataset_spec(spec)
+    if name == "folder":
+        return f"folder:{Path(options['path']).expanduser().resolve().name or 'root'}"
+    return str(spec).strip() if name != "synthetic-downstream" or ":" in str(spec) else name
+
+
+def val_split_name(spec: str) -> str:
+    """What our ``val`` split of ``spec`` is, in words (see the module docstring's splits)."""
+    name, _ = parse_dataset_spec(spec)
+    if name in TORCHVISION:
+        return f"{name}'s official test split"
+    if name == "imagenet":
+        return "ImageNet's official validation set"
+    if name == "folder":
+        return f"the images of {dataset_label(spec)}/val"
+    return f"the {name} val images"
+
+
+def class_names(dataset: torch.utils.data.Dataset) -> list[str] | None:
+    """The dataset's class names in label order (folder names, torchvision's and the synthetic data's ``classes``;
+    the first part's for a concatenation), or None when it has none."""
+    if isinstance(dataset, torch.utils.data.ConcatDataset):
+        dataset = dataset.datasets[0]
+    if isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None and len(names) == getattr(dataset, "num_classes", len(names)) \
+        else None
+
+
 def default_root(name: str) -> Path:
     """``$MOEJET_DATA/<name>`` if the variable is set, else ``~/.cache/moejet/data/<name>``."""
     base = os.environ.get("MOEJET_DATA")
@@ -181,7 +214,7 @@ def _open_torchvision(name: str, root: Path, split: str, transform: Callable | N
 
 # --- class-per-folder trees (ImageNet, folder:PATH) -------------------------------------------------------
 
-_LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on bad files
+LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -217,7 +250,7 @@ class ImageFolderSkipUnreadable(tvd.ImageFolder):
                 continue
             try:
                 image = load_rgb(path)
-            except _LOAD_ERRORS as err:
+            except LOAD_ERRORS as err:
                 self._record_unreadable(path, err)
                 bad.add(path)
                 continue
@@ -262,6 +295,6 @@ def find_unreadable(dataset: ImageFolderSkipUnreadable) -> list[str]:
     for path, _ in dataset.samples:
         try:
             load_rgb(path)
-        except _LOAD_ERRORS:
+        except LOAD_ERRORS:
             bad.append(path)
     return bad

@@ -7,6 +7,7 @@ no file is left behind. The batch dimension is dynamic in all three formats.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -16,12 +17,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..models.common import input_size_of
 from ..options import EXPORT_FORMATS
 from .files import atomic_output
+from .labels import read_labels
 from .weights import build_from_checkpoint
 
+LABELS_KEY = "label_names"  # the exported file's metadata key of the class names, as timm's config.json names them
 TRACE_BATCH, CHECK_BATCH = 2, 3
 
 
@@ -30,10 +33,10 @@ def _batch_dim() -> dict[int, Any]:
 
 
 # through file objects: given a path, torch.export warns unless its name ends in .pt2 (atomic_output's ends in .tmp)
-def write_export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_export(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     program = torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),))
     with open(path, "wb") as f:
-        torch.export.save(program, f)
+        torch.export.save(program, f, extra_files=metadata)  # torch.export.load(f, extra_files=...) reads them
 
 
 def run_export(path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -41,15 +44,17 @@ def run_export(path: Path, images: torch.Tensor) -> torch.Tensor:
         return torch.export.load(f).module()(images)
 
 
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     optimizer_log = logging.getLogger("onnxscript")  # its warnings name constant folds it skips: not the user's to fix
     level = optimizer_log.level
     optimizer_log.setLevel(logging.ERROR)
     try:
-        torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=(_batch_dim(),),
-                          input_names=["images"], output_names=["logits"], external_data=False, verbose=False)
+        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=(_batch_dim(),),
+                                    input_names=["images"], output_names=["logits"], verbose=False)
     finally:
         optimizer_log.setLevel(level)
+    program.model.metadata_props.update(metadata)  # the ONNX model's metadata_props
+    program.save(str(path), external_data=False)
 
 
 def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,7 @@ def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
 
 
-def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
     # torch.jit.script does not compile timm's ViT; tracing records the eval-mode graph, whose shapes
     # depend on the batch only through tensor ops, so the traced module accepts any batch size (tested).
     entmax = [name for name, m in model.named_modules() if getattr(m, "combine", None) == "entmax15"]
@@ -69,7 +74,7 @@ def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit.trace's deprecation notice
-        torch.jit.trace(model, example, check_trace=False).save(str(path))
+        torch.jit.trace(model, example, check_trace=False).save(str(path), _extra_files=metadata)
 
 
 def run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
@@ -94,6 +99,16 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def export_metadata(checkpoint: str | os.PathLike, name: str, num_classes: int) -> dict[str, str]:
+    """What travels in an exported file besides the graph: the timm model name and, where the checkpoint's run
+    recorded them for this head, the class names (JSON list, logit order) under :data:`LABELS_KEY`."""
+    labels = read_labels(checkpoint)
+    metadata = {"moejet.model": name}
+    if labels is not None and len(labels) == num_classes:
+        metadata[LABELS_KEY] = json.dumps(labels)
+    return metadata
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "export",
                       atol: float = 1e-4, img_size: int | None = None, seed: int = 0) -> float:
     """Write ``checkpoint`` (a moejet safetensors file) to ``out`` in format ``fmt``; returns the max abs
@@ -103,7 +118,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
         raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     if fmt == "onnx":
         _check_onnx_installed()
-    model = build_from_checkpoint(checkpoint)[0].eval()
+    model, name, _ = build_from_checkpoint(checkpoint)
+    model.eval()
     size = input_size_of(model)
     if img_size is not None:
         size = (size[0], img_size, img_size)
@@ -115,12 +131,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt
     with torch.no_grad(), atomic_output(out) as tmp:
         expected = model(images)
         try:
-            write(model, example, tmp)
+            write(model, example, tmp, export_metadata(checkpoint, name, model.num_classes))
             got = run(tmp, images)
         except UserError:
             raise
         except Exception as err:  # exporters raise many types; report which step failed and why
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            first = first_line(err)
             raise UserError(f"{fmt} export of {checkpoint} failed ({type(err).__name__}: {first})") from err
         difference = (got.float() - expected.float()).abs().max().item()
         if not difference <= atol:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,30 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary directory next to ``path`` (absent or empty) to fill; on success its files get the
+    usual permissions (0666 / 0777 less the umask: ``mkdtemp`` makes a private 0700 folder) and it is renamed to
+    ``path``, else it is deleted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        mask = _umask()
+        for entry in (tmp, *tmp.rglob("*")):
+            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~mask)
+            if entry.is_file():
+                fsync_path(entry)
+        if path.exists():
+            path.rmdir()  # empty (the caller checked): a non-empty one fails here, and nothing is replaced
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

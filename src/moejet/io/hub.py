@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,16 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from ..errors import UserError
+from ..data.datasets import dataset_label
+from ..errors import UserError, first_line
 from ..recycle.output import REPORT_FILE
 from ..train.checkpointing import BEST, CONFIG_FILE, LAST, METRICS_FILE
 from ..train.recycling_step import RECYCLE_DIR
-from .files import plain_json
+from .files import atomic_directory, plain_json
+from .labels import read_labels
 from .weights import build_from_checkpoint, read_metadata
 
 WEIGHTS_FILES = (LAST, BEST)  # a run directory's weights, in order of preference
-RECYCLE_KEYS = ("moejet.recycle.predecessor", "moejet.recycle.strategy", "moejet.recycle.seed")
 
 
 def jsonable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -53,9 +53,12 @@ def resolve_source(source: str | os.PathLike) -> tuple[Path, Path | None]:
 
 
 def describe(weights: Path, run_dir: Path | None) -> dict[str, Any]:
-    """What the model card says: model, kwargs, recycling, recipe and metrics (missing parts are omitted)."""
+    """What the model card says: model, kwargs, where the weights came from, recipe and metrics (missing parts are
+    omitted). ``recycle``: ``predecessor`` (timm name), ``from_hub`` (True: timm's Hub download, False: a local
+    file, None: not recorded), ``dense_checkpoint`` (the other layers from a local file), ``strategy``, ``seed``."""
     meta = read_metadata(weights)
-    info: dict[str, Any] = {"recycle": {k.rsplit(".", 1)[1]: meta[k] for k in RECYCLE_KEYS if k in meta}}
+    info: dict[str, Any] = {"recycle": _recycle_source(
+        {k.removeprefix("moejet.recycle."): v for k, v in meta.items() if k.startswith("moejet.recycle.")})}
     if "moejet.epoch" in meta:
         info["epoch"] = int(meta["moejet.epoch"])
     if run_dir is not None:
@@ -73,8 +76,39 @@ def describe(weights: Path, run_dir: Path | None) -> dict[str, Any]:
         if recycle_report.is_file():
             report = json.loads(recycle_report.read_text())
             info["recycle"] = {"predecessor": report["predecessor"]["name"], "strategy": report["strategy"],
-                               "seed": str(report["seed"]), **info["recycle"]}
+                               "seed": str(report["seed"]), "from_hub": bool(report["predecessor"].get("pretrained")),
+                               "dense_checkpoint": report.get("dense_checkpoint") is not None}
     return info
+
+
+def _recycle_source(header: dict[str, str]) -> dict[str, Any]:
+    """The recycling keys of a recycled file's header (:func:`moejet.recycle.output.write_outputs`); files written
+    before the source was recorded have ``from_hub`` None."""
+    if not header:
+        return {}
+    out: dict[str, Any] = {k: header[k] for k in ("predecessor", "strategy", "seed") if k in header}
+    out["from_hub"] = json.loads(header["pretrained"]) if "pretrained" in header else None
+    out["dense_checkpoint"] = json.loads(header["dense_checkpoint"]) if "dense_checkpoint" in header else None
+    return out
+
+
+def weights_origin(info: dict[str, Any]) -> str | None:
+    """Where the initial weights came from, as recorded: a Hub name only for timm's Hub downloads, else "a local
+    checkpoint" (never its path); None when nothing is recorded."""
+    recycle = info.get("recycle") or {}
+    if recycle:
+        name = recycle.get("predecessor", "?")
+        architecture = name.split(".")[0]
+        source = {True: f"timm's `{name}`, downloaded from the Hugging Face Hub",
+                  False: f"a local checkpoint (a `{architecture}`)",
+                  None: f"a `{architecture}` (whether from the Hub or a local file is not recorded)"}
+        rest = {True: "; the other layers from a local checkpoint", None: "",
+                False: "; the other layers cut from the same predecessor"}[recycle.get("dense_checkpoint")]
+        return (f"recycled with strategy `{recycle.get('strategy', '?')}` (seed {recycle.get('seed', '?')}): the "
+                f"experts from {source[recycle.get('from_hub')]}{rest}")
+    model = (info.get("config") or {}).get("model") or {}
+    return {"pretrained": f"timm's `{model.get('name')}` pretrained weights, downloaded from the Hugging Face Hub",
+            "checkpoint": "a local checkpoint", "scratch": "random initialisation"}.get(model.get("init"))
 
 
 def model_card(name: str, kwargs: dict[str, Any], info: dict[str, Any], params: int, macs: int | None,
@@ -95,20 +129,24 @@ def model_card(name: str, kwargs: dict[str, Any], info: dict[str, Any], params: 
     ]
     if macs is not None:
         lines.append(f"- MACs per image: {macs / 1e9:.2f} G (torch FlopCounterMode, routing included)")
-    recycle = info.get("recycle") or {}
-    if recycle:
-        lines.append(f"- initial weights: recycled from `{recycle.get('predecessor', '?')}` with strategy "
-                     f"`{recycle.get('strategy', '?')}` (seed {recycle.get('seed', '?')})")
+    origin = weights_origin(info)
+    if origin:
+        lines.append(f"- initial weights: {origin}")
     config = info.get("config") or {}
     if config:
         data, schedule, optim, train = (config.get(k) or {} for k in ("data", "schedule", "optim", "train"))
+        dataset = dataset_label(data["dataset"]) if data.get("dataset") else "?"
         lines += [
-            f"- fine-tuned on: `{data.get('dataset', '?')}` at {data.get('img_size', '?')} px, "
+            f"- fine-tuned on: `{dataset}` at {data.get('img_size', '?')} px, "
             f"{schedule.get('epochs', '?')} epochs, global batch {train.get('batch_size', '?')}, "
             f"lr {optim.get('lr', '?')}, layer decay {optim.get('layer_decay')}, "
             f"recipe variant `{config.get('variant', 'paper')}`",
         ]
     metrics, best = info.get("metrics"), info.get("best_metrics")
+    labels = info.get("label_names")
+    if labels:
+        shown = ", ".join(f"`{n}`" for n in labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
+        lines.append(f"- classes ({len(labels)}, `label_names` in config.json): {shown}")
     if metrics:
         lines += ["", "## Results", "", "| weights | epoch | top-1 | top-5 |", "| --- | --- | --- | --- |",
                   f"| published (last epoch) | {metrics.get('epoch')} | {metrics.get('val_top1', float('nan')):.2f} "
@@ -131,7 +169,9 @@ def model_card(name: str, kwargs: dict[str, Any], info: dict[str, Any], params: 
 
 def write_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None,
                  macs: bool = True) -> Path:
-    """Write ``out`` (config.json, model.safetensors, README.md) for ``source``; atomic: all files or none."""
+    """Write ``out`` (config.json, model.safetensors, README.md) for ``source``; atomic: all files or none, with the
+    usual permissions (a published folder is meant to be shared). config.json carries the class names
+    (``label_names``) and, for a run, the preprocessing its validation used."""
     from timm.models import save_for_hf
 
     from ..analysis.cost import count_macs, count_params
@@ -145,19 +185,32 @@ def write_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str
         raise UserError(f"--out {out} exists and is not an empty directory: pass a new directory")
     model.eval()
     mac_count = count_macs(model, input_size_of(model))[0] if macs else None
-    card = model_card(name, kwargs, describe(weights, run_dir), count_params(model), mac_count, repo_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_for_hf(model, tmp, model_args=kwargs, safe_serialization=True)
+    info = describe(weights, run_dir)
+    labels = read_labels(weights)
+    if labels is not None and len(labels) != model.num_classes:
+        labels = None  # recorded for another head (e.g. a recycled 1000-class file next to a run's classes.json)
+    info["label_names"] = labels
+    card = model_card(name, kwargs, info, count_params(model), mac_count, repo_id)
+    with atomic_directory(out) as tmp:
+        save_for_hf(model, tmp, model_config={"label_names": labels} if labels else None, model_args=kwargs,
+                    safe_serialization=True, data_config=_data_config(info, model))
         (tmp / "README.md").write_text(card)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+def _data_config(info: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """The run's validation preprocessing (:func:`moejet.train.build.data_settings`), for timm's config.json."""
+    config = info.get("config")
+    if not config:
+        return None
+    from ..train.build import data_settings
+    from ..train.config import config_from_dict
+
+    try:
+        settings = data_settings(config_from_dict({k: config[k] for k in ("data",) if k in config}), model)
+    except UserError:  # a config this moejet cannot read: timm's defaults for the model
+        return None
+    return {**settings, "input_size": list(settings["input_size"])}
 
 
 def push(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
@@ -172,7 +225,7 @@ def push(folder: str | os.PathLike, repo_id: str, private: bool = False, token: 
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
                                  commit_message=commit_message, repo_type="model")
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"upload to {repo_id} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        raise UserError(f"upload to {repo_id} failed ({type(err).__name__}: {first_line(err)}); "
                         "check your token (huggingface-cli login) and network, or use --out DIR") from None
     return str(getattr(info, "commit_url", info))
 

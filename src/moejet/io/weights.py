@@ -19,7 +19,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .files import atomic_output, plain_json
 
 MODEL_KEY, KWARGS_KEY = "moejet.model", "moejet.model_kwargs"
@@ -108,7 +108,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([(Inert, name) for name in unsafe]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything; every case is the user's file)
-        msg = str(err).splitlines()[0][:200] if str(err) else ""
+        msg = first_line(err)
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); "
             "it may be truncated or not a weights file: re-create or re-download it"
@@ -150,7 +150,7 @@ def load_state_dict(path: str | os.PathLike, weights: str = "model") -> dict[str
         try:
             obj = load_file(str(path))
         except Exception as err:  # noqa: BLE001
-            msg = str(err).splitlines()[0][:200] if str(err) else ""
+            msg = first_line(err)
             raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); it may be truncated: "
                             "re-create or re-download it") from None
     else:

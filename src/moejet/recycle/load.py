@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..io.download import create_pretrained
 from ..io.weights import (
     KWARGS_KEY,
     MODEL_KEY,
@@ -30,6 +31,7 @@ from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
 
 NUMPY_SUFFIXES = (".npz", ".npy")
+PREDECESSOR_FILE_HINT = "--predecessor-checkpoint FILE (instead of --pretrained)"  # moejet recycle's flags
 
 
 def _create(name: str, role: str, **kwargs: Any) -> nn.Module:
@@ -64,7 +66,7 @@ def _load_numpy(model: nn.Module, path: Path, source: str) -> None:
         timm.models.load_checkpoint(model, str(path))
     except (KeyError, RuntimeError, ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f"{source} does not match the model architecture or is damaged "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); check the model name and its "
+                        f"({type(err).__name__}: {first_line(err)}); check the model name and its "
                         "arguments") from None
 
 
@@ -127,15 +129,7 @@ def load_predecessor(name: str | None, checkpoint: str | os.PathLike | None = No
         raise UserError("the predecessor needs weights: pass --predecessor-checkpoint FILE or --pretrained")
     if pretrained:
         _create(name, "predecessor", **kwargs)  # a bad name or argument is reported as such, not as a download error
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except Exception as err:  # noqa: BLE001  (hub / URL errors come in many types)
-            raise UserError(
-                f"cannot fetch timm's pretrained weights for {name} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:160] if str(err) else ''}): connect to the internet, or download the "
-                "weights and pass --predecessor-checkpoint FILE"
-            ) from None
-        return model.eval()
+        return create_pretrained(name, PREDECESSOR_FILE_HINT, **kwargs).eval()
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: check the path")

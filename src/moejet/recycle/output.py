@@ -41,7 +41,10 @@ def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report
     created = not out.exists()
     model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
     metadata = {"moejet.recycle.strategy": report["strategy"], "moejet.recycle.seed": str(report["seed"]),
-                "moejet.recycle.predecessor": str(report["predecessor"]["name"])}
+                "moejet.recycle.predecessor": str(report["predecessor"]["name"]),
+                # where the weights came from, for model cards: timm's Hub download or a local file (never its path)
+                "moejet.recycle.pretrained": json.dumps(bool(report["predecessor"].get("pretrained"))),
+                "moejet.recycle.dense_checkpoint": json.dumps(report.get("dense_checkpoint") is not None)}
     try:
         save_model(state, model_path, successor, successor_kwargs, metadata)
         with atomic_output(report_path) as tmp:

@@ -16,6 +16,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from ..errors import UserError
+from ..io.download import create_pretrained
 from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata, timm_layout
 from ..models import moe_modules
 from ..models.common import BUILD_ERRORS
@@ -107,17 +108,8 @@ def build_model(config: Config, num_classes: int,
     name, kwargs = model_kwargs(config, num_classes)
     m = config.model
     if m.init == "pretrained":
-        try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
-        except UserError:
-            raise
-        except Exception as err:  # offline hub, no weights for this tag, ...
-            raise UserError(
-                f"cannot load timm's pretrained weights for {name!r} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:160] if str(err) else ''}): on an offline machine download the "
-                "checkpoint elsewhere and set model.init=checkpoint model.init_checkpoint=FILE"
-            ) from None
-        return model, name, kwargs
+        how = "--set model.init=checkpoint --set model.init_checkpoint=FILE"
+        return create_pretrained(name, how, **kwargs), name, kwargs
     init_file = None
     if m.init == "recycle":
         if run_dir is None:

@@ -55,7 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io.files import atomic_output, write_json
 from ..io.weights import build_from_checkpoint, read_metadata, save_model
 from .config import Config, load_config
@@ -116,7 +116,7 @@ def load_sharded(path: Path, state_dict: dict[str, Any]) -> None:
     try:
         dcp.load(state_dict, checkpoint_id=path)
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}): resume "
+        raise UserError(f"{path} cannot be read ({type(err).__name__}: {first_line(err)}): resume "
                         "with the same model and optimizer, or restore the directory") from None
 
 
@@ -247,7 +247,7 @@ def host_copy(obj: Any) -> Any:
 
 def _write_error(run_dir: Path, target: Path, err: Exception, previous: dict[str, Any] | None) -> UserError:
     reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else \
-        f"{str(err).splitlines()[0][:160]}: is the disk full or a file-size limit reached?"
+        f"{first_line(err)}: is the disk full or a file-size limit reached?"
     kept = f"epoch {previous['epoch']}" if previous else "nothing yet"
     if previous and "recovery" in previous:
         kept += f" + {previous['recovery']['step_in_epoch']} steps"
@@ -459,7 +459,7 @@ def load_run_state(ts: TrainState) -> tuple[dict[str, Any], list[dict[str, Any]]
             ema.load_state_dict(payload["ema"])
     except (ValueError, KeyError, RuntimeError) as err:
         raise UserError(f"{run_dir / entry['state']} does not match the run's config ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:160]}): resume without changing the model or optimizer") from None
+                        f"{first_line(err)}): resume without changing the model or optimizer") from None
     recovery = None
     if "recovery" in pointer:
         recovery = {k: payload[k] for k in ("step_in_epoch", "rng", "loss_sums", "layout", "elapsed_s")}

@@ -10,6 +10,7 @@ Learning rate: ``optim.lr`` when given, else ``optim.base_lr * train.batch_size 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -204,12 +205,16 @@ class Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``key.sub=value`` overrides, validate."""
+    """Read a YAML config (a file, or a packaged config by name: :func:`moejet.configs.resolve_config`; the defaults
+    when ``path`` is None), apply ``key.sub=value`` overrides, validate.
+
+    A config whose ``data.dataset`` an override changes is another experiment: unless ``name`` is overridden too,
+    it is named after the data and its description says whose recipe it runs (:func:`renamed_for_data`)."""
+    from ..configs import resolve_config
+
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist: check the path (the configs live in configs/)")
+        path = resolve_config(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -217,9 +222,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"config file {path} is not valid YAML ({reason}): fix its syntax") from None
         if not isinstance(raw, dict):
             raise UserError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    dataset, name, description = _dataset_of(raw), raw.get("name"), raw.get("description")
     for item in overrides:
         apply_override(raw, item)
+    new_dataset = _dataset_of(raw)
+    if path is not None and isinstance(dataset, str) and isinstance(new_dataset, str) and new_dataset != dataset:
+        with contextlib.suppress(UserError):  # a bad spec: validation names its key below
+            new_name, new_description = renamed_for_data(name or path.stem, dataset, new_dataset)
+            raw["name"] = new_name if raw.get("name") == name else raw["name"]
+            raw["description"] = new_description if raw.get("description") == description else raw["description"]
     return config_from_dict(raw)
+
+
+def _dataset_of(raw: dict[str, Any]) -> Any:
+    return raw["data"].get("dataset") if isinstance(raw.get("data"), dict) else None
+
+
+def renamed_for_data(name: str, dataset: str, new_dataset: str) -> tuple[str, str]:
+    """``(name, description)`` of config ``name`` (written for ``dataset``) run on ``new_dataset``: named after the
+    data, and said not to be the config's own setting (a paper config's result is for its own dataset)."""
+    from ..data.datasets import dataset_label
+
+    label = dataset_label(new_dataset)
+    short = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.split(":", 1)[-1] if label.startswith("folder:") else
+                   label.split(":", 1)[0]).strip("-.") or "data"
+    return (f"{short}_{name}", f"{name}'s recipe on {label}: not a paper setting (the config was written for "
+                               f"{dataset}; a published result of it is for that data only)")
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..data.datasets import val_split_name
 from ..errors import UserError
 from ..io.weights import MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
 from . import build
@@ -56,15 +57,17 @@ def evaluate_checkpoint(
         teardown(world)
 
 
-# our val split is each dataset's official test split, so the best epoch is chosen on the test set
-BEST_NOTE = "best epoch selected on the val split (the official test split): not a held-out result"
+def best_note(dataset: str) -> str:
+    """What a best-epoch result is: chosen on the split it is scored on (for torchvision datasets their official
+    test split), so not a held-out result."""
+    return f"best epoch selected on the val split ({val_split_name(dataset)}): not a held-out result"
 
 
 def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | None = None,
                  device: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Evaluate a run's last (or best) checkpoint on the val split of its own config (``overrides`` applied).
 
-    The result records ``which``; a best-epoch result carries ``note`` (:data:`BEST_NOTE`).
+    The result records ``which``; a best-epoch result carries ``note`` (:func:`best_note`).
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
@@ -72,8 +75,9 @@ def evaluate_run(run_dir: str | Path, which: str = "last", batch_size: int | Non
     path = run_dir / {"best": BEST, "last": LAST}[which]
     if not path.is_file():
         raise UserError(f"{path} does not exist: the run has not finished an evaluated epoch yet; try --which last")
-    result = evaluate_checkpoint(path, load_config(run_dir / CONFIG_FILE, overrides), batch_size, device)
-    return {**result, "which": which, **({"note": BEST_NOTE} if which == "best" else {})}
+    config = load_config(run_dir / CONFIG_FILE, overrides)
+    result = evaluate_checkpoint(path, config, batch_size, device)
+    return {**result, "which": which, **({"note": best_note(config.data.dataset)} if which == "best" else {})}
 
 
 def _scratch(config: Config) -> Config:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,38 @@ import torch.distributed as dist
 
 from ..device import resolve_device
 from ..errors import UserError
+from ..io.download import WeightsUnavailable
 from ..io.files import plain_json
 from ..recycle.output import MODEL_FILE, REPORT_FILE
-from .config import Config, recycle_switches
+from .config import Config, RecycleConfig, recycle_switches
 from .distributed import rng_state, set_rng_state
 
 RECYCLE_DIR = "recycle"  # RUN/recycle: the layout of a moejet recycle --out directory (moejet publish reads it)
 TRAINING_KWARGS = ("drop_path_rate",)  # change how the model trains, not its weights: not the successor's
+
+
+# moejet recycle's flags that are not a recycle key of the same name, as moejet train sets them
+FLAG_KEYS = {"--data-root": "recycle.calib_root", "--successor": "model.name", "--successor-arg": "model.kwargs.KEY"}
+_FLAG = re.compile(r"--([a-z][a-z-]*)(?: ([A-Z][A-Z_]*)\b)?")
+
+
+def as_config_keys(message: str) -> str:
+    """A recycling error's advice in moejet train's terms: ``pass --dense-checkpoint FILE`` -> ``pass --set
+    recycle.dense_checkpoint=FILE`` (every moejet recycle flag is the recycle key of the same name, but
+    :data:`FLAG_KEYS`); advice addressed to moejet train already (``(moejet train: ...)``) is dropped as such."""
+    fields = {f.name: f.type for f in dataclasses.fields(RecycleConfig)}
+
+    def key(match: re.Match) -> str:
+        flag, value = match.group(0).split(" ")[0], match.group(2)
+        name = FLAG_KEYS.get(flag) or (f"recycle.{flag[2:].replace('-', '_')}"
+                                       if flag[2:].replace("-", "_") in fields else None)
+        if name is None:
+            return match.group(0)
+        if value is None and fields.get(name.removeprefix("recycle.")) in (bool, "bool"):
+            value = "true"
+        return f"--set {name}={value}" if value else f"--set {name}"
+
+    return _FLAG.sub(key, re.sub(r" \(moejet train: [^)]*\)", "", message))
 
 
 def recipe(config: Config, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +109,12 @@ def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
             coact_percentile=r.coact_percentile, progress=sys.stderr.isatty(), drop_ratio=r.drop_ratio,
             mixed=r.mixed, router_init=r.router_init, align=r.align, align_ridge=r.align_ridge,
         )
+    except WeightsUnavailable as err:  # moejet train's way to pass the file: the recycle section's keys
+        raise WeightsUnavailable(f"recycling (config section recycle): {err.reason}", err.url,
+                                 "--set recycle.pretrained=false --set recycle.predecessor_checkpoint="
+                                 "FILE") from None
     except UserError as err:
-        raise UserError(f"recycling (config section recycle): {err}") from None
+        raise UserError(f"recycling (config section recycle): {as_config_keys(str(err))}") from None
     finally:
         set_rng_state(saved_rng)
     report["recipe"] = wanted

@@ -11,6 +11,7 @@ Run directory (read by the analysis tools and the demo)::
     RUN/last.safetensors    model weights (moejet.io.weights.save_model: rebuild with build_from_checkpoint)
     RUN/best.safetensors    weights of the epoch with the best val_top1
     RUN/checkpoint.json     the committed epoch: its weights and state under RUN/checkpoints/ (see .checkpointing)
+    RUN/classes.json        the dataset's public name and class names in label order (moejet.io.labels)
 
 Every epoch starts from RNG states derived from (seed, epoch, rank), each training image's augmentation is seeded
 from (seed, epoch, image index) (:class:`moejet.data.SeededSamples`), and checkpoints are written at epoch ends and,
@@ -39,9 +40,11 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Subset
 
 from ..data import SeededSamples
+from ..data.datasets import class_names, dataset_label
 from ..data.sampler import GlobalBatchSampler
 from ..errors import Interrupted, UserError
 from ..io.files import atomic_output
+from ..io.labels import LABELS_FILE, write_labels
 from ..models import moe_modules
 from . import build
 from .checkpointing import (
@@ -189,6 +192,8 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
     layout = {"processes": world.world_size, "micro_batch": micro, "accumulation": accum,
               "steps_per_epoch": loaders.steps_per_epoch}  # what a mid-epoch recovery point is only valid for
     recovery = _start_or_resume(ts, call, layout)
+    if world.is_main and not (call.resume and (run_dir / LABELS_FILE).is_file()):  # moejet publish, export, predict
+        write_labels(run_dir, dataset_label(config.data.dataset), class_names(train_ds))  # read the class names
     if ts.counters["epoch"] >= config.schedule.epochs:  # a finished run resumed without more epochs
         return ts.metrics
     eval_model, ema_model = _compile(ts)
