@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             unsafe = []
         with torch.serialization.safe_globals([(Inert, name) for name in unsafe]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's weights-only unpickler met a global or opcode it does not allow
+        raise UserError(
+            f"checkpoint {path} holds pickled code or objects, which moejet never loads: convert it to "
+            ".safetensors, or pass a file that holds only a state dict of tensors"
+        ) from None
     except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything; every case is the user's file)
         msg = str(err).splitlines()[0][:200] if str(err) else ""
         raise UserError(

@@ -51,6 +51,7 @@ from .select import (
     subselect,
 )
 from .stats import IMPORTANCE_METRICS, CalibStats, collect_stats
+from .tokens import convert_tokens, token_layout
 
 NEEDS_STATS = ("importance", "graph")
 QUERY_NORMS = ("inherit", "fresh")
@@ -447,6 +448,9 @@ def recycle(
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
+    fresh_rows, tokens = {}, None
+    if pair.family != "convnext" and dense_state is None:  # before calibration: a layout refused costs nothing
+        pred_state, fresh_rows, tokens = convert_tokens(pred_state, token_layout(predecessor), token_layout(model))
     stats, keys = None, {}
     if calib_loader is not None:
         dev = resolve_device(device)
@@ -474,6 +478,7 @@ def recycle(
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"], gen, dense_mlps)
+    keep_fresh_tokens(state, fresh, model, fresh_rows)
     router_info = None
     if router_init == "kmeans":
         router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
@@ -491,7 +496,19 @@ def recycle(
         coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
         router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
         dense=dense_state is not None))
+    report["tokens"] = tokens
     return state, report
+
+
+def keep_fresh_tokens(state: dict[str, torch.Tensor], fresh: list[str], model: nn.Module,
+                      fresh_rows: dict[str, list[int]]) -> None:
+    """Tokens the predecessor lacks (:func:`~moejet.recycle.tokens.convert_tokens`) and their position rows take
+    the successor's own init, in ``state``; a key left wholly at its init joins ``fresh``."""
+    own = model.state_dict()
+    for key, rows in fresh_rows.items():
+        state[key][:, rows] = own[key][:, rows]
+        if len(rows) == own[key].shape[1]:
+            fresh.append(key)
 
 
 def kmeans_queries(state: dict[str, torch.Tensor], fresh: list[str], pair: Pair, sel: Selection,

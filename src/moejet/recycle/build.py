@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.layers import resample_patch_embed
 
 from ..errors import UserError
-from .layout import Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage, num_prefix_pos_tokens
+from .layout import MLP_NORM, Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage
 from .select import evenly_spaced
 
 
@@ -102,9 +102,6 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
                     f"{role!r} indices need; pass a --dense-checkpoint for the successor's dense part"
                 )
             out = out.index_select(axis, index)
-    if "pos" in roles and out.shape[1] != ref.shape[1]:
-        out = resample_abs_pos_embed(out, new_size=list(successor.patch_embed.grid_size),
-                                     num_prefix_tokens=num_prefix_pos_tokens(successor))
     if "k" in roles and out.shape[-2:] != ref.shape[-2:]:
         out = resample_patch_embed(out, new_size=list(ref.shape[-2:]))
     if out.shape != ref.shape:
@@ -273,7 +270,7 @@ def build_state(
         state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, successor, attn_sets)
         if is_fresh:
             fresh.append(key)
-    norm = "norm2" if fam == "vit" else "norm"
+    norm = MLP_NORM[fam]
     for block in moe_blocks:
         prefix = f"{block.name}.mlp."
         mlp = mlp_tensors(pred_state, pred_blocks[block.name])

@@ -24,6 +24,7 @@ from ..layers import MOE_LAYERS, SoftMoE
 # ConvNeXt-V2's Global Response Norm, "swiglu" act(fc1_g) * fc1_x, "glu" one packed fc1 of gate and value halves
 MLP_KINDS = {Mlp: "mlp", GlobalResponseNormMlp: "grn", SwiGLU: "swiglu", GluMlp: "glu"}
 FAMILIES = {"vit": VisionTransformer, "eva": Eva, "convnext": ConvNeXt}
+MLP_NORM = {"vit": "norm2", "eva": "norm2", "convnext": "norm"}  # the norm in front of each block's MLP
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,10 @@ def mlp_hidden(mlp: nn.Module, kind: str) -> int:
 def blocks(model: nn.Module) -> list[Block]:
     """Every block of a ViT / EVA / ConvNeXt with its MLP site, in forward order."""
     if isinstance(model, ConvNeXt):
-        named = [(f"stages.{s}.blocks.{j}", s, b, b.norm)
+        named = [(f"stages.{s}.blocks.{j}", s, b, getattr(b, MLP_NORM["convnext"]))
                  for s, stage in enumerate(model.stages) for j, b in enumerate(stage.blocks)]
     else:
-        named = [(f"blocks.{i}", 0, b, getattr(b, "norm2", None)) for i, b in enumerate(model.blocks)]
+        named = [(f"blocks.{i}", 0, b, getattr(b, MLP_NORM["vit"], None)) for i, b in enumerate(model.blocks)]
     out = []
     for index, (name, stage, block, norm) in enumerate(named):
         mlp = getattr(block, "mlp", None)
@@ -155,11 +156,6 @@ def final_norm_alias(key: str, state: dict) -> str | None:
         return None
     other = ("fc_norm" if head == "norm" else "norm") + sep + leaf
     return other if other in state else None
-
-
-def num_prefix_pos_tokens(model: nn.Module) -> int:
-    """Prefix tokens (class / register) that carry a position embedding in a ViT."""
-    return 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
 
 
 # Per-axis roles of each parameter. "c": channels of the key's stage, "c_prev": of the previous stage,

@@ -84,6 +84,9 @@ def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> s
         heads = report["head_indices"]
         lines.append(f"  attention     heads {heads['heads']} kept, {len(heads['head_channels'])} channels per head")
     lines.append(f"  dense part    {report['dense_part']}")
+    tokens = report.get("tokens")
+    if tokens and (tokens["predecessor"] != tokens["successor"]):
+        lines.append(f"  tokens        {tokens['predecessor']} -> {tokens['successor']} (recycle.json: tokens)")
     extras = _option_summary(report)
     if extras:
         lines.append(f"  options       {extras}")
