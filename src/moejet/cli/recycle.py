@@ -96,8 +96,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recycle import recycle_sources, summary, write_outputs
+    from ..recycle import check_out, recycle_sources, summary, write_outputs
 
+    check_out(args.out)  # before calibration: an unusable --out is reported before the minutes of work
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
     pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
     dense_kwargs = parse_kwargs(args.dense_arg, "--dense-arg")

@@ -428,6 +428,9 @@ def recycle(
                                           "--dense-checkpoint")
     if align != "none" and calib_loader is None:
         raise OptionError("align", align, "fits on calibration images: pass calibration data (--calib-images > 0)")
+    head_given = "num_classes" in successor_kwargs
+    if not head_given:  # the one head rule: without num_classes the successor keeps the predecessor's head
+        successor_kwargs["num_classes"] = int(getattr(predecessor, "num_classes", 0))
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
     if router_init == "kmeans":
@@ -497,7 +500,20 @@ def recycle(
         router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
         dense=dense_state is not None))
     report["tokens"] = tokens
+    report["head"] = head_report(predecessor, model, fresh, pair.family, head_given, dense_state is not None)
     return state, report
+
+
+def head_report(predecessor: nn.Module, successor: nn.Module, fresh: list[str], fam: str, given: bool,
+                dense: bool) -> dict[str, Any]:
+    """What became of the classifier: the successor keeps its source's head (the predecessor's, or the dense
+    checkpoint's) when the class counts match, else a fresh one, listed in ``fresh_keys``."""
+    classes = int(getattr(successor, "num_classes", 0))
+    heads = [k for k in successor.state_dict() if (axis_roles(k, fam) or (None,))[0] == "cls"]
+    kept = classes > 0 and not any(k in fresh for k in heads)
+    return {"predecessor_classes": int(getattr(predecessor, "num_classes", 0)), "successor_classes": classes,
+            "num_classes": "given" if given else "the predecessor's", "kept": kept,
+            "source": "dense checkpoint" if dense else "predecessor"}
 
 
 def keep_fresh_tokens(state: dict[str, torch.Tensor], fresh: list[str], model: nn.Module,
