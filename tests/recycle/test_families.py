@@ -275,13 +275,26 @@ def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
 
 
 def test_a_layout_the_role_table_does_not_describe_is_a_one_line_error(tmp_path):
-    """A tiered ConvNeXt stem (``*_ols``) narrowed without a dense checkpoint: a UserError, not an IndexError."""
+    """A tiered ConvNeXt stem (``*_ols``) without a dense checkpoint: a UserError naming the reason; with one, the
+    stem is the dense checkpoint's."""
     from moejet.errors import UserError
 
     kwargs = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1))
     checkpoint, _ = wide_checkpoint("convnext_atto_ols", kwargs, tmp_path / "ols.pth")
-    with pytest.raises(UserError, match="cannot recycle stem.0.weight: .* pass a --dense-checkpoint"):
+    with pytest.raises(UserError) as err:
         recycled(checkpoint, tmp_path / "out", {"dims": [8, 16, 32, 64]}, strategy="uniform")
+    assert str(err.value) == (
+        "the predecessor has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked convolutions, "
+        "the first 8 channels wide), which recycling's selection rules do not read: pass --dense-checkpoint for the "
+        "dense part (stem included), or use ConvNeXts with a one-convolution stem")
+    small_kwargs = dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_classes=10)
+    small = randomized(timm.create_model("convnext_atto_ols", **small_kwargs))
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    file, _ = recycled(checkpoint, tmp_path / "dense", MOE_ARGS["convnext"], strategy="uniform",
+                       dense_checkpoint=str(tmp_path / "small.pth"), dense_model="convnext_atto_ols",
+                       dense_kwargs=small_kwargs)
+    state = build_from_checkpoint(file)[0].state_dict()  # with a dense checkpoint its stem is the successor's
+    assert torch.equal(state["stem.1.weight"], small.state_dict()["stem.1.weight"])
 
 
 def test_a_conv_mlp_convnext_moejet_file_is_a_dense_checkpoint(tmp_path):

@@ -35,6 +35,7 @@ from .layout import (
     final_norm_alias,
     pool_shape,
     stage_dims,
+    stem_convs,
 )
 from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
@@ -203,6 +204,8 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                 f"upcycle copies whole MLPs, so it needs the same width, but the successor has {d_out} channels and "
                 f"the predecessor {d}{where}: use another strategy or a successor of width {d}"
             )
+    if fam == "convnext" and not dense:
+        check_stems(predecessor, successor)
     pred_blocks = {b.name: b for b in blocks(predecessor)}
     if any(b.hidden is None for b in pred_blocks.values()):
         raise UserError("the predecessor already has MoE blocks: recycle from a dense checkpoint")
@@ -265,6 +268,18 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                 f"only {pools[0][0]} of {pools[0][1]}: pick num_heads so both fit, or pass --dense-checkpoint"
             )
     return Pair(fam, pred_dims, succ_dims, pred_blocks, succ_blocks)
+
+
+def check_stems(predecessor: nn.Module, successor: nn.Module) -> None:
+    """Recycling's selection rules read a one-convolution ConvNeXt stem; timm's tiered stem is refused by name."""
+    for role, model in (("predecessor", predecessor), ("successor", successor)):
+        if stem_convs(model) != 1:
+            raise UserError(
+                f"the {role} has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked "
+                f"convolutions, the first {model.stem[0].out_channels} channels wide), which recycling's selection "
+                "rules do not read: pass --dense-checkpoint for the dense part (stem included), or use ConvNeXts "
+                "with a one-convolution stem"
+            )
 
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,

@@ -116,6 +116,11 @@ def _stage_out(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+def stem_convs(model: nn.Module) -> int:
+    """Convolutions in a ConvNeXt stem: 1, or 2 in timm's tiered stem (``stem_type='overlap_tiered'``)."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.stem.modules())
+
+
 def attention_shape(model: nn.Module) -> tuple[int, int]:
     """``(heads, head_dim)`` of a ViT's / EVA's attention (the same in every block)."""
     attn = model.blocks[0].attn
