@@ -145,6 +145,10 @@ def test_experts_hold_the_slices_recycle_json_names(label, checkpoints, tmp_path
                     assert torch.equal(bank.fc1_gate_weight[e], gate[idx])  # the same neurons as the value rows
                 for name, weight in norms.items():
                     assert torch.equal(getattr(bank, name)[e], weight[idx])
+        norm = "norm" if fam == "convnext" else "norm2"  # query_norm: inherit (the paper's), EVA included
+        for leaf in ("weight", "bias"):
+            assert torch.equal(getattr(layer.query_norm, leaf), dense[f"{block}.{norm}.{leaf}"]), leaf
+            assert f"{block}.mlp.query_norm.{leaf}" not in report["fresh_keys"]
 
 
 @pytest.mark.parametrize("label", FAMILIES)
@@ -175,6 +179,22 @@ def test_recycled_model_trains_exports_and_extracts_features(label, checkpoints,
     with torch.no_grad():
         maps = features(x)
     assert len(maps) == len(features.feature_info.channels()) and all(torch.isfinite(m).all() for m in maps)
+
+
+def test_kmeans_queries_on_eva_are_compared_through_the_inherited_norm(checkpoints, tmp_path):
+    """``--router-init kmeans`` on EVA: the query norm is the block's norm2, and ``query_alignment`` is measured
+    through it (mean cosine of a centroid to ``query_norm(centroid)``)."""
+    path = checkpoints["eva02 (packed SwiGLU, RoPE)"][0]
+    file, report = recycled(checkpoints["eva02 (packed SwiGLU, RoPE)"], tmp_path, MOE_ARGS["vit"], side=28,
+                            router_init="kmeans")
+    layers, dense = moe_modules(build_from_checkpoint(file)[0]), torch.load(path, weights_only=True)
+    for key, info in report["router_init"]["blocks"].items():
+        name = report["moe_blocks"][key]["name"]
+        q = layers[name + ".mlp"].queries.detach().double()
+        w, b = dense[name + ".norm2.weight"].double(), dense[name + ".norm2.bias"].double()
+        normed = nn.functional.layer_norm(q, (q.shape[1],), w, b, layers[name + ".mlp"].query_norm.eps)
+        expected = float(nn.functional.cosine_similarity(normed, q, dim=1).mean())
+        assert info["query_alignment"] == pytest.approx(expected, abs=1e-6) and expected < 0.99
 
 
 def test_soft_moe_successor_takes_the_dense_mlp_form(checkpoints, tmp_path):
