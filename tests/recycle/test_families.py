@@ -222,6 +222,8 @@ NARROW = {  # name -> (timm model, wide predecessor kwargs, successor overrides,
                      dict(embed_dim=32, num_heads=2), 28),
     "convnext-v2": ("convnextv2_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
                     dict(dims=[8, 16, 32, 64]), 32),
+    "convnext, overlapping stem": ("convnext_zepto_rms_ols", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
+                                   dict(dims=[8, 16, 32, 64]), 32),
 }
 
 
@@ -254,6 +256,8 @@ def test_narrower_successor_takes_the_selected_channels(label, tmp_path):
             assert torch.equal(layer.core_experts.fc1_gate_weight[e], gate[idx][:, c])
         for name, weight in norms.items():
             assert torch.equal(getattr(layer.core_experts, name)[e], weight[idx])
+    if label == "convnext, overlapping stem":  # its second conv maps stage-0 channels to stage-0 channels
+        assert torch.equal(state["stem.2.weight"], dense["stem.2.weight"][channels[0]][:, channels[0]])
     if label == "siglip":  # the MAP head: the same heads as the blocks, its MLP's neurons evenly spaced (Eq. 7)
         heads = torch.tensor(report["head_indices"]["heads"])
         rows = (heads[:, None] * 16 + torch.arange(16)).reshape(-1)  # 4 heads of 16 -> 2 heads of 16
@@ -306,7 +310,7 @@ def test_a_layout_the_role_table_does_not_describe_is_a_one_line_error(tmp_path)
     assert str(err.value) == (
         "the predecessor has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked convolutions, "
         "the first 8 channels wide), which recycling's selection rules do not read: pass --dense-checkpoint for the "
-        "dense part (stem included), or use ConvNeXts with a one-convolution stem")
+        "dense part (stem included), or use ConvNeXts with a patch or overlapping stem")
     small_kwargs = dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_classes=10)
     small = randomized(timm.create_model("convnext_atto_ols", **small_kwargs))
     torch.save(small.state_dict(), tmp_path / "small.pth")

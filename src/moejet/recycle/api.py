@@ -35,7 +35,7 @@ from .layout import (
     final_norm_alias,
     pool_shape,
     stage_dims,
-    stem_convs,
+    tiered_stem,
 )
 from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
@@ -271,14 +271,14 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
 
 
 def check_stems(predecessor: nn.Module, successor: nn.Module) -> None:
-    """Recycling's selection rules read a one-convolution ConvNeXt stem; timm's tiered stem is refused by name."""
+    """timm's tiered ConvNeXt stem has a hidden conv no selection rule narrows: refused by name."""
     for role, model in (("predecessor", predecessor), ("successor", successor)):
-        if stem_convs(model) != 1:
+        if (hidden := tiered_stem(model)) is not None:
             raise UserError(
                 f"the {role} has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked "
-                f"convolutions, the first {model.stem[0].out_channels} channels wide), which recycling's selection "
-                "rules do not read: pass --dense-checkpoint for the dense part (stem included), or use ConvNeXts "
-                "with a one-convolution stem"
+                f"convolutions, the first {hidden} channels wide), which recycling's selection rules do not read: "
+                "pass --dense-checkpoint for the dense part (stem included), or use ConvNeXts with a patch or "
+                "overlapping stem"
             )
 
 

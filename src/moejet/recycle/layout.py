@@ -116,9 +116,11 @@ def _stage_out(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
-def stem_convs(model: nn.Module) -> int:
-    """Convolutions in a ConvNeXt stem: 1, or 2 in timm's tiered stem (``stem_type='overlap_tiered'``)."""
-    return sum(isinstance(m, nn.Conv2d) for m in model.stem.modules())
+def tiered_stem(model: nn.Module) -> int | None:
+    """The first conv's width of timm's tiered ConvNeXt stem (``stem_type='overlap_tiered'``: narrower than the
+    stem's output), else None."""
+    first = next(m for m in model.stem.modules() if isinstance(m, nn.Conv2d))
+    return first.out_channels if first.out_channels != stage_dims(model)[0] else None
 
 
 def attention_shape(model: nn.Module) -> tuple[int, int]:
@@ -205,7 +207,8 @@ VIT_ROLES = [
 S = r"stages\.\d+\."
 CONVNEXT_ROLES = [
     (r"stem\.0\.weight", ("c", None, "k", "k")),
-    (r"stem\.(0\.bias|1\.weight|1\.bias)", ("c",)),
+    (r"stem\.[1-3]\.weight", ("c", "c", "k", "k")),  # a norm, or an overlapping stem's second conv (c -> c)
+    (r"stem\.[0-3]\.bias", ("c",)),
     (S + r"downsample\.0\.(weight|bias)", ("c_prev",)),
     (S + r"downsample\.1\.weight", ("c", "c_prev", None, None)),
     (S + r"downsample\.1\.bias", ("c",)),
