@@ -34,6 +34,8 @@ FAMILIES = {
     "dynamic image size": ("vit_small_patch16_224", dict(VIT, img_size=32, dynamic_img_size=True), 32),
     "eva02 (packed SwiGLU, RoPE)": ("eva02_tiny_patch14_224", dict(VIT, img_size=28), 28),
     "eva02-base (SwiGLU, MLP norm, split qkv)": ("eva02_base_patch14_224", dict(VIT, img_size=28), 28),
+    "beit-v2 (relative position bias per block)": ("beitv2_base_patch16_224", dict(VIT, img_size=32), 32),
+    "vit-relpos (relative position MLP, avg pool)": ("vit_relpos_small_patch16_224", dict(VIT, img_size=32), 32),
     "convnext (layer scale)": ("convnext_atto", dict(CONVNEXT), 32),
     "convnext-v2 (GRN, conv MLP)": ("convnextv2_atto", dict(CONVNEXT), 32),
 }
@@ -218,6 +220,9 @@ WIDE_VIT = dict(embed_dim=64, depth=4, num_heads=4)
 NARROW = {  # name -> (timm model, wide predecessor kwargs, successor overrides, image side)
     "siglip": ("vit_base_patch16_siglip_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2), 32),
     "eva02-base": ("eva02_base_patch14_224", dict(WIDE_VIT, img_size=28), dict(embed_dim=32, num_heads=2), 28),
+    "beit": ("beit_base_patch16_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2), 32),
+    "vit-srelpos": ("vit_srelpos_small_patch16_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2),
+                    32),
     "dinov2-giant": ("vit_giant_patch14_dinov2", dict(WIDE_VIT, img_size=28, mlp_ratio=5.0),
                      dict(embed_dim=32, num_heads=2), 28),
     "convnext-v2": ("convnextv2_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
@@ -256,6 +261,12 @@ def test_narrower_successor_takes_the_selected_channels(label, tmp_path):
             assert torch.equal(layer.core_experts.fc1_gate_weight[e], gate[idx][:, c])
         for name, weight in norms.items():
             assert torch.equal(getattr(layer.core_experts, name)[e], weight[idx])
+    if label == "beit":  # relative position biases: one column per kept head
+        key, heads = "blocks.3.attn.relative_position_bias_table", torch.tensor(report["head_indices"]["heads"])
+        assert torch.equal(state[key], dense[key][:, heads])
+    if label == "vit-srelpos":  # the shared relative position MLP: one output per kept head
+        key, heads = "shared_rel_pos.mlp.fc2.weight", torch.tensor(report["head_indices"]["heads"])
+        assert torch.equal(state[key], dense[key][heads])
     if label == "convnext, overlapping stem":  # its second conv maps stage-0 channels to stage-0 channels
         assert torch.equal(state["stem.2.weight"], dense["stem.2.weight"][channels[0]][:, channels[0]])
     if label == "siglip":  # the MAP head: the same heads as the blocks, its MLP's neurons evenly spaced (Eq. 7)

@@ -23,16 +23,19 @@ import torch
 import torch.nn as nn
 from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
 from timm.models import register_model
+from timm.models.beit import Beit
+from timm.models.beit import Block as BeitBlock
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.eva import Eva, EvaBlock
 from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer_relpos import RelPosBlock, VisionTransformerRelPos
 
 from .common import block_moe_args, check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
 
 # the block types whose MLP can become MoE, and the norm each applies right before its MLP (the router's keys)
-MOE_BLOCK_NORMS = {Block: "norm2", EvaBlock: "norm2", ConvNeXtBlock: "norm"}
+MOE_BLOCK_NORMS = {Block: "norm2", EvaBlock: "norm2", BeitBlock: "norm2", RelPosBlock: "norm2", ConvNeXtBlock: "norm"}
 DENSE_MLPS = (Mlp, GluMlp, SwiGLU, GlobalResponseNormMlp)
-BASE_FAMILIES = (VisionTransformer, Eva, ConvNeXt)
+BASE_FAMILIES = (VisionTransformer, Eva, Beit, VisionTransformerRelPos, ConvNeXt)
 DEFAULT_BASE = "vit_small_patch16_224"
 
 

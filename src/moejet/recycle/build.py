@@ -36,13 +36,14 @@ class Selection:
     upcycled: dict[str, str] = field(default_factory=dict)  # --mixed: MoE block -> the path cut from the dense MLP
 
     def attention_sets(self) -> dict[str, torch.Tensor]:
-        """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
+        """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v;
+        ``heads``: the heads themselves."""
         if self.heads is None:
             return {}
         num_heads, head_dim = self.pred_heads
         attn = (self.heads[:, None] * head_dim + self.head_channels[None, :]).reshape(-1)
         qkv = torch.cat([part * num_heads * head_dim + attn for part in range(3)])
-        return {"hd": self.head_channels, "attn": attn, "qkv": qkv, **self.pool}
+        return {"hd": self.head_channels, "attn": attn, "qkv": qkv, "heads": self.heads, **self.pool}
 
 
 def head_sets(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
