@@ -13,7 +13,7 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint
-from moejet.recycle import recycle_sources
+from moejet.recycle import load_dense_state, recycle_sources
 from moejet.recycle.api import build_successor
 
 TINY = dict(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, num_classes=10)  # a 2x2 grid
@@ -71,41 +71,70 @@ def prefix(model, layout):
     return out, None if side is None else model.pos_embed[:, start:].detach()
 
 
+def check_converted(predecessor, src, state, model, target):
+    """``state`` (in ``target``'s layout) feeds the first block what ``predecessor`` (layout ``src``) fed it: every
+    prefix token the two share, as token + position row; the grid rows, resampled by timm where the grid differs.
+    Tokens the predecessor lacks keep ``model``'s values (a freshly built successor: timm's init)."""
+    dst = LAYOUTS[target][2]
+    src_tokens, src_grid = prefix(predecessor, src)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state, strict=False)  # a dense state leaves out heads it has not got (head_dist)
+    tokens, grid = prefix(model, dst)
+    for key, (token, rows) in tokens.items():
+        n_src = src_tokens[key][0].shape[1] if key in src_tokens else 0
+        effective = token + (rows if rows is not None else 0)  # what the first block sees
+        if n_src:
+            src_token, src_rows = src_tokens[key]
+            expected = src_token + (src_rows if src_rows is not None else 0)
+            assert torch.equal(effective[:, :n_src], expected), (target, key)
+        assert torch.equal(token[:, n_src:], fresh[key][:, n_src:]), (target, key)  # timm's init
+    if src_grid is not None:
+        expected = src_grid if src[4] == dst[4] else resample_abs_pos_embed(
+            src_grid, new_size=[dst[4]] * 2, old_size=[src[4]] * 2, num_prefix_tokens=0)
+        assert torch.equal(grid, expected), target
+
+
+def successor_kwargs(target):
+    return dict(layout_kwargs(target), base=LAYOUTS[target][0], moe_layers=[0], core_experts=1, univ_experts=2)
+
+
 @pytest.mark.parametrize("source", LAYOUTS)
 def test_every_layout_pair_converts_exactly_or_is_refused(checkpoints, source):
     path, predecessor = checkpoints[source]
     src = LAYOUTS[source][2]
-    src_tokens, src_grid = prefix(predecessor, src)
-    for target, (base, _, dst) in LAYOUTS.items():
-        successor = dict(layout_kwargs(target), base=base, moe_layers=[0], core_experts=1, univ_experts=2)
+    for target, (_, _, dst) in LAYOUTS.items():
         try:
             state, report = recycle_sources(
                 predecessor=LAYOUTS[source][0], predecessor_checkpoint=str(path), pretrained=False,
                 predecessor_kwargs=layout_kwargs(source), dense_checkpoint=None, successor="jetmoe",
-                successor_kwargs=successor, strategy="uniform", calib_images=0, device="cpu", progress=False)
+                successor_kwargs=successor_kwargs(target), strategy="uniform", calib_images=0, device="cpu",
+                progress=False)
         except UserError as err:
             assert refused(src, dst), f"{source} -> {target}: {err}"
             assert "\n" not in str(err) and "predecessor: " in str(err) and "successor: " in str(err)
             continue
         assert not refused(src, dst), f"{source} -> {target} should be refused"
-        model = build_successor("jetmoe", successor, 0)
-        fresh = model.state_dict()
-        model.load_state_dict(state)
-        tokens, grid = prefix(model, dst)
-        for key, (token, rows) in tokens.items():
-            n_src = src_tokens[key][0].shape[1] if key in src_tokens else 0
-            effective = token + (rows if rows is not None else 0)  # what the first block sees
-            if n_src:
-                src_token, src_rows = src_tokens[key]
-                expected = src_token + (src_rows if src_rows is not None else 0)
-                assert torch.equal(effective[:, :n_src], expected), (source, target, key)
-            assert torch.equal(token[:, n_src:], fresh[key][:, n_src:])  # tokens the predecessor lacks: timm init
-            assert (key in report["fresh_keys"]) == (n_src == 0)
-        if src_grid is not None:
-            expected = src_grid if src[4] == dst[4] else resample_abs_pos_embed(
-                src_grid, new_size=[dst[4]] * 2, old_size=[src[4]] * 2, num_prefix_tokens=0)
-            assert torch.equal(grid, expected), (source, target)
-        assert report["tokens"]["predecessor"] != report["tokens"]["successor"] or src == dst
+        check_converted(predecessor, src, state, build_successor("jetmoe", successor_kwargs(target), 0), target)
+        for key, i in KINDS:
+            if dst[i]:
+                assert (key in report["fresh_keys"]) == (src[i] == 0), (target, key)
+
+
+@pytest.mark.parametrize("source", LAYOUTS)
+def test_every_dense_checkpoint_layout_converts_exactly_or_is_refused(checkpoints, source):
+    """The same rule for a dense checkpoint (a bare state dict: its layout is read from its keys and rows)."""
+    path, dense = checkpoints[source]
+    src = LAYOUTS[source][2]
+    for target, (_, _, dst) in LAYOUTS.items():
+        try:
+            state = load_dense_state(path, "jetmoe", successor_kwargs(target))
+        except UserError as err:
+            assert refused(src, dst), f"{source} -> {target}: {err}"
+            assert "\n" not in str(err) and "dense checkpoint: " in str(err) and "successor: " in str(err)
+            continue
+        assert not refused(src, dst), f"{source} -> {target} should be refused"
+        check_converted(dense, src, state, build_successor("jetmoe", dict(successor_kwargs(target), moe_layers=()), 0),
+                        target)
 
 
 def test_the_cli_converts_deit3_into_a_vit_successor_and_refuses_in_one_line(checkpoints, tmp_path, capsys):

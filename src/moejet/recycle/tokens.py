@@ -16,6 +16,7 @@ predecessor has, or a position table only one of them has, cannot be converted: 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,28 +63,49 @@ def token_layout(model: nn.Module) -> TokenLayout:
                        grid=None if pos is None else tuple(int(n) for n in model.patch_embed.grid_size))
 
 
-def _check(src: TokenLayout, dst: TokenLayout, fix: str) -> None:
+def state_token_layout(state: dict[str, torch.Tensor], like: TokenLayout, source: str) -> TokenLayout:
+    """The :class:`TokenLayout` of a bare state dict, read from its token keys and position rows. A table
+    that fits no grid is a UserError naming ``source``. Where both readings fit (tiny grids), the one with
+    ``like``'s grid, then ``like``'s ``embed_prefix``, is taken."""
+    count = lambda key: int(state[key].shape[1]) if key in state else 0
+    cls, dist, reg = count("cls_token"), count("dist_token"), count("reg_token")
+    pos = state.get("pos_embed")
+    if pos is None:
+        return TokenLayout(cls, dist, reg, like.embed_prefix, None)
+    rows, prefix = int(pos.shape[1]), cls + dist + reg
+    grid = lambda n: like.grid if like.grid and like.grid[0] * like.grid[1] == n else \
+        (math.isqrt(n),) * 2 if n > 0 and math.isqrt(n) ** 2 == n else None
+    readings = {embed: grid(rows - (prefix if embed else 0)) for embed in (True, False)}
+    fits = [embed for embed, g in readings.items() if g is not None]
+    if not fits:
+        raise UserError(f"{source}: its pos_embed has {rows} rows, which fit no square patch grid with or without "
+                        f"its {prefix} prefix tokens: pass a checkpoint of the successor's dense counterpart")
+    fits.sort(key=lambda embed: (readings[embed] != like.grid, embed != like.embed_prefix))
+    return TokenLayout(cls, dist, reg, fits[0], readings[fits[0]])
+
+
+def _check(src: TokenLayout, dst: TokenLayout, fix: str, name: str) -> None:
     if (src.grid is None) != (dst.grid is None):
-        has, lacks = ("predecessor", "successor") if dst.grid is None else ("successor", "predecessor")
-        raise UserError(f"the {has} has an absolute position embedding and the {lacks} none (predecessor: "
+        has, lacks = (name, "successor") if dst.grid is None else ("successor", name)
+        raise UserError(f"the {has} has an absolute position embedding and the {lacks} none ({name}: "
                         f"{src.describe()}; successor: {dst.describe()}): give both the same pos_embed, {fix}")
     for kind, _, what in TOKEN_KINDS:
         if src.count(kind) > dst.count(kind):
-            raise UserError(f"the successor drops the predecessor's {what} (predecessor: {src.describe()}; "
+            raise UserError(f"the successor drops the {name}'s {what} ({name}: {src.describe()}; "
                             f"successor: {dst.describe()}): its patch tokens were trained attending to them; "
                             f"build the successor with the same tokens (class_token, reg_tokens), {fix}")
 
 
 def convert_tokens(state: dict[str, torch.Tensor], src: TokenLayout, dst: TokenLayout,
-                   fix: str = "or pass --dense-checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, list[int]],
-                                                                      dict]:
+                   fix: str = "or pass --dense-checkpoint", name: str = "predecessor"
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]], dict]:
     """``state`` (the predecessor's, at its width) with its prefix tokens and position table in ``dst``'s layout.
 
     Returns ``(state, fresh, report)``: ``fresh`` maps a key to the positions along its token axis (axis 1) that
     must keep the successor's own init (tokens the predecessor lacks; they are zeros here), and ``report`` says
     what became of each token kind and of the grid (``recycle.json``'s ``tokens``). ``fix`` ends the one-line
-    errors of layouts that cannot be converted (:func:`_check`)."""
-    _check(src, dst, fix)
+    errors of layouts that cannot be converted (:func:`_check`), which call the source ``name``."""
+    _check(src, dst, fix, name)
     state = dict(state)
     width, dtype = state["patch_embed.proj.weight"].shape[0], state["patch_embed.proj.weight"].dtype
     pos = state.get("pos_embed")
