@@ -1,4 +1,4 @@
-"""``jetmoe``: a MoE model made from any timm ViT, EVA or ConvNeXt architecture.
+"""``jetmoe``: a MoE model made from any timm ViT, EVA, BEiT, ViT-relpos or ConvNeXt architecture.
 
 ``timm.create_model("jetmoe", base="vit_small_patch14_dinov2", img_size=224, moe_layers=[6, 7, 8, 9, 10, 11])``
 builds the timm model ``base`` with every keyword argument that is not a MoE argument, then replaces the MLP of
@@ -123,8 +123,8 @@ def _build_base(base: str, kwargs: dict[str, Any]) -> nn.Module:
     with torch.device("meta"):
         probe = timm.create_model(base, **kwargs)
     if not isinstance(probe, BASE_FAMILIES):
-        raise ValueError(f"base {base} is a {type(probe).__name__}: jetmoe builds on timm's VisionTransformer, Eva "
-                         "or ConvNeXt")
+        raise ValueError(f"base {base} is a {type(probe).__name__}: jetmoe builds on timm's VisionTransformer, Eva, "
+                         "Beit, VisionTransformerRelPos or ConvNeXt")
     if isinstance(probe, ConvNeXt) and "conv_mlp" not in kwargs and any(
             isinstance(getattr(b.mlp, "fc1", None), nn.Conv2d) for _, b in moe_sites(probe)):
         kwargs = dict(kwargs, conv_mlp=False)

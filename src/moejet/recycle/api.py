@@ -188,7 +188,8 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
     fam = family(predecessor, "predecessor")
     if family(successor, "successor") != fam:
         raise UserError(f"predecessor is a {fam} but the successor is a {family(successor, 'successor')}: recycle "
-                        "within one family (ViT, EVA or ConvNeXt); --successor auto builds the matching one")
+                        "within one family (ViT, EVA, BEiT, ViT with relative position, or ConvNeXt); --successor "
+                        "auto builds the matching one")
     pred_dims, succ_dims = stage_dims(predecessor), stage_dims(successor)
     if len(pred_dims) != len(succ_dims):
         raise UserError(f"predecessor has {len(pred_dims)} stages, successor {len(succ_dims)}: they must match")
