@@ -387,7 +387,8 @@ def recycle(
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
     Args:
-        successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor.
+        successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor;
+            without ``num_classes`` it takes the predecessor's, and keeps its head (``report["head"]``).
         strategy: ``importance`` (default), ``graph``, ``uniform``, ``random`` or ``upcycle``.
         calib_loader: batches of images (or ``(images, labels)``) preprocessed for the predecessor; required by
             ``importance`` and ``graph``; with other strategies it only adds importance figures to the report.

@@ -66,7 +66,7 @@ def select_heads(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Te
     return evenly_spaced(num_heads, num_heads_out), evenly_spaced(head_dim, head_dim_out)
 
 
-def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selection, successor: nn.Module,
+def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selection,
          attn_sets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
     """Predecessor tensor ``weight`` cut to the successor's ``ref``; ``(tensor, fresh)`` where ``fresh`` means
     the successor's own init was kept (a classifier for another number of classes)."""
@@ -247,7 +247,7 @@ def build_state(
         alias = final_norm_alias(key, source)
         if alias is not None:
             if final_norm == "copy":
-                state[key] = take(key, source[alias], ref, fam, sel, successor, attn_sets)[0] \
+                state[key] = take(key, source[alias], ref, fam, sel, attn_sets)[0] \
                     if dense_state is None else source[alias].clone()
             else:
                 state[key] = ref.clone()
@@ -268,7 +268,7 @@ def build_state(
                 "and depth (e.g. qkv_bias, class token, layer scale); match the successor's arguments to the "
                 "predecessor or pass --dense-checkpoint"
             )
-        state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, successor, attn_sets)
+        state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, attn_sets)
         if is_fresh:
             fresh.append(key)
     norm = MLP_NORM[fam]

@@ -174,9 +174,10 @@ def final_norm_alias(key: str, state: dict) -> str | None:
 # "c_last": of the last stage, "n": dense hidden neurons of the key's block (a packed GluMlp fc1 holds them
 # twice: gate and value halves), "qkv": fused q/k/v rows, "attn": concatenated head channels, "hd": channels
 # inside one head, "heads": whole heads (relative position biases), "pattn" / "pkv" / "phd" / "pn": the same for
-# the MAP pool head (kv: k and v rows, pn: its MLP's neurons), "cls": classes, "pos": position tokens, "k":
-# patch-embedding kernel. None: the axis must have the same size in both models. EVA, BEiT and vit_relpos keys
-# (gamma_1, q_bias, q_proj, relative position biases, ...) share the ViT table.
+# the MAP pool head (kv: k and v rows, pn: its MLP's neurons), "cls": classes, "pos": position tokens (already in
+# the successor's layout: moejet.recycle.tokens), "k": patch-embedding kernel. None: the axis must have the same
+# size in both models. EVA, BEiT and vit_relpos keys (gamma_1, q_bias, q_proj, relative position biases, ...)
+# share the ViT table.
 B = r"blocks\.\d+\."
 VIT_ROLES = [
     (r"(cls_token|reg_token|dist_token)", (None, None, "c")),
