@@ -209,7 +209,7 @@ def tokens_like(state: dict[str, torch.Tensor], model: nn.Module, source: str) -
     """A ViT-family checkpoint's prefix tokens and position table in ``model``'s layout
     (:func:`~moejet.recycle.tokens.convert_tokens`; the checkpoint's layout read from its keys): tokens it lacks
     take ``model``'s own values. Other families' states are returned as they are."""
-    if family(model, "dense checkpoint's model") == "convnext" or "patch_embed.proj.weight" not in state:
+    if family(model, "dense checkpoint's model") == "convnext" or "blocks.0.norm1.weight" not in state:
         return state
     target = token_layout(model)
     fix = "or pass a checkpoint of the successor's dense counterpart"

@@ -107,7 +107,9 @@ def convert_tokens(state: dict[str, torch.Tensor], src: TokenLayout, dst: TokenL
     errors of layouts that cannot be converted (:func:`_check`), which call the source ``name``."""
     _check(src, dst, fix, name)
     state = dict(state)
-    width, dtype = state["patch_embed.proj.weight"].shape[0], state["patch_embed.proj.weight"].dtype
+    like = next(state[k] for k in ("pos_embed", "cls_token", "dist_token", "reg_token", "blocks.0.norm1.weight")
+                if k in state)  # any tensor of the model's width
+    width, dtype = like.shape[-1], like.dtype
     pos = state.get("pos_embed")
     src_rows = _split_rows(pos, src) if pos is not None else {}
     dst_rows, fresh, actions = {}, {}, {}
