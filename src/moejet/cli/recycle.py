@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with the architecture of the dense checkpoint (else of the predecessor) and the MoE "
                         "arguments of --successor-arg")
     p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
-                   help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
+                   help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11); without "
+                        "num_classes the successor takes the predecessor's class count and keeps its head")
     p.add_argument("--strategy", default="importance", choices=RECYCLE_STRATEGIES,
                    help="neuron / channel selection (default: importance)")
     p.add_argument("--calib-data", default="synthetic", metavar="DATASET",
