@@ -159,7 +159,8 @@ ROWS = [
     (["recycle", "--predecessor-checkpoint", "{siglip}", "--successor", "auto", "--successor-arg", "global_pool=avg",
       "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "attention-pool"),
     (["recycle", "--predecessor-checkpoint", "{predecessor}", "--successor", "auto", "--successor-arg",
-      "reg_tokens=4", "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"], "reg_token"),
+      "pos_embed='none'", "--strategy", "uniform", "--calib-images", "0", "--out", "{out}"],
+     "the predecessor has an absolute position embedding and the successor none"),
     (["recycle", "--predecessor-checkpoint", "{siglip}", "--successor", "vjetmoe_tiny_patch16_224",
       *[a for k, v in {**TINY_VIT, "moe_layers": (2, 3), "core_experts": 2, "univ_experts": 4}.items()
         for a in ("--successor-arg", f"{k}={v}")],

@@ -1,6 +1,8 @@
 """``moejet recycle``: its flags, and bad input as one line with exit code 2."""
 
+import errno
 import json
+import os
 
 import pytest
 import torch
@@ -66,3 +68,64 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(recycle_files, recipe, 
     assert not out.exists()
     if "ckpt" in change:
         assert saved.exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
+def test_an_unusable_out_is_refused_before_any_work(recycle_files, run_recycle, tmp_path, capsys, monkeypatch,
+                                                    where):
+    import moejet.recycle.pipeline as pipeline
+
+    (tmp_path / "taken").write_text("not a directory")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if where == "read_only" and os.access(locked, os.W_OK):
+        pytest.skip("this user writes into read-only directories (root)")
+    out = {"file": tmp_path / "taken", "under_file": tmp_path / "taken" / "out", "read_only": locked / "out"}[where]
+    monkeypatch.setattr(pipeline, "load_predecessor", lambda *a, **k: pytest.fail("work started before --out check"))
+    assert run_recycle(recycle_files, out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"moejet recycle: error: --out {out}") and err.count("\n") == 1, err
+    assert {"file": "is a file", "under_file": "which is a file", "read_only": "is not writable"}[where] in err
+
+
+def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(recycle_files, run_recycle, tmp_path, capsys,
+                                                                  monkeypatch):
+    import moejet.recycle.output as output
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(output, "save_model", full_disk)
+    out = tmp_path / "out"
+    assert run_recycle(recycle_files, out, strategy="uniform", extra=["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"moejet recycle: error: cannot write the recycled model to --out {out} (No space left on "
+                   "device); nothing was left there: free space or pass another directory\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["vit", "cnx"])
+def test_one_head_rule_for_every_family(recycle_files, recipe, run_recycle, tmp_path, capsys, family):
+    """Without num_classes the successor keeps the predecessor's head; another class count gets a fresh one, listed
+    in fresh_keys; one summary line says which."""
+    succ = dict(recipe.succ_vit if family == "vit" else recipe.succ_cnx)
+    head = "head.weight" if family == "vit" else "head.fc.weight"
+    pred = recycle_files["vit" if family == "vit" else "cnx"].state_dict()[head]
+    for name, classes in (("kept", None), ("fresh", 7)):
+        kwargs = {k: v for k, v in succ.items() if k != "num_classes"}
+        if classes is not None:
+            kwargs["num_classes"] = classes
+        out = tmp_path / name
+        assert run_recycle(recycle_files, out, family, "uniform", succ=kwargs) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  head ")]
+        report = json.loads((out / "recycle.json").read_text())
+        state = build_from_checkpoint(out / "model.safetensors")[0].state_dict()
+        assert report["successor"]["kwargs"]["num_classes"] == (classes or 10)
+        if classes is None:
+            assert lines == ["  head          the predecessor's 10-class head, kept (num_classes: the predecessor's)"]
+            assert head not in report["fresh_keys"]
+            assert torch.equal(state[head], pred[:, torch.tensor(report["channel_indices"][-1])])
+        else:
+            assert lines == ["  head          fresh 7-class head (the predecessor has 10 classes; num_classes: given): "
+                             "listed in fresh_keys"]
+            assert head in report["fresh_keys"] and state[head].shape[0] == 7

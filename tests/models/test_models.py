@@ -327,7 +327,7 @@ def test_jetmoe_convnext_defaults_are_c_jetmoe_f():
 def test_jetmoe_refuses_what_it_cannot_build():
     with pytest.raises(ValueError, match="not a timm model"):
         timm.create_model("jetmoe", base="vit_gigantic")
-    with pytest.raises(ValueError, match="VisionTransformer, Eva or ConvNeXt"):
+    with pytest.raises(ValueError, match="VisionTransformer, Eva, Beit, VisionTransformerRelPos or ConvNeXt"):
         timm.create_model("jetmoe", base="resnet18")
     with pytest.raises(ValueError, match="pretrained_cfg_overlay"):
         timm.create_model("jetmoe", base="vit_tiny_patch16_224", pretrained=True)

@@ -34,6 +34,8 @@ FAMILIES = {
     "dynamic image size": ("vit_small_patch16_224", dict(VIT, img_size=32, dynamic_img_size=True), 32),
     "eva02 (packed SwiGLU, RoPE)": ("eva02_tiny_patch14_224", dict(VIT, img_size=28), 28),
     "eva02-base (SwiGLU, MLP norm, split qkv)": ("eva02_base_patch14_224", dict(VIT, img_size=28), 28),
+    "beit-v2 (relative position bias per block)": ("beitv2_base_patch16_224", dict(VIT, img_size=32), 32),
+    "vit-relpos (relative position MLP, avg pool)": ("vit_relpos_small_patch16_224", dict(VIT, img_size=32), 32),
     "convnext (layer scale)": ("convnext_atto", dict(CONVNEXT), 32),
     "convnext-v2 (GRN, conv MLP)": ("convnextv2_atto", dict(CONVNEXT), 32),
 }
@@ -145,6 +147,10 @@ def test_experts_hold_the_slices_recycle_json_names(label, checkpoints, tmp_path
                     assert torch.equal(bank.fc1_gate_weight[e], gate[idx])  # the same neurons as the value rows
                 for name, weight in norms.items():
                     assert torch.equal(getattr(bank, name)[e], weight[idx])
+        norm = "norm" if fam == "convnext" else "norm2"  # query_norm: inherit (the paper's), EVA included
+        for leaf in ("weight", "bias"):
+            assert torch.equal(getattr(layer.query_norm, leaf), dense[f"{block}.{norm}.{leaf}"]), leaf
+            assert f"{block}.mlp.query_norm.{leaf}" not in report["fresh_keys"]
 
 
 @pytest.mark.parametrize("label", FAMILIES)
@@ -177,6 +183,22 @@ def test_recycled_model_trains_exports_and_extracts_features(label, checkpoints,
     assert len(maps) == len(features.feature_info.channels()) and all(torch.isfinite(m).all() for m in maps)
 
 
+def test_kmeans_queries_on_eva_are_compared_through_the_inherited_norm(checkpoints, tmp_path):
+    """``--router-init kmeans`` on EVA: the query norm is the block's norm2, and ``query_alignment`` is measured
+    through it (mean cosine of a centroid to ``query_norm(centroid)``)."""
+    path = checkpoints["eva02 (packed SwiGLU, RoPE)"][0]
+    file, report = recycled(checkpoints["eva02 (packed SwiGLU, RoPE)"], tmp_path, MOE_ARGS["vit"], side=28,
+                            router_init="kmeans")
+    layers, dense = moe_modules(build_from_checkpoint(file)[0]), torch.load(path, weights_only=True)
+    for key, info in report["router_init"]["blocks"].items():
+        name = report["moe_blocks"][key]["name"]
+        q = layers[name + ".mlp"].queries.detach().double()
+        w, b = dense[name + ".norm2.weight"].double(), dense[name + ".norm2.bias"].double()
+        normed = nn.functional.layer_norm(q, (q.shape[1],), w, b, layers[name + ".mlp"].query_norm.eps)
+        expected = float(nn.functional.cosine_similarity(normed, q, dim=1).mean())
+        assert info["query_alignment"] == pytest.approx(expected, abs=1e-6) and expected < 0.99
+
+
 def test_soft_moe_successor_takes_the_dense_mlp_form(checkpoints, tmp_path):
     file, _ = recycled(checkpoints["eva02 (packed SwiGLU, RoPE)"], tmp_path,
                        dict(moe_type="soft", moe_layers=[3], num_experts=3), side=28)
@@ -198,10 +220,15 @@ WIDE_VIT = dict(embed_dim=64, depth=4, num_heads=4)
 NARROW = {  # name -> (timm model, wide predecessor kwargs, successor overrides, image side)
     "siglip": ("vit_base_patch16_siglip_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2), 32),
     "eva02-base": ("eva02_base_patch14_224", dict(WIDE_VIT, img_size=28), dict(embed_dim=32, num_heads=2), 28),
+    "beit": ("beit_base_patch16_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2), 32),
+    "vit-srelpos": ("vit_srelpos_small_patch16_224", dict(WIDE_VIT, img_size=32), dict(embed_dim=32, num_heads=2),
+                    32),
     "dinov2-giant": ("vit_giant_patch14_dinov2", dict(WIDE_VIT, img_size=28, mlp_ratio=5.0),
                      dict(embed_dim=32, num_heads=2), 28),
     "convnext-v2": ("convnextv2_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
                     dict(dims=[8, 16, 32, 64]), 32),
+    "convnext, overlapping stem": ("convnext_zepto_rms_ols", dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1)),
+                                   dict(dims=[8, 16, 32, 64]), 32),
 }
 
 
@@ -234,6 +261,14 @@ def test_narrower_successor_takes_the_selected_channels(label, tmp_path):
             assert torch.equal(layer.core_experts.fc1_gate_weight[e], gate[idx][:, c])
         for name, weight in norms.items():
             assert torch.equal(getattr(layer.core_experts, name)[e], weight[idx])
+    if label == "beit":  # relative position biases: one column per kept head
+        key, heads = "blocks.3.attn.relative_position_bias_table", torch.tensor(report["head_indices"]["heads"])
+        assert torch.equal(state[key], dense[key][:, heads])
+    if label == "vit-srelpos":  # the shared relative position MLP: one output per kept head
+        key, heads = "shared_rel_pos.mlp.fc2.weight", torch.tensor(report["head_indices"]["heads"])
+        assert torch.equal(state[key], dense[key][heads])
+    if label == "convnext, overlapping stem":  # its second conv maps stage-0 channels to stage-0 channels
+        assert torch.equal(state["stem.2.weight"], dense["stem.2.weight"][channels[0]][:, channels[0]])
     if label == "siglip":  # the MAP head: the same heads as the blocks, its MLP's neurons evenly spaced (Eq. 7)
         heads = torch.tensor(report["head_indices"]["heads"])
         rows = (heads[:, None] * 16 + torch.arange(16)).reshape(-1)  # 4 heads of 16 -> 2 heads of 16
@@ -275,13 +310,26 @@ def test_dense_part_comes_from_the_smaller_checkpoint(pair, tmp_path):
 
 
 def test_a_layout_the_role_table_does_not_describe_is_a_one_line_error(tmp_path):
-    """A tiered ConvNeXt stem (``*_ols``) narrowed without a dense checkpoint: a UserError, not an IndexError."""
+    """A tiered ConvNeXt stem (``*_ols``) without a dense checkpoint: a UserError naming the reason; with one, the
+    stem is the dense checkpoint's."""
     from moejet.errors import UserError
 
     kwargs = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1))
     checkpoint, _ = wide_checkpoint("convnext_atto_ols", kwargs, tmp_path / "ols.pth")
-    with pytest.raises(UserError, match="cannot recycle stem.0.weight: .* pass a --dense-checkpoint"):
+    with pytest.raises(UserError) as err:
         recycled(checkpoint, tmp_path / "out", {"dims": [8, 16, 32, 64]}, strategy="uniform")
+    assert str(err.value) == (
+        "the predecessor has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked convolutions, "
+        "the first 8 channels wide), which recycling's selection rules do not read: pass --dense-checkpoint for the "
+        "dense part (stem included), or use ConvNeXts with a patch or overlapping stem")
+    small_kwargs = dict(dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), num_classes=10)
+    small = randomized(timm.create_model("convnext_atto_ols", **small_kwargs))
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    file, _ = recycled(checkpoint, tmp_path / "dense", MOE_ARGS["convnext"], strategy="uniform",
+                       dense_checkpoint=str(tmp_path / "small.pth"), dense_model="convnext_atto_ols",
+                       dense_kwargs=small_kwargs)
+    state = build_from_checkpoint(file)[0].state_dict()  # with a dense checkpoint its stem is the successor's
+    assert torch.equal(state["stem.1.weight"], small.state_dict()["stem.1.weight"])
 
 
 def test_a_conv_mlp_convnext_moejet_file_is_a_dense_checkpoint(tmp_path):

@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with the architecture of the dense checkpoint (else of the predecessor) and the MoE "
                         "arguments of --successor-arg")
     p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
-                   help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11)")
+                   help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11); without "
+                        "num_classes the successor takes the predecessor's class count and keeps its head")
     p.add_argument("--strategy", default="importance", choices=RECYCLE_STRATEGIES,
                    help="neuron / channel selection (default: importance)")
     p.add_argument("--calib-data", default="synthetic", metavar="DATASET",
@@ -94,8 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.common import check_model_kwargs
-    from ..recycle import recycle_sources, summary, write_outputs
+    from ..recycle import check_out, recycle_sources, summary, write_outputs
 
+    check_out(args.out)  # before calibration: an unusable --out is reported before the minutes of work
     succ_kwargs = parse_kwargs(args.successor_arg, "--successor-arg")
     pred_kwargs = parse_kwargs(args.predecessor_arg, "--predecessor-arg")
     dense_kwargs = parse_kwargs(args.dense_arg, "--dense-arg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals([(Inert, name) for name in unsafe]):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (a damaged pickle raises almost anything; every case is the user's file)
+        if isinstance(err, pickle.UnpicklingError) and "GLOBAL" in str(err):  # a callable the weights-only unpickler
+            raise UserError(                                                      # refuses (Inert takes the rest)
+                f"checkpoint {path} holds pickled code or objects, which moejet never loads: convert it to "
+                ".safetensors, or pass a file that holds only a state dict of tensors"
+            ) from None
         msg = first_line(err)
         raise UserError(
             f"cannot read checkpoint {path} ({type(err).__name__}: {msg}); "

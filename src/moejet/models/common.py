@@ -189,7 +189,7 @@ MODEL_KWARG_RULES: dict[str, tuple[Any, str]] = {
     "num_classes": (lambda v: _is_int(v, 0), "must be an integer >= 0"),
     "embed_dim": (lambda v: _is_int(v, 1), "must be an integer >= 1"),
     "depth": (lambda v: _is_int(v, 1), "must be an integer >= 1"),
-    "num_heads": (lambda v: _is_int(v, 1), "must be an integer >= 1"),
+    "num_heads": (lambda v: _ints(v, 1), "must be an integer >= 1 (or one per stage)"),
     "mlp_ratio": _POSITIVE,
     "reg_tokens": (lambda v: _is_int(v, 0), "must be an integer >= 0"),
     "depths": (lambda v: isinstance(v, (list, tuple)) and _ints(v, 0), "must be a list of integers >= 0"),
@@ -225,7 +225,7 @@ def check_model_kwargs(kwargs: Mapping[str, Any], prefix: str = "") -> None:
         if rule is not None and not rule[0](value):
             raise UserError(f"{prefix}{name} = {value!r} is invalid: {rule[1]}")
     dim, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
-    if dim is not None and heads is not None and dim % heads:
+    if _is_int(dim, 1) and _is_int(heads, 1) and dim % heads:
         raise UserError(f"{prefix}num_heads = {heads!r} is invalid: it must divide embed_dim = {dim}")
     depth, layers = kwargs.get("depth"), kwargs.get("moe_layers")
     if depth is not None and layers is not None and any(i >= depth for i in layers):

@@ -1,4 +1,4 @@
-"""``jetmoe``: a MoE model made from any timm ViT, EVA or ConvNeXt architecture.
+"""``jetmoe``: a MoE model made from any timm ViT, EVA, BEiT, ViT-relpos or ConvNeXt architecture.
 
 ``timm.create_model("jetmoe", base="vit_small_patch14_dinov2", img_size=224, moe_layers=[6, 7, 8, 9, 10, 11])``
 builds the timm model ``base`` with every keyword argument that is not a MoE argument, then replaces the MLP of
@@ -23,16 +23,19 @@ import torch
 import torch.nn as nn
 from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
 from timm.models import register_model
+from timm.models.beit import Beit
+from timm.models.beit import Block as BeitBlock
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from timm.models.eva import Eva, EvaBlock
 from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer_relpos import RelPosBlock, VisionTransformerRelPos
 
 from .common import block_moe_args, check_moe_layers, make_moe_layer, per_stage, pop_moe_args, router_no_weight_decay
 
 # the block types whose MLP can become MoE, and the norm each applies right before its MLP (the router's keys)
-MOE_BLOCK_NORMS = {Block: "norm2", EvaBlock: "norm2", ConvNeXtBlock: "norm"}
+MOE_BLOCK_NORMS = {Block: "norm2", EvaBlock: "norm2", BeitBlock: "norm2", RelPosBlock: "norm2", ConvNeXtBlock: "norm"}
 DENSE_MLPS = (Mlp, GluMlp, SwiGLU, GlobalResponseNormMlp)
-BASE_FAMILIES = (VisionTransformer, Eva, ConvNeXt)
+BASE_FAMILIES = (VisionTransformer, Eva, Beit, VisionTransformerRelPos, ConvNeXt)
 DEFAULT_BASE = "vit_small_patch16_224"
 
 
@@ -120,8 +123,8 @@ def _build_base(base: str, kwargs: dict[str, Any]) -> nn.Module:
     with torch.device("meta"):
         probe = timm.create_model(base, **kwargs)
     if not isinstance(probe, BASE_FAMILIES):
-        raise ValueError(f"base {base} is a {type(probe).__name__}: jetmoe builds on timm's VisionTransformer, Eva "
-                         "or ConvNeXt")
+        raise ValueError(f"base {base} is a {type(probe).__name__}: jetmoe builds on timm's VisionTransformer, Eva, "
+                         "Beit, VisionTransformerRelPos or ConvNeXt")
     if isinstance(probe, ConvNeXt) and "conv_mlp" not in kwargs and any(
             isinstance(getattr(b.mlp, "fc1", None), nn.Conv2d) for _, b in moe_sites(probe)):
         kwargs = dict(kwargs, conv_mlp=False)

@@ -10,12 +10,12 @@
 from ..options import RECYCLE_STRATEGIES, UNIV_MODES
 from .api import OptionError, check_options, check_pair, recycle
 from .load import calibration_loader, load_dense_state, load_predecessor
-from .output import summary, write_outputs
+from .output import check_out, summary, write_outputs
 from .pipeline import recycle_sources
 from .stats import CalibStats, collect_stats
 
 __all__ = [
-    "RECYCLE_STRATEGIES", "UNIV_MODES", "CalibStats", "OptionError", "calibration_loader", "check_options",
+    "RECYCLE_STRATEGIES", "UNIV_MODES", "CalibStats", "OptionError", "calibration_loader", "check_options", "check_out",
     "check_pair", "collect_stats", "load_dense_state", "load_predecessor", "recycle", "recycle_sources", "summary",
     "write_outputs",
 ]

@@ -43,6 +43,7 @@ from .layout import (
     final_norm_alias,
     pool_shape,
     stage_dims,
+    tiered_stem,
 )
 from .router import KMEANS_ITERS, KMEANS_MAX_TOKENS, KeyCollector, spherical_kmeans
 from .select import (
@@ -55,6 +56,7 @@ from .select import (
     subselect,
 )
 from .stats import CalibStats, collect_stats
+from .tokens import convert_tokens, token_layout
 
 NEEDS_STATS = ("importance", "graph")
 
@@ -182,7 +184,8 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
     fam = family(predecessor, "predecessor")
     if family(successor, "successor") != fam:
         raise UserError(f"predecessor is a {fam} but the successor is a {family(successor, 'successor')}: recycle "
-                        "within one family (ViT, EVA or ConvNeXt); --successor auto builds the matching one")
+                        "within one family (ViT, EVA, BEiT, ViT with relative position, or ConvNeXt); --successor "
+                        "auto builds the matching one")
     pred_dims, succ_dims = stage_dims(predecessor), stage_dims(successor)
     if len(pred_dims) != len(succ_dims):
         raise UserError(f"predecessor has {len(pred_dims)} stages, successor {len(succ_dims)}: they must match")
@@ -198,6 +201,8 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                 f"upcycle copies whole MLPs, so it needs the same width, but the successor has {d_out} channels and "
                 f"the predecessor {d}{where}: use another strategy or a successor of width {d}"
             )
+    if fam == "convnext" and not dense:
+        check_stems(predecessor, successor)
     pred_blocks = {b.name: b for b in blocks(predecessor)}
     if any(b.hidden is None for b in pred_blocks.values()):
         raise UserError("the predecessor already has MoE blocks: recycle from a dense checkpoint")
@@ -260,6 +265,18 @@ def check_pair(predecessor: nn.Module, successor: nn.Module, strategy: str, dens
                 f"only {pools[0][0]} of {pools[0][1]}: pick num_heads so both fit, or pass --dense-checkpoint"
             )
     return Pair(fam, pred_dims, succ_dims, pred_blocks, succ_blocks)
+
+
+def check_stems(predecessor: nn.Module, successor: nn.Module) -> None:
+    """timm's tiered ConvNeXt stem has a hidden conv no selection rule narrows: refused by name."""
+    for role, model in (("predecessor", predecessor), ("successor", successor)):
+        if (hidden := tiered_stem(model)) is not None:
+            raise UserError(
+                f"the {role} has timm's tiered stem (stem_type 'overlap_tiered', convnext_*_ols: two stacked "
+                f"convolutions, the first {hidden} channels wide), which recycling's selection rules do not read: "
+                "pass --dense-checkpoint for the dense part (stem included), or use ConvNeXts with a patch or "
+                "overlapping stem"
+            )
 
 
 def select_all(pair: Pair, predecessor: nn.Module, successor: nn.Module, strategy: str, stats: CalibStats | None,
@@ -366,7 +383,8 @@ def recycle(
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
     Args:
-        successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor.
+        successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor;
+            without ``num_classes`` it takes the predecessor's, and keeps its head (``report["head"]``).
         strategy: ``importance`` (default), ``graph``, ``uniform``, ``random`` or ``upcycle``.
         calib_loader: batches of images (or ``(images, labels)``) preprocessed for the predecessor; required by
             ``importance`` and ``graph``; with other strategies it only adds importance figures to the report.
@@ -423,6 +441,9 @@ def recycle(
                                           "--dense-checkpoint")
     if align != "none" and calib_loader is None:
         raise OptionError("align", align, "fits on calibration images: pass calibration data (--calib-images > 0)")
+    head_given = "num_classes" in successor_kwargs
+    if not head_given:  # the one head rule: without num_classes the successor keeps the predecessor's head
+        successor_kwargs["num_classes"] = int(getattr(predecessor, "num_classes", 0))
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
     if router_init == "kmeans":
@@ -443,6 +464,9 @@ def recycle(
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
+    fresh_rows, tokens = {}, None
+    if pair.family != "convnext" and dense_state is None:  # before calibration: a layout refused costs nothing
+        pred_state, fresh_rows, tokens = convert_tokens(pred_state, token_layout(predecessor), token_layout(model))
     stats, keys = None, {}
     if calib_loader is not None:
         dev = resolve_device(device)
@@ -470,6 +494,7 @@ def recycle(
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"], gen, dense_mlps)
+    keep_fresh_tokens(state, fresh, model, fresh_rows)
     router_info = None
     if router_init == "kmeans":
         router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
@@ -487,7 +512,32 @@ def recycle(
         coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
         router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
         dense=dense_state is not None))
+    report["tokens"] = tokens
+    report["head"] = head_report(predecessor, model, fresh, pair.family, head_given, dense_state is not None)
     return state, report
+
+
+def head_report(predecessor: nn.Module, successor: nn.Module, fresh: list[str], fam: str, given: bool,
+                dense: bool) -> dict[str, Any]:
+    """What became of the classifier: the successor keeps its source's head (the predecessor's, or the dense
+    checkpoint's) when the class counts match, else a fresh one, listed in ``fresh_keys``."""
+    classes = int(getattr(successor, "num_classes", 0))
+    heads = [k for k in successor.state_dict() if (axis_roles(k, fam) or (None,))[0] == "cls"]
+    kept = classes > 0 and not any(k in fresh for k in heads)
+    return {"predecessor_classes": int(getattr(predecessor, "num_classes", 0)), "successor_classes": classes,
+            "num_classes": "given" if given else "the predecessor's", "kept": kept,
+            "source": "dense checkpoint" if dense else "predecessor"}
+
+
+def keep_fresh_tokens(state: dict[str, torch.Tensor], fresh: list[str], model: nn.Module,
+                      fresh_rows: dict[str, list[int]]) -> None:
+    """Tokens the predecessor lacks (:func:`~moejet.recycle.tokens.convert_tokens`) and their position rows take
+    the successor's own init, in ``state``; a key left wholly at its init joins ``fresh``."""
+    own = model.state_dict()
+    for key, rows in fresh_rows.items():
+        state[key][:, rows] = own[key][:, rows]
+        if len(rows) == own[key].shape[1]:
+            fresh.append(key)
 
 
 def kmeans_queries(state: dict[str, torch.Tensor], fresh: list[str], pair: Pair, sel: Selection,

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.layers import resample_patch_embed
 
 from ..errors import UserError
-from .layout import Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage, num_prefix_pos_tokens
+from .layout import MLP_NORM, Block, axis_roles, expert_banks, final_norm_alias, key_block, key_stage
 from .select import evenly_spaced
 
 
@@ -36,13 +36,14 @@ class Selection:
     upcycled: dict[str, str] = field(default_factory=dict)  # --mixed: MoE block -> the path cut from the dense MLP
 
     def attention_sets(self) -> dict[str, torch.Tensor]:
-        """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v."""
+        """``hd``: inside a head; ``attn``: into the concatenated heads ``(H*hd)``; ``qkv``: into fused q/k/v;
+        ``heads``: the heads themselves."""
         if self.heads is None:
             return {}
         num_heads, head_dim = self.pred_heads
         attn = (self.heads[:, None] * head_dim + self.head_channels[None, :]).reshape(-1)
         qkv = torch.cat([part * num_heads * head_dim + attn for part in range(3)])
-        return {"hd": self.head_channels, "attn": attn, "qkv": qkv, **self.pool}
+        return {"hd": self.head_channels, "attn": attn, "qkv": qkv, "heads": self.heads, **self.pool}
 
 
 def head_sets(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +66,7 @@ def select_heads(pred: tuple[int, int], succ: tuple[int, int]) -> tuple[torch.Te
     return evenly_spaced(num_heads, num_heads_out), evenly_spaced(head_dim, head_dim_out)
 
 
-def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selection, successor: nn.Module,
+def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selection,
          attn_sets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
     """Predecessor tensor ``weight`` cut to the successor's ``ref``; ``(tensor, fresh)`` where ``fresh`` means
     the successor's own init was kept (a classifier for another number of classes)."""
@@ -102,9 +103,6 @@ def take(key: str, weight: torch.Tensor, ref: torch.Tensor, fam: str, sel: Selec
                     f"{role!r} indices need; pass a --dense-checkpoint for the successor's dense part"
                 )
             out = out.index_select(axis, index)
-    if "pos" in roles and out.shape[1] != ref.shape[1]:
-        out = resample_abs_pos_embed(out, new_size=list(successor.patch_embed.grid_size),
-                                     num_prefix_tokens=num_prefix_pos_tokens(successor))
     if "k" in roles and out.shape[-2:] != ref.shape[-2:]:
         out = resample_patch_embed(out, new_size=list(ref.shape[-2:]))
     if out.shape != ref.shape:
@@ -249,7 +247,7 @@ def build_state(
         alias = final_norm_alias(key, source)
         if alias is not None:
             if final_norm == "copy":
-                state[key] = take(key, source[alias], ref, fam, sel, successor, attn_sets)[0] \
+                state[key] = take(key, source[alias], ref, fam, sel, attn_sets)[0] \
                     if dense_state is None else source[alias].clone()
             else:
                 state[key] = ref.clone()
@@ -270,10 +268,10 @@ def build_state(
                 "and depth (e.g. qkv_bias, class token, layer scale); match the successor's arguments to the "
                 "predecessor or pass --dense-checkpoint"
             )
-        state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, successor, attn_sets)
+        state[key], is_fresh = take(key, pred_state[key], ref, fam, sel, attn_sets)
         if is_fresh:
             fresh.append(key)
-    norm = "norm2" if fam == "vit" else "norm"
+    norm = MLP_NORM[fam]
     for block in moe_blocks:
         prefix = f"{block.name}.mlp."
         mlp = mlp_tensors(pred_state, pred_blocks[block.name])

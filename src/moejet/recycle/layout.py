@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
+from timm.models.beit import Beit
 from timm.models.convnext import ConvNeXt
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_relpos import VisionTransformerRelPos
 
 from ..errors import UserError
 from ..layers import MOE_LAYERS, SoftMoE
@@ -23,7 +25,9 @@ from ..layers import MOE_LAYERS, SoftMoE
 # timm MLP classes recycling reads, by kind: "mlp" fc1 -> act -> fc2 (with an optional hidden norm), "grn" with
 # ConvNeXt-V2's Global Response Norm, "swiglu" act(fc1_g) * fc1_x, "glu" one packed fc1 of gate and value halves
 MLP_KINDS = {Mlp: "mlp", GlobalResponseNormMlp: "grn", SwiGLU: "swiglu", GluMlp: "glu"}
-FAMILIES = {"vit": VisionTransformer, "eva": Eva, "convnext": ConvNeXt}
+FAMILIES = {"vit": VisionTransformer, "eva": Eva, "beit": Beit, "vit_relpos": VisionTransformerRelPos,
+            "convnext": ConvNeXt}
+MLP_NORM = {"vit": "norm2", "eva": "norm2", "beit": "norm2", "vit_relpos": "norm2", "convnext": "norm"}  # before MLP
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,14 @@ class Block:
 
 
 def family(model: nn.Module, role: str) -> str:
-    """``"vit"``, ``"eva"`` or ``"convnext"``; anything else is a UserError naming ``role``."""
+    """A :data:`FAMILIES` name; anything else is a UserError naming ``role``."""
     for name, cls in FAMILIES.items():
         if isinstance(model, cls):
             return name
     raise UserError(
         f"{role} {type(model).__name__} is not a timm VisionTransformer (ViT, DeiT, DINOv2, CLIP, SigLIP), Eva "
-        "(EVA-02) or ConvNeXt (V1 / V2): recycling supports those families (docs/recycling.md, family table)"
+        "(EVA-02), Beit (BEiT, BEiT-v2), VisionTransformerRelPos (vit_relpos_*) or ConvNeXt (V1 / V2): recycling "
+        "supports those families (docs/recycling.md, family table)"
     )
 
 
@@ -74,10 +79,10 @@ def mlp_hidden(mlp: nn.Module, kind: str) -> int:
 def blocks(model: nn.Module) -> list[Block]:
     """Every block of a ViT / EVA / ConvNeXt with its MLP site, in forward order."""
     if isinstance(model, ConvNeXt):
-        named = [(f"stages.{s}.blocks.{j}", s, b, b.norm)
+        named = [(f"stages.{s}.blocks.{j}", s, b, getattr(b, MLP_NORM["convnext"]))
                  for s, stage in enumerate(model.stages) for j, b in enumerate(stage.blocks)]
     else:
-        named = [(f"blocks.{i}", 0, b, getattr(b, "norm2", None)) for i, b in enumerate(model.blocks)]
+        named = [(f"blocks.{i}", 0, b, getattr(b, MLP_NORM["vit"], None)) for i, b in enumerate(model.blocks)]
     out = []
     for index, (name, stage, block, norm) in enumerate(named):
         mlp = getattr(block, "mlp", None)
@@ -115,6 +120,13 @@ def _stage_out(stage: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+def tiered_stem(model: nn.Module) -> int | None:
+    """The first conv's width of timm's tiered ConvNeXt stem (``stem_type='overlap_tiered'``: narrower than the
+    stem's output), else None."""
+    first = next(m for m in model.stem.modules() if isinstance(m, nn.Conv2d))
+    return first.out_channels if first.out_channels != stage_dims(model)[0] else None
+
+
 def attention_shape(model: nn.Module) -> tuple[int, int]:
     """``(heads, head_dim)`` of a ViT's / EVA's attention (the same in every block)."""
     attn = model.blocks[0].attn
@@ -123,7 +135,8 @@ def attention_shape(model: nn.Module) -> tuple[int, int]:
             f"attention {type(attn).__name__} has no qkv projections: recycling needs timm's Attention or "
             "EvaAttention"
         )
-    return int(attn.num_heads), int(attn.head_dim)
+    head_dim = getattr(attn, "head_dim", None) or attn.qkv.weight.shape[0] // 3 // attn.num_heads  # BEiT keeps none
+    return int(attn.num_heads), int(head_dim)
 
 
 def pool_shape(model: nn.Module) -> tuple[int, int] | None:
@@ -157,17 +170,14 @@ def final_norm_alias(key: str, state: dict) -> str | None:
     return other if other in state else None
 
 
-def num_prefix_pos_tokens(model: nn.Module) -> int:
-    """Prefix tokens (class / register) that carry a position embedding in a ViT."""
-    return 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-
-
 # Per-axis roles of each parameter. "c": channels of the key's stage, "c_prev": of the previous stage,
 # "c_last": of the last stage, "n": dense hidden neurons of the key's block (a packed GluMlp fc1 holds them
 # twice: gate and value halves), "qkv": fused q/k/v rows, "attn": concatenated head channels, "hd": channels
-# inside one head, "pattn" / "pkv" / "phd" / "pn": the same for the MAP pool head (kv: k and v rows, pn: its
-# MLP's neurons), "cls": classes, "pos": position tokens, "k": patch-embedding kernel. None: the axis must have
-# the same size in both models. EVA keys (gamma_1, q_bias, q_proj, ...) share the ViT table.
+# inside one head, "heads": whole heads (relative position biases), "pattn" / "pkv" / "phd" / "pn": the same for
+# the MAP pool head (kv: k and v rows, pn: its MLP's neurons), "cls": classes, "pos": position tokens (already in
+# the successor's layout: moejet.recycle.tokens), "k": patch-embedding kernel. None: the axis must have the same
+# size in both models. EVA, BEiT and vit_relpos keys (gamma_1, q_bias, q_proj, relative position biases, ...)
+# share the ViT table.
 B = r"blocks\.\d+\."
 VIT_ROLES = [
     (r"(cls_token|reg_token|dist_token)", (None, None, "c")),
@@ -181,6 +191,10 @@ VIT_ROLES = [
     (B + r"attn\.(q_norm|k_norm)\.(weight|bias)", ("hd",)),
     (B + r"attn\.norm\.(weight|bias)", ("attn",)),
     (B + r"attn\.proj\.weight", ("c", "attn")),
+    (r"(" + B + r"attn\.|" + B + r"attn\.rel_pos\.|rel_pos_bias\.|shared_rel_pos\.)relative_position_bias_table",
+     (None, "heads")),  # BEiT, vit_srelpos: one bias per relative offset and head
+    (r"(" + B + r"attn\.|shared_)rel_pos\.mlp\.fc2\.weight", ("heads", None)),  # vit_relpos: an MLP to the heads
+    (r"(" + B + r"attn\.|shared_)rel_pos\.mlp\.fc2\.bias", ("heads",)),
     (B + r"mlp\.(fc1|fc1_g|fc1_x)\.weight", ("n", "c")),
     (B + r"mlp\.((fc1|fc1_g|fc1_x)\.bias|norm\.weight|norm\.bias)", ("n",)),
     (B + r"mlp\.fc2\.weight", ("c", "n")),
@@ -204,7 +218,8 @@ VIT_ROLES = [
 S = r"stages\.\d+\."
 CONVNEXT_ROLES = [
     (r"stem\.0\.weight", ("c", None, "k", "k")),
-    (r"stem\.(0\.bias|1\.weight|1\.bias)", ("c",)),
+    (r"stem\.[1-3]\.weight", ("c", "c", "k", "k")),  # a norm, or an overlapping stem's second conv (c -> c)
+    (r"stem\.[0-3]\.bias", ("c",)),
     (S + r"downsample\.0\.(weight|bias)", ("c_prev",)),
     (S + r"downsample\.1\.weight", ("c", "c_prev", None, None)),
     (S + r"downsample\.1\.bias", ("c",)),
@@ -218,7 +233,7 @@ CONVNEXT_ROLES = [
     (r"head\.fc\.bias", ("cls",)),
 ]
 ROLES = {"vit": [(re.compile(p), r) for p, r in VIT_ROLES], "convnext": [(re.compile(p), r) for p, r in CONVNEXT_ROLES]}
-ROLES["eva"] = ROLES["vit"]
+ROLES.update({fam: ROLES["vit"] for fam in FAMILIES if fam not in ROLES})
 
 
 def axis_roles(key: str, fam: str) -> tuple[str | None, ...] | None:

@@ -29,6 +29,7 @@ from ..io.weights import (
 from ..models.common import BUILD_ERRORS
 from .api import build_successor
 from .layout import axis_roles, family, final_norm_alias
+from .tokens import convert_tokens, state_token_layout, token_layout
 
 NUMPY_SUFFIXES = (".npz", ".npy")
 PREDECESSOR_FILE_HINT = "--predecessor-checkpoint FILE (instead of --pretrained)"  # moejet recycle's flags
@@ -186,7 +187,7 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
         if _npz_num_classes(path) != twin.num_classes:
             state = {k: v for k, v in state.items() if k not in heads}
         return {k: v.detach().clone() for k, v in state.items()}
-    state = timm_layout(load_state_dict(path), twin)
+    state = timm_layout(tokens_like(load_state_dict(path), twin, source), twin)
     own = twin.state_dict()
     dropped = [k for k in heads if k not in state or state[k].shape != own[k].shape]  # another head, or none
     # a checkpoint that pools differently (norm vs fc_norm) loads with its final norm renamed, and is returned
@@ -196,6 +197,22 @@ def load_dense_state(path: str | os.PathLike, successor: str, successor_kwargs: 
     state = {k: v for k, v in state.items() if k not in renamed.values()}
     load_into(twin, {**state, **{k: own[k] for k in dropped}, **moved}, source)
     return {renamed.get(k, k): v.detach().clone() for k, v in twin.state_dict().items() if k not in dropped}
+
+
+def tokens_like(state: dict[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """A ViT-family checkpoint's prefix tokens and position table in ``model``'s layout
+    (:func:`~moejet.recycle.tokens.convert_tokens`; the checkpoint's layout read from its keys): tokens it lacks
+    take ``model``'s own values. Other families' states are returned as they are."""
+    if family(model, "dense checkpoint's model") == "convnext" or "blocks.0.norm1.weight" not in state:
+        return state
+    target = token_layout(model)
+    fix = "or pass a checkpoint of the successor's dense counterpart"
+    state, fresh, _ = convert_tokens(state, state_token_layout(state, target, source), target, fix,
+                                     "dense checkpoint")
+    own = model.state_dict()
+    for key, rows in fresh.items():
+        state[key][:, rows] = own[key][:, rows]
+    return state
 
 
 def calibration_input_size(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:

@@ -35,9 +35,7 @@ def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report
     Each file is written to a temporary name and renamed; if the second write fails the first is removed, and
     a directory this call created is removed again, so a failed run leaves nothing in ``out``.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a directory")
+    out = check_out(out)
     created = not out.exists()
     model_path, report_path = out / MODEL_FILE, out / REPORT_FILE
     metadata = {"moejet.recycle.strategy": report["strategy"], "moejet.recycle.seed": str(report["seed"]),
@@ -49,13 +47,32 @@ def write_outputs(out: str | os.PathLike, state: dict[str, torch.Tensor], report
         save_model(state, model_path, successor, successor_kwargs, metadata)
         with atomic_output(report_path) as tmp:
             tmp.write_text(compact_json(report) + "\n")
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             model_path.unlink(missing_ok=True)
             if created:
                 out.rmdir()
+        if isinstance(err, OSError):
+            raise UserError(f"cannot write the recycled model to --out {out} ({err.strerror or err}); nothing was "
+                            "left there: free space or pass another directory") from None
         raise
     return model_path, report_path
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """``out`` as a Path if it can become the output directory (an existing directory, or one that can be made in
+    its nearest existing parent); else a one-line UserError. ``moejet recycle`` calls it before any work."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a directory")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out} is under {parent}, which is a file: pass a directory path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not writable: pass a directory you can write to")
+    return out
 
 
 def _option_summary(report: dict[str, Any]) -> str:
@@ -76,6 +93,17 @@ def _option_summary(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def head_line(head: dict[str, Any]) -> str:
+    """One line on the successor's classifier (``recycle.json``'s ``head``)."""
+    n, source = head["successor_classes"], head["source"]
+    if n == 0:
+        return "none (num_classes 0)"
+    if head["kept"]:
+        return f"the {source}'s {n}-class head, kept (num_classes: {head['num_classes']})"
+    return (f"fresh {n}-class head (the predecessor has {head['predecessor_classes']} classes; num_classes: "
+            f"{head['num_classes']}): listed in fresh_keys")
+
+
 def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> str:
     """A one-screen human summary of a recycle report."""
     pred, succ = report["predecessor"], report["successor"]
@@ -87,6 +115,12 @@ def summary(report: dict[str, Any], paths: tuple[Path, Path] | None = None) -> s
         heads = report["head_indices"]
         lines.append(f"  attention     heads {heads['heads']} kept, {len(heads['head_channels'])} channels per head")
     lines.append(f"  dense part    {report['dense_part']}")
+    head = report.get("head")
+    if head:
+        lines.append(f"  head          {head_line(head)}")
+    tokens = report.get("tokens")
+    if tokens and (tokens["predecessor"] != tokens["successor"]):
+        lines.append(f"  tokens        {tokens['predecessor']} -> {tokens['successor']} (recycle.json: tokens)")
     extras = _option_summary(report)
     if extras:
         lines.append(f"  options       {extras}")

@@ -77,7 +77,9 @@ def recycle_sources(
     if predecessor_checkpoint:
         pred_name, pred_kwargs = resolve_predecessor(pred_name, predecessor_checkpoint, pred_kwargs)
     pred_model = load_predecessor(pred_name, predecessor_checkpoint, pretrained, pred_kwargs)
-    dense = load_dense_state(dense_checkpoint, successor, successor_kwargs, seed) if dense_checkpoint else None
+    head = {"num_classes": int(getattr(pred_model, "num_classes", 0))}  # recycle()'s default: the predecessor's
+    dense = load_dense_state(dense_checkpoint, successor, {**head, **successor_kwargs}, seed) \
+        if dense_checkpoint else None
     loader, calib = None, None
     if calib_images > 0:
         loader, calib = calibration_loader(calib_data, pred_model, calib_images, batch_size, seed, workers,
