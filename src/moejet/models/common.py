@@ -27,15 +27,14 @@ SOFT_ARGS = ("slots_per_expert", "expert_dropout", "expert_init")
 
 class PlainModelArgs:
     """Keeps the factory arguments timm records on a model (``model._model_args``, exported by ``save_for_hf`` /
-    ``push_to_hf_hub`` into config.json) as plain JSON values, so ``moe_layers=range(8, 12)`` exports."""
+    ``push_to_hf_hub`` into config.json) as plain JSON values, so ``moe_layers=range(8, 12)`` exports.
 
-    @property
-    def _model_args(self) -> dict[str, Any]:
-        return self.__dict__.get("_plain_model_args", {})
+    The conversion happens on assignment, in ``__setattr__``, which TorchScript never compiles (a property would be)."""
 
-    @_model_args.setter
-    def _model_args(self, args: dict[str, Any]) -> None:
-        self.__dict__["_plain_model_args"] = {k: plain_json(v) for k, v in args.items()}
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_model_args":
+            value = {k: plain_json(v) for k, v in value.items()}
+        super().__setattr__(name, value)
 
 
 def pop_moe_args(kwargs: dict[str, Any], moe_type: str, variant: str = "paper") -> dict[str, Any]:

@@ -39,7 +39,7 @@ DEFAULT_BASE = "vit_small_patch16_224"
 class JetMoEMixin:
     """What a ``jetmoe`` model adds to its timm class: its MoE block indices and the router's weight-decay rule."""
 
-    moe_layers: tuple[int, ...] = ()
+    moe_layers = ()  # no class annotation: TorchScript would read it, and it has no variable-length tuple type
 
     def no_weight_decay(self) -> set[str]:
         base = getattr(super(), "no_weight_decay", None)
