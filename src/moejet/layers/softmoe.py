@@ -3,10 +3,12 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .experts import BatchedExperts, fast_slot_outputs, lecun_normal_, tracing
 
 
+@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
 class SoftMoE(nn.Module):
     """Soft MoE layer: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 

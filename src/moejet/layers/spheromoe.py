@@ -8,7 +8,7 @@ experts with ``s`` slots each, ``S = e * s`` slots (core slots first, expert-maj
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import drop_path
+from timm.layers import drop_path, register_notrace_module
 from torch.autograd.function import once_differentiable
 
 from .entmax import entmax15
@@ -85,6 +85,7 @@ def softmax_router(logits: torch.Tensor, dispatch_temperature: torch.Tensor, com
     return dispatch_t.transpose(1, 2), combine
 
 
+@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
 class SpheroMoE(nn.Module):
     """Drop-in replacement for a transformer MLP: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 
