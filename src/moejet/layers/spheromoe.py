@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from .entmax import entmax15
 from .experts import BatchedExperts, expert_keep_mask, fast_slot_outputs, tracing
 
-COMBINE_FNS = ("softmax", "entmax15")
+COMBINES = ("softmax", "entmax15")  # the combine normalisations over slots (Eq. 11): paper, release
 EXPERT_DROP_MODES = ("expert", "layer")
 
 
@@ -155,8 +155,8 @@ class SpheroMoE(nn.Module):
             )
         if slots_per_expert < 1:
             raise ValueError(f"slots_per_expert must be >= 1, got {slots_per_expert}")
-        if combine not in COMBINE_FNS:
-            raise ValueError(f"combine must be one of {sorted(COMBINE_FNS)}, got {combine!r}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {sorted(COMBINES)}, got {combine!r}")
         if not 0.0 <= expert_drop_rate < 1.0:
             raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
         check_choice("expert_drop_mode", expert_drop_mode, EXPERT_DROP_MODES)

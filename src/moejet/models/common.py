@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..io.files import plain_json
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
 from ..layers.experts import EXPERT_INITS
-from ..layers.spheromoe import COMBINE_FNS, EXPERT_DROP_MODES
+from ..layers.spheromoe import COMBINES, EXPERT_DROP_MODES
 from ..variants import MODEL_SWITCHES, VARIANTS, apply_variant
 
 SPHERO_ARGS = (
@@ -207,7 +207,7 @@ MODEL_KWARG_RULES: dict[str, tuple[Any, str]] = {
     "noise_std": (lambda v: v is None or _is_number(v, 0.0, math.inf), "must be a finite number >= 0 (or null)"),
     "query_norm_eps": (lambda v: v is None or _is_number(v, 0.0, 1.0, low_open=True),
                        "must be a small number > 0 (or null: the block norm's eps)"),
-    "combine": (lambda v: _one_of(v, COMBINE_FNS), f"use one of {', '.join(COMBINE_FNS)}"),
+    "combine": (lambda v: _one_of(v, COMBINES), f"use one of {', '.join(COMBINES)}"),
     "expert_drop_mode": (lambda v: _one_of(v, EXPERT_DROP_MODES), f"use one of {', '.join(EXPERT_DROP_MODES)}"),
     "expert_init": (lambda v: _one_of(v, EXPERT_INITS), f"use one of {', '.join(EXPERT_INITS)}"),
     "variant": (lambda v: _one_of(v, VARIANTS), f"use one of {', '.join(VARIANTS)}"),
