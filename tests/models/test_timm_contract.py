@@ -131,19 +131,26 @@ def test_jetmoe_data_config_is_its_base(case, case_kwargs):
         "base_architecture": base.pretrained_cfg["architecture"]}
 
 
-def test_jetmoe_on_clip_normalises_as_clip_through_features_and_publishing(case_kwargs, tmp_path):
+def test_jetmoe_on_clip_normalises_as_clip_through_features_and_publishing(case_kwargs, tmp_path, monkeypatch):
     kwargs = case_kwargs("jetmoe-vit")
     model = build("jetmoe-vit", case_kwargs)
     features = build("jetmoe-vit", case_kwargs, features_only=True)
     save_model(model, tmp_path / "model.safetensors", "jetmoe", kwargs)
     folder = write_folder(tmp_path / "model.safetensors", tmp_path / "published", macs=False)
-    loaded = load_published(str(folder))
+    loaded = load_published(str(folder))  # local-dir:
     loaded_features = load_published(str(folder), features_only=True)
-    for m in (model, features, loaded, loaded_features):
+    # hf-hub: the Hub serves the published folder's files
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download",
+                        lambda *args, **kwargs: str(folder / (args[1] if len(args) > 1 else kwargs["filename"])))
+    from_hub = load_published("you/jetmoe-clip")
+    x = torch.randn(*IMAGES)
+    with torch.no_grad():  # the Hub's weights, not a fresh model
+        torch.testing.assert_close(from_hub.eval()(x), model.eval()(x), atol=0, rtol=0)
+    for m in (model, features, loaded, loaded_features, from_hub):
         config = resolve_data_config(model=m)
         assert config["mean"] == pytest.approx((0.4815, 0.4578, 0.4082), abs=1e-4), type(m).__name__
         assert (config["crop_pct"], config["interpolation"]) == (0.9, "bicubic")
-    assert loaded.pretrained_cfg["architecture"] == "jetmoe"
+    assert loaded.pretrained_cfg["architecture"] == from_hub.pretrained_cfg["architecture"] == "jetmoe"
 
 
 @pytest.fixture
