@@ -121,6 +121,20 @@ def test_pretrained_cfg_is_carried_through_features_and_classifier_reset(case, c
     assert model.pretrained_cfg == cfg and resolve_data_config(model=model) == data
 
 
+# the dense timm model each registered one is made from (the recycling predecessor of paper Tables 1-4)
+DENSE_COUNTERPARTS = {"vjetmoe_tiny_patch16_224": "vit_tiny_patch16_224", "softmoe_vit_tiny_patch16_224":
+                      "vit_tiny_patch16_224", "vjetmoe_small_patch16_224": "vit_small_patch16_224",
+                      "softmoe_vit_small_patch16_224": "vit_small_patch16_224", "cjetmoe_femto": "convnext_femto",
+                      "convnext_femto_d18": "convnext_femto"}
+
+
+def test_registered_models_normalise_as_their_dense_counterparts():
+    assert DENSE_COUNTERPARTS.keys() == set(MODEL_NAMES) - {"jetmoe"}
+    for name, dense in DENSE_COUNTERPARTS.items():
+        config = resolve_data_config(get_pretrained_cfg(name).to_dict())
+        assert config == resolve_data_config(get_pretrained_cfg(dense).to_dict()), name
+
+
 @pytest.mark.parametrize("case", [case for case in CASES if CASES[case] == "jetmoe"])
 def test_jetmoe_data_config_is_its_base(case, case_kwargs):
     model = build(case, case_kwargs)
