@@ -178,3 +178,16 @@ def test_bad_hidden_norm_raises():
             build()
     with pytest.raises(ValueError, match="no whole number of images of slots_per_image=3"):
         BatchedExperts(2, 8, 16, hidden_norm="grn")(torch.randn(2, 4, 8), slots_per_image=3)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(gated=True), dict(hidden_norm="layernorm"),
+                                    dict(gated=True, hidden_norm="grn")], ids=["plain", "gated", "layernorm", "grn"])
+def test_every_expert_form_scripts_to_the_eager_outputs(randomize, kwargs):
+    layer = SpheroMoE(8, 2, 4, slots_per_expert=3, combine="entmax15", **kwargs).eval()
+    for bank in (layer.core_experts, layer.univ_experts):
+        randomize(bank)
+    layer.record_routing = True
+    scripted = torch.jit.script(layer)
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(scripted(x), layer(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scripted.last_routing["combine"], layer.last_routing["combine"])

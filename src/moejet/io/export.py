@@ -65,8 +65,8 @@ def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
 
 
 def write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
-    # torch.jit.script does not compile timm's ViT; tracing records the eval-mode graph, whose shapes
-    # depend on the batch only through tensor ops, so the traced module accepts any batch size (tested).
+    # tracing records the eval-mode graph, whose shapes depend on the batch only through tensor ops, so the traced
+    # module accepts any batch size (tested). (torch.jit.script compiles these models too: docs/publish-export.md)
     entmax = [name for name, m in model.named_modules() if getattr(m, "combine", None) == "entmax15"]
     if entmax:
         raise UserError(f"TorchScript cannot record entmax15's autograd function ({entmax[0]} combines with "

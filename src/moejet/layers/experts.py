@@ -78,6 +78,8 @@ class BatchedExperts(nn.Module):
         self.gated, self.hidden_norm, self.norm_eps = gated, hidden_norm, norm_eps
         self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
         self.fc1_bias = nn.Parameter(torch.empty(num_experts, hidden_dim))
+        for name in ("fc1_gate_weight", "fc1_gate_bias", "norm_weight", "norm_bias", "grn_weight", "grn_bias"):
+            self.register_parameter(name, None)  # the parts this bank lacks: forward's `is not None` skips them
         if gated:
             self.fc1_gate_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
             self.fc1_gate_bias = nn.Parameter(torch.empty(num_experts, hidden_dim))
@@ -129,35 +131,35 @@ class BatchedExperts(nn.Module):
         positions); None: each row is its own image. Only ``hidden_norm="grn"`` reads it."""
         if x.shape[0] != self.num_experts or x.shape[-1] != self.dim:
             raise ValueError(
-                f"expected input of shape ({self.num_experts}, m, {self.dim}), got {tuple(x.shape)}"
+                f"expected input of shape ({self.num_experts}, m, {self.dim}), got {list(x.shape)}"
             )
         # Weights on the left, tokens on the right: (E, out, in) @ (E, in, m). Autograd then produces weight
         # gradients directly in the parameters' (E, out, in) layout, with no transposed copies.
         x_t = x.transpose(1, 2)
         h = torch.baddbmm(self.fc1_bias.unsqueeze(2), self.fc1_weight, x_t)  # (E, hidden, m)
-        if self.gated:
+        # the optional parts are tested by `is not None`, which TorchScript resolves when it compiles a bank
+        if self.fc1_gate_weight is not None and self.fc1_gate_bias is not None:  # gated
             h = self.act(torch.baddbmm(self.fc1_gate_bias.unsqueeze(2), self.fc1_gate_weight, x_t)) * h
         else:
             h = self.act(h)
         h = F.dropout(h, self.dropout, self.training)
-        if self.hidden_norm == "layernorm":
+        if self.norm_weight is not None and self.norm_bias is not None:  # hidden_norm="layernorm"
             h = F.layer_norm(h.transpose(1, 2), (self.hidden_dim,), eps=self.norm_eps)  # (E, m, hidden)
             h = torch.addcmul(self.norm_bias.unsqueeze(1), self.norm_weight.unsqueeze(1), h).transpose(1, 2)
-        elif self.hidden_norm == "grn":
-            h = self._grn(h, 1 if slots_per_image is None else slots_per_image)
+        elif self.grn_weight is not None and self.grn_bias is not None:  # hidden_norm="grn"
+            h = grn(h, self.grn_weight, self.grn_bias, 1 if slots_per_image is None else slots_per_image,
+                    self.norm_eps)
         y = torch.baddbmm(self.fc2_bias.unsqueeze(2), self.fc2_weight, h)  # (E, dim, m)
         return F.dropout(y, self.dropout, self.training).transpose(1, 2)
 
-    def _grn(self, h: torch.Tensor, s: int) -> torch.Tensor:
-        """Global Response Norm of ``h (E, hidden, m)`` over images of ``s`` consecutive rows; same shape out."""
-        e, hidden, m = h.shape
-        if s < 1 or m % s:
-            raise ValueError(f"{m} rows per expert are no whole number of images of slots_per_image={s}")
-        hi = h.reshape(e, hidden, m // s, s)
-        g = torch.linalg.vector_norm(hi, dim=-1, keepdim=True)  # (E, hidden, b, 1)
-        n = g / (g.mean(dim=1, keepdim=True) + self.norm_eps)
-        out = hi + torch.addcmul(self.grn_bias[:, :, None, None], self.grn_weight[:, :, None, None], hi * n)
-        return out.reshape(e, hidden, m)
+    def over_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """Run ``slots (b, E*s, d)`` (expert-major: slot ``e*s + j``) through the experts; same shape out."""
+        b, num_slots, d = slots.shape
+        e = self.num_experts
+        s = num_slots // e
+        x = slots.reshape(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
+        y = self(x, slots_per_image=s)
+        return y.reshape(e, b, s, d).transpose(0, 1).reshape(b, num_slots, d)
 
     def extra_repr(self) -> str:
         text = f"num_experts={self.num_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, dropout={self.dropout}"
@@ -166,6 +168,19 @@ class BatchedExperts(nn.Module):
         if self.hidden_norm is not None:
             text += f", hidden_norm={self.hidden_norm!r}, norm_eps={self.norm_eps}"
         return text
+
+
+def grn(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, s: int, eps: float) -> torch.Tensor:
+    """Global Response Norm of ``h (E, hidden, m)`` over images of ``s`` consecutive rows, with per-expert
+    ``weight`` / ``bias (E, hidden)``; same shape out."""
+    e, hidden, m = h.shape
+    if s < 1 or m % s:
+        raise ValueError(f"{m} rows per expert are no whole number of images of slots_per_image={s}")
+    hi = h.reshape(e, hidden, m // s, s)
+    g = torch.linalg.vector_norm(hi, dim=-1, keepdim=True)  # (E, hidden, b, 1)
+    n = g / (g.mean(dim=1, keepdim=True) + eps)
+    out = hi + torch.addcmul(bias[:, :, None, None], weight[:, :, None, None], hi * n)
+    return out.reshape(e, hidden, m)
 
 
 def expert_keep_mask(batch: int, num_experts: int, drop_rate: float, like: torch.Tensor) -> torch.Tensor:
@@ -182,12 +197,7 @@ def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 
 def experts_over_slots(experts: BatchedExperts, slots: torch.Tensor) -> torch.Tensor:
     """Run ``slots (b, E*s, d)`` (expert-major: slot ``e*s + j``) through ``experts``; same shape out."""
-    b, num_slots, d = slots.shape
-    e = experts.num_experts
-    s = num_slots // e
-    x = slots.reshape(b, e, s, d).transpose(0, 1).reshape(e, b * s, d)
-    y = experts(x, slots_per_image=s)
-    return y.reshape(e, b, s, d).transpose(0, 1).reshape(b, num_slots, d)
+    return experts.over_slots(slots)
 
 
 # ---- fast path: several banks over one slot tensor, in the layout the BLAS wants ---------------------------------
@@ -204,9 +214,11 @@ def tracing() -> bool:
     """Inside TorchScript tracing / scripting, torch.compile or torch.export, under a Python dispatch mode
     (FlopCounterMode, fake tensors) or under autocast: the fast paths (custom autograd Functions, ``out=`` writes,
     bank GEMMs run outside the bank modules, one dtype throughout) step aside for the plain path there."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or _get_current_dispatch_mode() is not None
-            or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
+    if torch.jit.is_scripting():  # a static branch: TorchScript compiles only this one
+        return True
+    else:
+        return (torch.jit.is_tracing() or torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+                or torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"))
 
 
 def fast_banks_ok(banks: list[BatchedExperts], training: bool) -> bool:
@@ -286,3 +298,8 @@ def banks_over_slots(banks: list[BatchedExperts], slots: torch.Tensor) -> torch.
     if torch.is_grad_enabled() and (slots.requires_grad or any(p.requires_grad for p in params)):
         return _BanksOverSlots.apply(slots, specs, *params)
     return _banks_forward(slots, specs, params, save=False)[0]
+
+
+def fast_slot_outputs(banks: list[BatchedExperts], slots: torch.Tensor, training: bool) -> torch.Tensor | None:
+    """``banks_over_slots(banks, slots)`` where :func:`fast_banks_ok`, else None (the caller takes the plain path)."""
+    return banks_over_slots(banks, slots) if fast_banks_ok(banks, training) else None

@@ -1,14 +1,14 @@
 """Soft MoE (Puigcerver et al., 2023): the baseline router of paper Tables 1-4."""
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
-from .experts import BatchedExperts, banks_over_slots, experts_over_slots, fast_banks_ok, lecun_normal_
+from .experts import BatchedExperts, fast_slot_outputs, lecun_normal_, tracing
 
 
+@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
 class SoftMoE(nn.Module):
     """Soft MoE layer: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 
@@ -30,6 +30,8 @@ class SoftMoE(nn.Module):
             positions are its ``s`` slots at one expert); see :class:`BatchedExperts`.
         hidden_norm_eps: eps of that hidden norm.
     """
+
+    last_routing: dict[str, torch.Tensor] | None  # typed for TorchScript (a class annotation, hence no __future__)
 
     def __init__(
         self,
@@ -60,7 +62,7 @@ class SoftMoE(nn.Module):
         )
         self.fast_path = True  # False forces the plain expert path (the definition the fast path is tested against)
         self.record_routing = False
-        self.last_routing: dict[str, torch.Tensor] | None = None
+        self.last_routing = None
         self.reset_router()
 
     def reset_router(self) -> None:
@@ -77,10 +79,9 @@ class SoftMoE(nn.Module):
         dispatch_weights = logits.softmax(dim=1)
         combine_weights = logits.softmax(dim=-1)
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d)
-        if self.fast_path and fast_banks_ok([self.experts], self.training):
-            slot_outputs = banks_over_slots([self.experts], slots)
-        else:
-            slot_outputs = experts_over_slots(self.experts, slots)
+        slot_outputs = self._fast_slot_outputs(slots) if self.fast_path and not tracing() else None
+        if slot_outputs is None:
+            slot_outputs = self.experts.over_slots(slots)
         y = combine_weights @ slot_outputs
         if self.record_routing:
             self.last_routing = {
@@ -89,6 +90,10 @@ class SoftMoE(nn.Module):
                 "slot_outputs": slot_outputs.detach(),
             }
         return y.reshape(shape)
+
+    @torch.jit.unused  # custom autograd Functions: TorchScript compiles a stub, tracing() keeps it from being called
+    def _fast_slot_outputs(self, slots: torch.Tensor) -> torch.Tensor | None:
+        return fast_slot_outputs([self.experts], slots, self.training)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_experts={self.num_experts}, slots_per_expert={self.slots_per_expert}"

@@ -5,18 +5,16 @@ or docs/method.md ("SpheroMoE"). Notation: ``b`` batch, ``n`` tokens, ``d`` chan
 experts with ``s`` slots each, ``S = e * s`` slots (core slots first, expert-major).
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import drop_path
+from timm.layers import drop_path, register_notrace_module
 from torch.autograd.function import once_differentiable
 
 from .entmax import entmax15
-from .experts import BatchedExperts, banks_over_slots, expert_keep_mask, experts_over_slots, fast_banks_ok, tracing
+from .experts import BatchedExperts, expert_keep_mask, fast_slot_outputs, tracing
 
-COMBINE_FNS = {"softmax": lambda logits: logits.softmax(dim=-1), "entmax15": lambda logits: entmax15(logits, dim=-1)}
+COMBINES = ("softmax", "entmax15")  # the combine normalisations over slots (Eq. 11): paper, release
 EXPERT_DROP_MODES = ("expert", "layer")
 
 
@@ -38,6 +36,14 @@ def _route(logits: torch.Tensor, inv_dispatch_t: torch.Tensor, inv_combine_t: to
     if noise is not None:
         combine.add_(noise)
     return dispatch_t, torch.softmax(combine, dim=-1)
+
+
+def autocast_enabled(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device."""
+    if torch.jit.is_scripting():  # a static branch: TorchScript's is_autocast_enabled takes no device
+        return torch.is_autocast_enabled()
+    else:
+        return torch.is_autocast_enabled(x.device.type)
 
 
 class _SoftmaxRouter(torch.autograd.Function):
@@ -79,6 +85,7 @@ def softmax_router(logits: torch.Tensor, dispatch_temperature: torch.Tensor, com
     return dispatch_t.transpose(1, 2), combine
 
 
+@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
 class SpheroMoE(nn.Module):
     """Drop-in replacement for a transformer MLP: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 
@@ -111,6 +118,8 @@ class SpheroMoE(nn.Module):
             on each expert's hidden activation; see :class:`BatchedExperts`.
         hidden_norm_eps: eps of that hidden norm.
     """
+
+    last_routing: dict[str, torch.Tensor] | None  # typed for TorchScript (a class annotation, hence no __future__)
 
     def __init__(
         self,
@@ -146,8 +155,8 @@ class SpheroMoE(nn.Module):
             )
         if slots_per_expert < 1:
             raise ValueError(f"slots_per_expert must be >= 1, got {slots_per_expert}")
-        if combine not in COMBINE_FNS:
-            raise ValueError(f"combine must be one of {sorted(COMBINE_FNS)}, got {combine!r}")
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {sorted(COMBINES)}, got {combine!r}")
         if not 0.0 <= expert_drop_rate < 1.0:
             raise ValueError(f"expert_drop_rate must be in [0, 1), got {expert_drop_rate}")
         check_choice("expert_drop_mode", expert_drop_mode, EXPERT_DROP_MODES)
@@ -183,7 +192,7 @@ class SpheroMoE(nn.Module):
 
         self.fast_path = True  # False forces the plain path (the definition the fast path is tested against)
         self.record_routing = False  # set True to keep `last_routing` for analysis
-        self.last_routing: dict[str, torch.Tensor] | None = None
+        self.last_routing = None
         self.reset_router()
 
     def reset_router(self) -> None:
@@ -206,20 +215,18 @@ class SpheroMoE(nn.Module):
         # queries: LayerNorm (as the tokens), then onto the unit hypersphere
         queries = F.normalize(self.query_norm(self.queries), dim=-1)  # (S, d)
         logits = keys @ queries.t()  # (b, n, S): S = Q_norm K^T, stored transposed
-        if torch.is_autocast_enabled(logits.device.type):  # route in fp32: temperatures, noise, softmax / entmax
+        if autocast_enabled(logits):  # route in fp32: temperatures, noise, softmax / entmax
             logits = logits.float()
         noisy = (self.training or self.noise_in_eval) and self.noise_std > 0
         if noisy and not self.noise_after_temperature:  # Algorithm 1: S + noise, then the temperatures
             logits = logits.add_(torch.randn_like(logits), alpha=self.noise_std)  # in place: mm keeps no output
-        noise = None
+        noise: torch.Tensor | None = None
         if noisy and self.noise_after_temperature:  # release: one noise sample added to both S/T_d and S/T_c
             noise = torch.randn_like(logits).mul_(self.noise_std)
 
         # Eq. 10 / 11: dispatch softmax over tokens (dim 1), combine weights over slots (dim -1)
         if self.fast_path and self.combine == "softmax" and not tracing():
-            dispatch_weights, combine_weights = softmax_router(
-                logits, self.dispatch_temperature, self.combine_temperature, noise
-            )
+            dispatch_weights, combine_weights = self._fused_softmax_router(logits, noise)
         else:
             # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
             dispatch_logits = logits * self.dispatch_temperature.reciprocal()
@@ -227,7 +234,8 @@ class SpheroMoE(nn.Module):
             if noise is not None:
                 dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
             dispatch_weights = torch.softmax(dispatch_logits, dim=1)
-            combine_weights = COMBINE_FNS[self.combine](combine_logits)
+            combine_weights = (entmax15(combine_logits, dim=-1) if self.combine == "entmax15"
+                               else torch.softmax(combine_logits, dim=-1))
 
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): X~, each slot a convex mix of tokens (Eq. 10)
         slot_outputs = self._experts(slots)  # (b, S, d): Y~, core slots to core experts, the rest to universal
@@ -243,16 +251,14 @@ class SpheroMoE(nn.Module):
 
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
-        banks = [bank for bank in (self.core_experts, self.univ_experts) if bank is not None]
-        if self.fast_path and fast_banks_ok(banks, self.training):
-            slot_outputs = banks_over_slots(banks, slots)
-        else:
+        slot_outputs = self._fast_slot_outputs(slots) if self.fast_path and not tracing() else None
+        if slot_outputs is None:
             num_core_slots = self.num_core * self.slots_per_expert
             outputs = []
             if self.core_experts is not None:
-                outputs.append(experts_over_slots(self.core_experts, slots[:, :num_core_slots]))
+                outputs.append(self.core_experts.over_slots(slots[:, :num_core_slots]))
             if self.univ_experts is not None:
-                outputs.append(experts_over_slots(self.univ_experts, slots[:, num_core_slots:]))
+                outputs.append(self.univ_experts.over_slots(slots[:, num_core_slots:]))
             slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         if self.training and self.expert_drop_rate > 0 and self.expert_drop_mode == "layer":
             slot_outputs = drop_path(slot_outputs, self.expert_drop_rate, self.training)
@@ -260,6 +266,17 @@ class SpheroMoE(nn.Module):
             mask = expert_keep_mask(slots.shape[0], self.num_core + self.num_univ, self.expert_drop_rate, slots)
             slot_outputs = slot_outputs * mask.repeat_interleave(self.slots_per_expert, dim=1).unsqueeze(-1)
         return slot_outputs
+
+    # the fast paths run custom autograd Functions: TorchScript compiles stubs of these, which tracing() never calls
+    @torch.jit.unused
+    def _fused_softmax_router(self, logits: torch.Tensor,
+                              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return softmax_router(logits, self.dispatch_temperature, self.combine_temperature, noise)
+
+    @torch.jit.unused
+    def _fast_slot_outputs(self, slots: torch.Tensor) -> torch.Tensor | None:
+        banks = [bank for bank in (self.core_experts, self.univ_experts) if bank is not None]
+        return fast_slot_outputs(banks, slots, self.training)
 
     def temperatures(self) -> dict[str, float]:
         return {"dispatch": self.dispatch_temperature.item(), "combine": self.combine_temperature.item()}

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..io.files import plain_json
 from ..layers import MOE_LAYERS, SoftMoE, SpheroMoE
 from ..layers.experts import EXPERT_INITS
-from ..layers.spheromoe import COMBINE_FNS, EXPERT_DROP_MODES
+from ..layers.spheromoe import COMBINES, EXPERT_DROP_MODES
 from ..variants import MODEL_SWITCHES, VARIANTS, apply_variant
 
 SPHERO_ARGS = (
@@ -27,15 +27,14 @@ SOFT_ARGS = ("slots_per_expert", "expert_dropout", "expert_init")
 
 class PlainModelArgs:
     """Keeps the factory arguments timm records on a model (``model._model_args``, exported by ``save_for_hf`` /
-    ``push_to_hf_hub`` into config.json) as plain JSON values, so ``moe_layers=range(8, 12)`` exports."""
+    ``push_to_hf_hub`` into config.json) as plain JSON values, so ``moe_layers=range(8, 12)`` exports.
 
-    @property
-    def _model_args(self) -> dict[str, Any]:
-        return self.__dict__.get("_plain_model_args", {})
+    The conversion happens on assignment, in ``__setattr__``, which TorchScript never compiles (a property would be)."""
 
-    @_model_args.setter
-    def _model_args(self, args: dict[str, Any]) -> None:
-        self.__dict__["_plain_model_args"] = {k: plain_json(v) for k, v in args.items()}
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_model_args":
+            value = {k: plain_json(v) for k, v in value.items()}
+        super().__setattr__(name, value)
 
 
 def pop_moe_args(kwargs: dict[str, Any], moe_type: str, variant: str = "paper") -> dict[str, Any]:
@@ -208,7 +207,7 @@ MODEL_KWARG_RULES: dict[str, tuple[Any, str]] = {
     "noise_std": (lambda v: v is None or _is_number(v, 0.0, math.inf), "must be a finite number >= 0 (or null)"),
     "query_norm_eps": (lambda v: v is None or _is_number(v, 0.0, 1.0, low_open=True),
                        "must be a small number > 0 (or null: the block norm's eps)"),
-    "combine": (lambda v: _one_of(v, COMBINE_FNS), f"use one of {', '.join(COMBINE_FNS)}"),
+    "combine": (lambda v: _one_of(v, COMBINES), f"use one of {', '.join(COMBINES)}"),
     "expert_drop_mode": (lambda v: _one_of(v, EXPERT_DROP_MODES), f"use one of {', '.join(EXPERT_DROP_MODES)}"),
     "expert_init": (lambda v: _one_of(v, EXPERT_INITS), f"use one of {', '.join(EXPERT_INITS)}"),
     "variant": (lambda v: _one_of(v, VARIANTS), f"use one of {', '.join(VARIANTS)}"),

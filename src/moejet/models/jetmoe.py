@@ -22,7 +22,10 @@ import timm
 import torch
 import torch.nn as nn
 from timm.layers import GlobalResponseNormMlp, GluMlp, Mlp, SwiGLU
-from timm.models import register_model
+from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+from timm.models._features_fx import FeatureGraphNet
 from timm.models.beit import Beit
 from timm.models.beit import Block as BeitBlock
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
@@ -42,7 +45,7 @@ DEFAULT_BASE = "vit_small_patch16_224"
 class JetMoEMixin:
     """What a ``jetmoe`` model adds to its timm class: its MoE block indices and the router's weight-decay rule."""
 
-    moe_layers: tuple[int, ...] = ()
+    moe_layers = ()  # no class annotation: TorchScript would read it, and it has no variable-length tuple type
 
     def no_weight_decay(self) -> set[str]:
         base = getattr(super(), "no_weight_decay", None)
@@ -144,14 +147,34 @@ def _load_moe_weights(model: nn.Module, pretrained_cfg: Any, overlay: dict[str, 
     timm.models.load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes, strict=True)
 
 
-def _features(model: nn.Module, out_indices: Any) -> nn.Module:
-    """timm's feature extractor around ``model``, as timm builds it for the base family."""
-    from timm.models._features import FeatureGetterNet, FeatureListNet
+FEATURE_CLASSES = {"list": FeatureListNet, "dict": FeatureDictNet, "hook": FeatureHookNet, "fx": FeatureGraphNet,
+                   "getter": FeatureGetterNet}  # timm's feature_cls names (build_model_with_cfg)
 
-    if isinstance(model, ConvNeXt):
-        return FeatureListNet(model, out_indices=out_indices if out_indices is not None else (0, 1, 2, 3),
-                              flatten_sequential=True)
-    return FeatureGetterNet(model, out_indices=out_indices if out_indices is not None else 3)
+
+def _features(model: nn.Module, out_indices: Any, feature_cls: str | type[nn.Module] | None) -> nn.Module:
+    """timm's feature extractor ``feature_cls`` around ``model`` (default: the one timm builds for the base family),
+    with the model's pretrained cfg less its classifier fields, as timm gives every feature extractor."""
+    convnext = isinstance(model, ConvNeXt)
+    feature_cls = feature_cls or ("list" if convnext else "getter")
+    if isinstance(feature_cls, str):
+        if feature_cls.lower() not in FEATURE_CLASSES:
+            raise ValueError(f"feature_cls must be one of {', '.join(FEATURE_CLASSES)}, got {feature_cls!r}")
+        feature_cls = FEATURE_CLASSES[feature_cls.lower()]
+    args = {"out_indices": out_indices if out_indices is not None else ((0, 1, 2, 3) if convnext else 3)}
+    if convnext and issubclass(feature_cls, (FeatureDictNet, FeatureHookNet)):
+        args["flatten_sequential"] = True
+    if getattr(model, "output_fmt", None) is not None and not issubclass(feature_cls, FeatureGetterNet):
+        args["output_fmt"] = model.output_fmt
+    features = feature_cls(model, **args)
+    features.pretrained_cfg = features.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+    return features
+
+
+# the data config a jetmoe of the default base has; each model carries its own base's (see jetmoe())
+DATA_CFG_KEYS = ("num_classes", "input_size", "fixed_input_size", "pool_size", "crop_pct", "crop_mode",
+                 "interpolation", "mean", "std", "first_conv", "classifier")
+default_cfgs = generate_default_cfgs({"jetmoe": {k: v for k, v in get_pretrained_cfg(DEFAULT_BASE).to_dict().items()
+                                                 if k in DATA_CFG_KEYS}})
 
 
 @register_model
@@ -184,7 +207,7 @@ def jetmoe(
     kwargs.pop("pretrained_model_args", None)
     features_only = kwargs.pop("features_only", False)
     out_indices = kwargs.pop("out_indices", None)
-    kwargs.pop("feature_cls", None)
+    feature_cls = kwargs.pop("feature_cls", None)
     moe_args = pop_moe_args(kwargs, moe_type, variant)
     if moe_type != "soft" and num_experts is not None:
         raise ValueError("num_experts is for moe_type='soft'; SpheroMoE takes core_experts and univ_experts")
@@ -201,4 +224,4 @@ def jetmoe(
                                                 "base_architecture": model.pretrained_cfg.get("architecture")}
     if pretrained:
         _load_moe_weights(model, pretrained_cfg, overlay)
-    return _features(model, out_indices) if features_only else model
+    return _features(model, out_indices, feature_cls) if features_only else model
