@@ -1,6 +1,8 @@
 """configs/: the committed files are generate.py's output, load through the schema, and carry the fixed recipe."""
 
+import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import yaml
 
 from moejet.configs import PACKAGED_DIR, config_names, packaged_configs, resolve_config
 from moejet.errors import UserError
+from moejet.io.files import plain_json
 from moejet.train import build
 from moejet.train.config import batch_plan, load_config
 
@@ -18,6 +21,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # generate.py and 
 PACKAGED = PACKAGED_DIR  # the YAML files, shipped in the package
 YAMLS = sorted(PACKAGED.glob("*.yaml"))
 SPHERO_MODELS = ("vjetmoe_tiny_patch16_224", "vjetmoe_small_patch16_224")
+# every packaged config, fully resolved (each field, defaults included), as the configs resolved when each file was
+# still a full dump of its config: the files may be rewritten, the configs they mean may not change
+RESOLVED = Path(__file__).resolve().parent / "fixtures" / "resolved_configs.json"
 
 
 def raw(path: Path) -> dict:
@@ -48,6 +54,13 @@ def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch)
         for name in written:
             assert (tmp_path / sub / name).read_bytes() == (PACKAGED / sub / name).read_bytes(), \
                 f"{sub}/{name}: rerun configs/generate.py"
+
+
+def test_every_packaged_config_resolves_to_its_recorded_config():
+    resolved = json.loads(RESOLVED.read_text())
+    assert list(resolved) == config_names()
+    for name, expected in resolved.items():
+        assert plain_json(dataclasses.asdict(load_config(name))) == expected, name
 
 
 def test_packaged_configs_resolve_by_name_and_by_path(tmp_path, monkeypatch):
