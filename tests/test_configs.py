@@ -61,6 +61,10 @@ def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch)
         for name in written:
             assert (tmp_path / sub / name).read_bytes() == (PACKAGED / sub / name).read_bytes(), \
                 f"{sub}/{name}: rerun configs/generate.py"
+    # run against another copy of moejet (installed from elsewhere), it would write that copy's schema: it refuses
+    monkeypatch.setattr(generate, "PACKAGED", tmp_path / "other" / "moejet" / "configs")
+    with pytest.raises(SystemExit, match="not from this checkout"):
+        generate.main([str(tmp_path / "out")])
 
 
 def test_config_files_hold_only_what_differs_from_the_papers_defaults():
