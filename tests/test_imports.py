@@ -18,7 +18,7 @@ PACKAGE = SRC / "moejet"
 # lower number = lower layer; a module may import only from its own or a lower layer (longest matching prefix)
 LAYERS = {
     "moejet.errors": 0, "moejet.variants": 0, "moejet.options": 0, "moejet.malloc": 0, "moejet.device": 0,
-    "moejet.io.files": 0, "moejet.configs": 0,
+    "moejet.io.files": 0, "moejet.configs": 0, "moejet.rundir": 0,
     "moejet.layers": 1,
     "moejet.models": 2,
     "moejet.io.weights": 3, "moejet.io": 3, "moejet.data": 3,
@@ -136,6 +136,18 @@ def upward_imports() -> list[str]:
 
 def test_no_module_imports_from_a_higher_layer():
     assert upward_imports() == []
+
+
+# (importer prefix, imported prefixes it must not use) beyond the layers: io/ reads and writes files, whoever wrote
+# them; the names of a run directory and a recycle output are moejet.rundir's
+FORBIDDEN = [("moejet.io", ("moejet.train", "moejet.recycle"))]
+
+
+def test_io_imports_neither_train_nor_recycle():
+    bad = [f"{module}:{line} imports {dep}" for prefix, banned in FORBIDDEN for module in sorted(MODULES)
+           if module == prefix or module.startswith(prefix + ".")
+           for dep, line, _ in imports(module) if any(dep == b or dep.startswith(b + ".") for b in banned)]
+    assert bad == []
 
 
 @pytest.mark.parametrize(("module", "layer"), [("moejet.io.files", 0), ("moejet.io", 3), ("moejet.io.weights", 3),

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import yaml
 
+from ..data.config import DataConfig
 from ..errors import UserError
 from ..io.files import plain_json
 from ..models.common import check_model_kwargs
@@ -47,20 +48,6 @@ class ModelConfig:
     init_checkpoint: str | None = None
     init_checkpoint_weights: str = "model"  # model | ema: which weights of a training checkpoint (timm train.py)
     drop_path_rate: float = 0.1
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # a moejet.data spec: cifar100, folder:PATH, synthetic-downstream:size=32, ...
-    root: str | None = None  # where torchvision datasets / ImageNet live
-    download: bool = False  # let torchvision download the dataset into root (online machines)
-    img_size: int = 224
-    mean: tuple[float, ...] | None = None  # default: the model's timm data config
-    std: tuple[float, ...] | None = None
-    interpolation: str = "bicubic"
-    crop_pct: float | None = None  # eval centre-crop fraction; default: the model's
-    num_workers: int | None = None  # per process; null = this machine's cores / processes on it
-    pin_memory: bool = True
 
 
 @dataclass
