@@ -8,6 +8,7 @@ import runs late and cannot deadlock a module's initialisation); layers on every
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,14 @@ def test_io_imports_neither_train_nor_recycle():
                                                 ("moejet.recycle.api", 4), ("moejet.__main__", 7)])
 def test_a_modules_layer_is_its_longest_prefix(module, layer):
     assert layer_of(module) == layer
+
+
+def test_the_architecture_page_puts_every_module_in_its_layer():
+    """docs/architecture.md's package map is LAYERS, written out: each entry in a row of its layer."""
+    page = (SRC.parent / "docs" / "architecture.md").read_text()
+    rows = [(int(layer), re.findall(r"`([\w/.]+)`", names))
+            for layer, names in re.findall(r"^\| (\d+) \| (.+?) \|", page, flags=re.M)]
+    for module, layer in LAYERS.items():
+        path = module.removeprefix("moejet.").replace(".", "/")
+        path += "/" if (PACKAGE / path).is_dir() else ".py"
+        assert [n for n, names in rows if path in names] == [layer], f"{path} (layer {layer}) in docs/architecture.md"
