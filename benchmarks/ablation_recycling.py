@@ -30,8 +30,8 @@ from moejet.demo.report import paired_difference  # noqa: E402
 from moejet.demo.run import arm_config, check_assets, recycle_arm, val_correctness  # noqa: E402
 from moejet.demo.setup import FULL, JETMOE, PREDECESSOR_S, PREDECESSOR_T, QUICK, UPCYCLE, Arm  # noqa: E402
 from moejet.io.files import write_json  # noqa: E402
+from moejet.rundir import LAST  # noqa: E402
 from moejet.train import train  # noqa: E402
-from moejet.train.checkpointing import LAST  # noqa: E402
 from moejet.train.config import config_from_dict  # noqa: E402
 
 # (key, label, arm, recycle options); the reference row first. Drop-Upcycling's r = 0.5 is the ratio its paper

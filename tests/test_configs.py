@@ -1,6 +1,9 @@
 """configs/: the committed files are generate.py's output, load through the schema, and carry the fixed recipe."""
 
+import dataclasses
+import functools
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -11,17 +14,27 @@ import yaml
 
 from moejet.configs import PACKAGED_DIR, config_names, packaged_configs, resolve_config
 from moejet.errors import UserError
+from moejet.io.files import plain_json
 from moejet.train import build
-from moejet.train.config import batch_plan, load_config
+from moejet.train.config import Config, batch_plan, config_to_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # generate.py and README.md
 PACKAGED = PACKAGED_DIR  # the YAML files, shipped in the package
 YAMLS = sorted(PACKAGED.glob("*.yaml"))
 SPHERO_MODELS = ("vjetmoe_tiny_patch16_224", "vjetmoe_small_patch16_224")
+# every packaged config, fully resolved (each field, defaults included), as the configs resolved when each file was
+# still a full dump of its config: the files may be rewritten, the configs they mean may not change
+RESOLVED = Path(__file__).resolve().parent / "fixtures" / "resolved_configs.json"
 
 
-def raw(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
+def resolved(path: Path) -> dict:
+    """The config ``path`` means, every key (its file holds only the keys that differ from the defaults)."""
+    return config_to_dict(_load(path), resolve_lr=False)
+
+
+@functools.cache
+def _load(path: Path) -> Config:
+    return load_config(path)
 
 
 def is_sphero(cfg: dict) -> bool:
@@ -48,6 +61,29 @@ def test_committed_files_are_exactly_what_generate_writes(tmp_path, monkeypatch)
         for name in written:
             assert (tmp_path / sub / name).read_bytes() == (PACKAGED / sub / name).read_bytes(), \
                 f"{sub}/{name}: rerun configs/generate.py"
+    # run against another copy of moejet (installed from elsewhere), it would write that copy's schema: it refuses
+    monkeypatch.setattr(generate, "PACKAGED", tmp_path / "other" / "moejet" / "configs")
+    with pytest.raises(SystemExit, match="not from this checkout"):
+        generate.main([str(tmp_path / "out")])
+
+
+def test_config_files_hold_only_what_differs_from_the_papers_defaults():
+    """Two arms of one experiment differ in a few lines, not among a hundred: a default written out is a bug in
+    generate.py's output (the test above checks the files are that output)."""
+    defaults = plain_json(dataclasses.asdict(Config()))
+    for path in sorted(PACKAGED.rglob("*.yaml")):
+        for section, values in yaml.safe_load(path.read_text()).items():
+            if isinstance(values, dict):
+                identity = {"model": ("name", "init"), "data": ("dataset",)}.get(section, ())
+                assert all(values[k] != defaults[section][k] or k in identity for k in values), (path.name, section)
+    assert sum(len(p.read_text().splitlines()) for p in PACKAGED.rglob("*.yaml")) < 3000
+
+
+def test_every_packaged_config_resolves_to_its_recorded_config():
+    recorded = json.loads(RESOLVED.read_text())
+    assert list(recorded) == config_names()
+    for name, expected in recorded.items():
+        assert plain_json(dataclasses.asdict(load_config(name))) == expected, name
 
 
 def test_packaged_configs_resolve_by_name_and_by_path(tmp_path, monkeypatch):
@@ -96,20 +132,20 @@ def test_every_config_loads_and_writes_eval_crop_and_pooling(path):
 
 
 def test_scratch_arms_have_no_layer_decay_and_fine_tuned_arms_do():
-    scratch = [p for p in YAMLS if raw(p)["model"]["init"] == "scratch"]
+    scratch = [p for p in YAMLS if resolved(p)["model"]["init"] == "scratch"]
     assert len(scratch) == 8 * 4 + 2  # Table 1 Dense / Soft MoE x 2 families x 8 datasets, Table 4 Soft MoE-S x 2
     for path in YAMLS:
-        cfg = raw(path)
+        cfg = resolved(path)
         expected = None if cfg["model"]["init"] == "scratch" else 0.6
         assert cfg["optim"]["layer_decay"] == expected, path.name
 
 
 def test_expert_regularisation_on_every_spheromoe_config_only():
-    sphero = [p for p in YAMLS if is_sphero(raw(p))]
+    sphero = [p for p in YAMLS if is_sphero(resolved(p))]
     assert len(sphero) == 16 + 5 + 7 + 6  # Table 1 (2 families x 8), Table 3, Table 4 (5 V-JetMoE-T + 2 -S), Fig. 4
     for path in YAMLS:
-        kwargs = raw(path)["model"]["kwargs"]
-        if is_sphero(raw(path)):
+        kwargs = resolved(path)["model"]["kwargs"]
+        if is_sphero(resolved(path)):
             assert (kwargs["expert_dropout"], kwargs["expert_drop_rate"]) == (0.4, 0.1), path.name
         else:
             assert "expert_dropout" not in kwargs and "expert_drop_rate" not in kwargs, path.name
@@ -117,13 +153,13 @@ def test_expert_regularisation_on_every_spheromoe_config_only():
 
 def test_moe_vits_pool_by_average_and_dense_vits_by_class_token():
     for path in YAMLS:
-        cfg = raw(path)
+        cfg = resolved(path)
         pool = cfg["model"]["kwargs"]["global_pool"]
         assert pool == ("token" if cfg["model"]["name"].startswith("vit_tiny") else "avg"), path.name
 
 
 def test_table3_rows_differ_only_in_their_recycling_recipe():
-    rows = {p.stem: raw(p) for p in YAMLS if p.stem.startswith("table3_")}
+    rows = {p.stem: resolved(p) for p in YAMLS if p.stem.startswith("table3_")}
     assert sorted(rows) == [f"table3_{s}_in1k" for s in ("graph", "importance", "random", "uniform", "upcycle")]
     recipes = {stem: cfg.pop("recycle") for stem, cfg in rows.items()}
     assert {r["strategy"] for r in recipes.values()} == {"graph", "importance", "random", "uniform", "upcycle"}
@@ -139,11 +175,11 @@ def test_table3_rows_differ_only_in_their_recycling_recipe():
 def test_every_recycled_arm_recycles_in_its_run_with_the_readme_recipe():
     readme = (CONFIGS / "README.md").read_text()
     commands = [block.split("```")[0] for block in readme.split("```bash")[1:] if "moejet recycle" in block]
-    recycled = [p for p in YAMLS if raw(p)["model"]["init"] == "recycle"]
+    recycled = [p for p in YAMLS if resolved(p)["model"]["init"] == "recycle"]
     # Table 1 (MoE Jetpack x 2 families, ConvNeXt-F Dense (21k)) x 8 datasets, Tables 2-4 (Table 4: 5 T, 2 S), Fig. 4
     assert len(recycled) == 3 * 8 + 3 + 5 + 7 + 6
     for path in YAMLS:
-        cfg = raw(path)
+        cfg = resolved(path)
         assert cfg["model"]["init"] != "checkpoint" and cfg["model"]["init_checkpoint"] is None, path.name
         if cfg["model"]["init"] != "recycle":
             assert "recycle" not in cfg, path.name
@@ -174,7 +210,7 @@ def test_readme_recycle_commands_match_the_configs():
 
 def test_v_jetmoe_s_configs_exist_with_the_papers_numbers():
     for dataset, top1 in (("cifar100", 89.9), ("in1k", 82.4)):
-        cfg = raw(PACKAGED / f"table4_vjetmoe_s_{dataset}.yaml")
+        cfg = resolved(PACKAGED / f"table4_vjetmoe_s_{dataset}.yaml")
         assert cfg["model"]["name"] == "vjetmoe_small_patch16_224"
         assert cfg["recycle"]["predecessor"] == "vit_base_patch16_224.augreg_in21k"
         assert cfg["recycle"]["dense_checkpoint"] == "checkpoints/vit_small_patch16_224.augreg_in21k.safetensors"
@@ -183,7 +219,7 @@ def test_v_jetmoe_s_configs_exist_with_the_papers_numbers():
 
 def test_paper_table7_values_and_imagenet_follows_the_paper_not_the_release():
     for path in YAMLS:
-        cfg = raw(path)
+        cfg = resolved(path)
         if cfg["data"]["dataset"] == "imagenet":
             assert (cfg["schedule"]["warmup_epochs"], cfg["model"]["drop_path_rate"]) == (50, 0.0), path.name
             assert cfg["train"]["batch_size"] == 4096

@@ -8,6 +8,7 @@ import runs late and cannot deadlock a module's initialisation); layers on every
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ PACKAGE = SRC / "moejet"
 # lower number = lower layer; a module may import only from its own or a lower layer (longest matching prefix)
 LAYERS = {
     "moejet.errors": 0, "moejet.variants": 0, "moejet.options": 0, "moejet.malloc": 0, "moejet.device": 0,
-    "moejet.io.files": 0, "moejet.configs": 0,
+    "moejet.io.files": 0, "moejet.configs": 0, "moejet.rundir": 0,
     "moejet.layers": 1,
     "moejet.models": 2,
     "moejet.io.weights": 3, "moejet.io": 3, "moejet.data": 3,
@@ -138,8 +139,31 @@ def test_no_module_imports_from_a_higher_layer():
     assert upward_imports() == []
 
 
+# (importer prefix, imported prefixes it must not use) beyond the layers: io/ reads and writes files, whoever wrote
+# them; the names of a run directory and a recycle output are moejet.rundir's
+FORBIDDEN = [("moejet.io", ("moejet.train", "moejet.recycle"))]
+
+
+def test_io_imports_neither_train_nor_recycle():
+    bad = [f"{module}:{line} imports {dep}" for prefix, banned in FORBIDDEN for module in sorted(MODULES)
+           if module == prefix or module.startswith(prefix + ".")
+           for dep, line, _ in imports(module) if any(dep == b or dep.startswith(b + ".") for b in banned)]
+    assert bad == []
+
+
 @pytest.mark.parametrize(("module", "layer"), [("moejet.io.files", 0), ("moejet.io", 3), ("moejet.io.weights", 3),
                                                 ("moejet.io.hub", 6), ("moejet.cli.recycle", 7),
                                                 ("moejet.recycle.api", 4), ("moejet.__main__", 7)])
 def test_a_modules_layer_is_its_longest_prefix(module, layer):
     assert layer_of(module) == layer
+
+
+def test_the_architecture_page_puts_every_module_in_its_layer():
+    """docs/architecture.md's package map is LAYERS, written out: each entry in a row of its layer."""
+    page = (SRC.parent / "docs" / "architecture.md").read_text()
+    rows = [(int(layer), re.findall(r"`([\w/.]+)`", names))
+            for layer, names in re.findall(r"^\| (\d+) \| (.+?) \|", page, flags=re.M)]
+    for module, layer in LAYERS.items():
+        path = module.removeprefix("moejet.").replace(".", "/")
+        path += "/" if (PACKAGE / path).is_dir() else ".py"
+        assert [n for n, names in rows if path in names] == [layer], f"{path} (layer {layer}) in docs/architecture.md"

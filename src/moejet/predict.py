@@ -74,18 +74,18 @@ def load_predictor(run: str | os.PathLike | None = None, model: str | None = Non
 
 
 def _run_model(run: Path) -> tuple[nn.Module, dict, str]:
-    """The run's last weights and its validation preprocessing (:func:`moejet.train.build.data_settings`)."""
+    """The run's last weights and its validation preprocessing (:func:`moejet.data.config.data_settings`)."""
+    from .data.config import data_settings
     from .io.hub import resolve_source
     from .io.weights import build_from_checkpoint
-    from .train.build import data_settings
-    from .train.checkpointing import CONFIG_FILE
+    from .rundir import CONFIG_FILE
     from .train.config import load_config
 
     if not (run / CONFIG_FILE).is_file():
         raise UserError(f"{run} is not a moejet run directory (no {CONFIG_FILE}): pass a `moejet train` run directory")
     weights, _ = resolve_source(run)
     net = build_from_checkpoint(weights, drop_path_rate=0.0)[0]
-    return net, data_settings(load_config(run / CONFIG_FILE), net), str(run)
+    return net, data_settings(load_config(run / CONFIG_FILE).data, net), str(run)
 
 
 def _published_model(spec: str) -> nn.Module:

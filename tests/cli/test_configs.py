@@ -1,7 +1,10 @@
 """``moejet configs``: the packaged configs by name, filtered; ``moejet train --config NAME`` runs one."""
 
+import yaml
+
 from moejet.cli import main
-from moejet.configs import config_names
+from moejet.configs import config_names, resolve_config
+from moejet.train.config import config_to_dict, load_config
 
 
 def test_configs_lists_names_filters_and_describes(capsys):
@@ -18,6 +21,11 @@ def test_configs_lists_names_filters_and_describes(capsys):
                                        "configs to list them all\n")
 
 
-def test_train_print_config_by_name(capsys):
+def test_train_print_config_by_name_prints_every_key_resolved(capsys):
+    """The file holds only what differs from the defaults; --print-config shows the whole config, lr resolved."""
     assert main(["train", "--config", "table1_vit_t_jetpack_flowers", "--print-config"]) == 0
-    assert "name: table1_vit_t_jetpack_flowers\n" in capsys.readouterr().out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    config = load_config("table1_vit_t_jetpack_flowers")
+    assert printed == config_to_dict(config) and printed["name"] == "table1_vit_t_jetpack_flowers"
+    assert printed["optim"]["lr"] == config.lr and printed["train"]["log_every"] == 50  # a default the file omits
+    assert "log_every" not in resolve_config("table1_vit_t_jetpack_flowers").read_text()

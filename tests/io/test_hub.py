@@ -16,8 +16,8 @@ from timm.models import save_for_hf
 
 import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
+from moejet.data.config import data_settings
 from moejet.io.weights import save_model
-from moejet.train.build import data_settings
 from moejet.train.config import load_config
 
 
@@ -105,7 +105,8 @@ def test_the_card_of_a_locally_recycled_run_names_no_hub_model_and_no_path(folde
     assert "- classes (3, `label_names` in config.json): `blue`, `green`, `red`" in card
     loaded = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert loaded.pretrained_cfg["label_names"] == ["blue", "green", "red"]
-    settings = data_settings(load_config(folder_run["run"] / "config.yaml"), loaded)  # the run's validation images'
+    run_config = load_config(folder_run["run"] / "config.yaml")
+    settings = data_settings(run_config.data, loaded)  # the run's validation images'
     assert {k: loaded.pretrained_cfg[k] for k in settings} == {**settings, "input_size": (3, 32, 32)}
 
 

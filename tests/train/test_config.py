@@ -1,11 +1,11 @@
-"""train.config: the batch plan and bad config keys as one-line errors."""
+"""train.config: the batch plan, configs written as their changes, and bad config keys as one-line errors."""
 
 import pytest
 
 import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 from moejet.errors import UserError
-from moejet.train.config import batch_plan
+from moejet.train.config import Config, batch_plan, config_changes, dump_config, load_config
 
 # ---------------------------------------------------------------------------------------------- configs
 
@@ -19,6 +19,19 @@ def test_batch_plan_reaches_the_global_batch(tiny_config):
     with pytest.raises(UserError, match=r"batch_size = 512 is smaller than the 1024 processes"):
         batch_plan(config, 1024)
     assert config.lr == 2e-3 and tiny_config(optim={"lr": None}, train={"batch_size": 512}).lr == 4e-3 * 512 / 4096
+
+
+def test_a_config_written_as_its_changes_reads_back_as_the_same_config(tiny_config, tmp_path):
+    config = tiny_config(model={"drop_path_rate": 0.0}, train={"seed": 7})
+    changes = config_changes(config, resolve_lr=False)
+    assert changes["model"]["drop_path_rate"] == 0.0 and changes["train"]["seed"] == 7
+    assert "log_every" not in changes["train"] and "interpolation" not in changes["data"]  # defaults left out
+    (tmp_path / "c.yaml").write_text(dump_config(config, resolve_lr=False, changes_only=True))
+    assert load_config(tmp_path / "c.yaml") == config
+    # the keys that say what a run is are written even at their defaults; nothing else of Config() is
+    assert config_changes(Config(), resolve_lr=False) == {
+        "name": "run", "description": "", "model": {"name": "vjetmoe_tiny_patch16_224", "init": "scratch"},
+        "data": {"dataset": "synthetic"}}
 
 
 # ------------------------------------------------------------------------------------------ bad input

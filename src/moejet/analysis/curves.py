@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import UserError
+from ..rundir import METRICS_FILE
 
 TARGET_HEADER = ("run", "target_top1", "epoch", "wall_time_s", "best_top1", "best_epoch", "epochs")
 
@@ -26,7 +27,7 @@ class RunCurve:
 def metrics_file(run: str | os.PathLike) -> Path:
     """``RUN/metrics.jsonl`` (a path to the file itself is accepted too)."""
     run = Path(run)
-    path = run if run.is_file() else run / "metrics.jsonl"
+    path = run if run.is_file() else run / METRICS_FILE
     if not run.exists():
         raise UserError(f"run directory {run} does not exist: pass a training run directory (moejet train --out)")
     if not path.is_file():
@@ -58,7 +59,7 @@ def read_run(run: str | os.PathLike, name: str | None = None) -> RunCurve:
         top1 = np.array([float(r["val_top1"]) for r in rows])
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{path} has an epoch record without a numeric {err}: expected moejet train metrics") from None
-    default = path.parent.name if path.name == "metrics.jsonl" else path.stem
+    default = path.parent.name if path.name == METRICS_FILE else path.stem
     return RunCurve(name or default, epochs, wall, top1)
 
 

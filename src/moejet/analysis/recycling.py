@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import UserError
+from ..rundir import REPORT_FILE
 
 STATS_HEADER = ("block", "hidden_size", "core_experts", "univ_experts", "coverage", "core_coverage",
                 "univ_coverage", "mean_jaccard", "max_jaccard", "core_mean_jaccard", "univ_mean_jaccard",
@@ -34,7 +35,7 @@ class LayerNeurons:
 
 def recycle_report_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    report = path / "recycle.json" if path.is_dir() else path
+    report = path / REPORT_FILE if path.is_dir() else path
     if not report.is_file():
         raise UserError(f"{report} does not exist: pass a moejet recycle output directory or its recycle.json")
     return report

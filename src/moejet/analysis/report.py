@@ -20,6 +20,7 @@ from ..errors import UserError
 from ..io.files import write_json, write_text
 from ..io.weights import build_from_checkpoint
 from ..models.common import BUILD_ERRORS, input_size_of
+from ..rundir import BEST, LAST
 from .attention import image_attention, plot_attention
 from .common import (
     display_path,
@@ -192,7 +193,7 @@ def analyze_run(
     out = Path(out_dir) if out_dir is not None else run / "analysis"
     files = write_curves([run], out, target)[0]
     if checkpoint is None:
-        checkpoint = next((p for p in (run / "best.safetensors", run / "last.safetensors") if p.is_file()), None)
+        checkpoint = next((p for p in (run / BEST, run / LAST) if p.is_file()), None)
     if checkpoint is not None:
         model = load_moe_model(checkpoint)
         title = Path(checkpoint).name

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..rundir import EVAL_FILE
 from .common import integer
 
 
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise UserError("--run uses the run's own config.yaml: drop --config")
         result = evaluate_run(args.run, args.which, args.batch_size, args.device, args.overrides)
-        out = args.out or args.run / "eval.json"
+        out = args.out or args.run / EVAL_FILE
     else:
         if args.config is None:
             raise UserError("--checkpoint needs --config FILE naming the dataset to evaluate on")

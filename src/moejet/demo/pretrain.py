@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from ..io.files import atomic_output, write_json
+from ..rundir import LAST
 from ..train import train
-from ..train.checkpointing import LAST
 from ..train.config import config_from_dict
 from .setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, Budget
 

@@ -28,8 +28,8 @@ from ..data import build_dataset
 from ..errors import UserError
 from ..io.files import write_json, write_text
 from ..io.weights import build_from_checkpoint
+from ..rundir import LAST, REPORT_FILE
 from ..train import train
-from ..train.checkpointing import LAST
 from ..train.config import Config, config_from_dict
 from .pretrain import ABLATION, ASSETS, RECORD, load_record
 from .report import seed_summary, write_report
@@ -243,6 +243,6 @@ def analysis_pictures(out: Path, rows: list[dict[str, Any]], budget: Budget) -> 
     files += analyze_run(
         out / "runs" / HEADLINE, checkpoint=out / "runs" / HEADLINE / LAST, dataset_spec=budget.downstream,
         out_dir=out / "analysis" / HEADLINE, target=reference,
-        recycle_report=out / "recycled" / HEADLINE / "recycle.json", root=out,
+        recycle_report=out / "recycled" / HEADLINE / REPORT_FILE, root=out,
     )
     return files

@@ -17,11 +17,10 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
+from ..data.config import DataConfig, data_settings
 from ..data.datasets import dataset_label
 from ..errors import UserError, first_line
-from ..recycle.output import REPORT_FILE
-from ..train.checkpointing import BEST, CONFIG_FILE, LAST, METRICS_FILE
-from ..train.recycling_step import RECYCLE_DIR
+from ..rundir import BEST, CONFIG_FILE, LAST, METRICS_FILE, RECYCLE_DIR, REPORT_FILE
 from .files import atomic_directory, plain_json
 from .labels import read_labels
 from .weights import build_from_checkpoint, read_metadata
@@ -199,16 +198,13 @@ def write_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str
 
 
 def _data_config(info: dict[str, Any], model: nn.Module) -> dict[str, Any] | None:
-    """The run's validation preprocessing (:func:`moejet.train.build.data_settings`), for timm's config.json."""
+    """The run's validation preprocessing (:func:`moejet.data.config.data_settings`), for timm's config.json."""
     config = info.get("config")
     if not config:
         return None
-    from ..train.build import data_settings
-    from ..train.config import config_from_dict
-
     try:
-        settings = data_settings(config_from_dict({k: config[k] for k in ("data",) if k in config}), model)
-    except UserError:  # a config this moejet cannot read: timm's defaults for the model
+        settings = data_settings(DataConfig(**(config.get("data") or {})), model)
+    except TypeError:  # a data section this moejet cannot read: timm's defaults for the model
         return None
     return {**settings, "input_size": list(settings["input_size"])}
 

@@ -11,9 +11,8 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..rundir import LABELS_FILE
 from .files import write_json
-
-LABELS_FILE = "classes.json"
 
 
 def write_labels(run_dir: str | os.PathLike, dataset: str, label_names: list[str] | None) -> Path | None:

@@ -13,8 +13,7 @@ import torch
 from ..errors import UserError
 from ..io.files import atomic_output
 from ..io.weights import save_model
-
-MODEL_FILE, REPORT_FILE = "model.safetensors", "recycle.json"
+from ..rundir import MODEL_FILE, REPORT_FILE
 
 
 def compact_json(obj: Any, level: int = 0) -> str:

@@ -9,12 +9,13 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
-from timm.data import Mixup, create_transform, resolve_data_config
+from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import get_pretrained_cfg_value, group_parameters, model_entrypoint
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
+from ..data.config import data_settings
 from ..errors import UserError
 from ..io.download import create_pretrained
 from ..io.weights import KWARGS_KEY, MODEL_KEY, load_into, load_state_dict, read_metadata, timm_layout
@@ -155,25 +156,12 @@ def load_init_checkpoint(model: nn.Module, path: str, weights: str = "model") ->
 # ----------------------------------------------------------------------------------------------------- data
 
 
-def data_settings(config: Config, model: nn.Module) -> dict[str, Any]:
-    """Normalisation, interpolation and crop fraction: the config's, else the model's timm data config."""
-    resolved = resolve_data_config({}, model=model)
-    data = config.data
-    return {
-        "input_size": (3, data.img_size, data.img_size),
-        "mean": tuple(data.mean) if data.mean else resolved["mean"],
-        "std": tuple(data.std) if data.std else resolved["std"],
-        "interpolation": data.interpolation,
-        "crop_pct": data.crop_pct if data.crop_pct is not None else resolved["crop_pct"],
-    }
-
-
 def build_transforms(config: Config, model: nn.Module, prefetch: bool = False) -> tuple[Any, Any]:
     """``(train, eval)`` transforms: RandomResizedCrop + flip + RandAugment + random erasing / resize + crop.
 
     ``prefetch``: the workers stop at uint8 images; normalisation and random erasing run on the device instead
     (:func:`device_loader`)."""
-    s, a = data_settings(config, model), config.augment
+    s, a = data_settings(config.data, model), config.augment
     train = create_transform(
         s["input_size"], is_training=True, scale=a.scale, hflip=a.hflip, color_jitter=a.color_jitter,
         auto_augment=a.auto_augment, interpolation=s["interpolation"], mean=s["mean"], std=s["std"],
@@ -197,7 +185,7 @@ def device_loader(loader: Any, config: Config, model: nn.Module, device: torch.d
     stream while the previous one computes, then normalised (and, in training, randomly erased) on ``device``."""
     from timm.data.loader import PrefetchLoader
 
-    s, a = data_settings(config, model), config.augment
+    s, a = data_settings(config.data, model), config.augment
     return PrefetchLoader(loader, mean=s["mean"], std=s["std"], device=device,
                           re_prob=a.random_erasing if training else 0.0, re_mode="pixel", re_count=1)
 

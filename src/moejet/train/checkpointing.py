@@ -58,13 +58,12 @@ from torch.distributed.checkpoint.state_dict import (
 from ..errors import UserError, first_line
 from ..io.files import atomic_output, write_json
 from ..io.weights import build_from_checkpoint, read_metadata, save_model
+from ..rundir import BEST, CKPT_DIR, CONFIG_FILE, LAST, METRICS_FILE, POINTER
 from .config import Config, load_config
 from .distributed import World, is_sharded, rng_state, set_rng_state
 from .state import TrainState
 
 CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
-POINTER, CKPT_DIR, LAST, BEST = "checkpoint.json", "checkpoints", "last.safetensors", "best.safetensors"
-CONFIG_FILE, METRICS_FILE = "config.yaml", "metrics.jsonl"  # the run's resolved config, one JSON row per epoch
 
 
 def weights_path(run_dir: Path, epoch: int) -> Path:

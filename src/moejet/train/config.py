@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import yaml
 
+from ..data.config import DataConfig
 from ..errors import UserError
 from ..io.files import plain_json
 from ..models.common import check_model_kwargs
@@ -47,20 +48,6 @@ class ModelConfig:
     init_checkpoint: str | None = None
     init_checkpoint_weights: str = "model"  # model | ema: which weights of a training checkpoint (timm train.py)
     drop_path_rate: float = 0.1
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # a moejet.data spec: cifar100, folder:PATH, synthetic-downstream:size=32, ...
-    root: str | None = None  # where torchvision datasets / ImageNet live
-    download: bool = False  # let torchvision download the dataset into root (online machines)
-    img_size: int = 224
-    mean: tuple[float, ...] | None = None  # default: the model's timm data config
-    std: tuple[float, ...] | None = None
-    interpolation: str = "bicubic"
-    crop_pct: float | None = None  # eval centre-crop fraction; default: the model's
-    num_workers: int | None = None  # per process; null = this machine's cores / processes on it
-    pin_memory: bool = True
 
 
 @dataclass
@@ -629,7 +616,28 @@ _Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
     "tag:yaml.org,2002:seq", data, flow_style=True))
 
 
-def dump_config(config: Config, resolve_lr: bool = True) -> str:
-    """The config as YAML (what ``load_config`` reads back)."""
-    return yaml.dump(config_to_dict(config, resolve_lr), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
-                     width=120)
+# what a run is: written by config_changes even at their defaults, so that every config file names them
+IDENTITY_KEYS = ("name", "description", "model.name", "model.init", "data.dataset")
+
+
+def config_changes(config: Config, resolve_lr: bool = True) -> dict[str, Any]:
+    """:func:`config_to_dict` less every key whose value is ``Config()``'s default (but :data:`IDENTITY_KEYS`), and
+    less the sections left empty: all a config file needs to hold, since ``load_config`` fills in the rest."""
+    defaults = config_to_dict(Config(), resolve_lr=False)
+    defaults["recycle"] = plain_json(dataclasses.asdict(RecycleConfig()))
+    out: dict[str, Any] = {}
+    for key, value in config_to_dict(config, resolve_lr).items():
+        if isinstance(value, dict):  # a section: keep its changed keys
+            value = {k: v for k, v in value.items() if v != defaults[key][k] or f"{key}.{k}" in IDENTITY_KEYS}
+            if value:
+                out[key] = value
+        elif value != defaults[key] or key in IDENTITY_KEYS:
+            out[key] = value
+    return out
+
+
+def dump_config(config: Config, resolve_lr: bool = True, changes_only: bool = False) -> str:
+    """The config as YAML (what ``load_config`` reads back): every key, or with ``changes_only`` the keys that differ
+    from the defaults (:func:`config_changes`)."""
+    plain = config_changes(config, resolve_lr) if changes_only else config_to_dict(config, resolve_lr)
+    return yaml.dump(plain, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)

@@ -11,8 +11,8 @@ import torch
 from ..data.datasets import val_split_name
 from ..errors import UserError
 from ..io.weights import MODEL_KEY, build_from_checkpoint, load_into, load_state_dict, read_metadata
+from ..rundir import BEST, CONFIG_FILE, LAST
 from . import build
-from .checkpointing import BEST, CONFIG_FILE, LAST
 from .config import Config, load_config
 from .distributed import seed_everything, setup, teardown
 from .loop import evaluate

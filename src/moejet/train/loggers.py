@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..io.files import plain_json
+from ..rundir import TENSORBOARD_DIR
 from .config import Config
 
 Log = Callable[[dict[str, float], int], None]  # (scalars, epoch) -> None
@@ -38,7 +39,7 @@ def open_loggers(run_dir: Path, config: Config) -> tuple[list[Log], list[Callabl
         except ImportError:
             _warn("train.tensorboard", "tensorboard", "moe-jetpack[tensorboard]")
         else:
-            writer = SummaryWriter(str(run_dir / "tb"))
+            writer = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
             def log_tensorboard(values: dict[str, float], epoch: int) -> None:
                 for key, value in values.items():

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.mixup import apply_mix, draw_mix
 from ..errors import UserError
 from ..io.weights import read_metadata
-from .checkpointing import LAST
+from ..rundir import LAST
 from .distributed import World, all_reduce_max, all_reduce_sum, average_grads, is_sharded
 from .loggers import StepLog
 from .state import TrainState

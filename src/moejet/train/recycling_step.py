@@ -22,11 +22,10 @@ from ..device import resolve_device
 from ..errors import UserError
 from ..io.download import WeightsUnavailable
 from ..io.files import plain_json
-from ..recycle.output import MODEL_FILE, REPORT_FILE
+from ..rundir import MODEL_FILE, RECYCLE_DIR, REPORT_FILE
 from .config import Config, RecycleConfig, recycle_switches
 from .distributed import rng_state, set_rng_state
 
-RECYCLE_DIR = "recycle"  # RUN/recycle: the layout of a moejet recycle --out directory (moejet publish reads it)
 TRAINING_KWARGS = ("drop_path_rate",)  # change how the model trains, not its weights: not the successor's
 
 

@@ -44,13 +44,12 @@ from ..data.datasets import class_names, dataset_label
 from ..data.sampler import GlobalBatchSampler
 from ..errors import Interrupted, UserError
 from ..io.files import atomic_output
-from ..io.labels import LABELS_FILE, write_labels
+from ..io.labels import write_labels
 from ..models import moe_modules
+from ..rundir import CONFIG_FILE, LABELS_FILE, POINTER
 from . import build
 from .checkpointing import (
     CONFIG_END,
-    CONFIG_FILE,
-    POINTER,
     BackgroundWriter,
     is_run_dir,
     load_run_state,
