@@ -32,6 +32,7 @@ from moejet.demo.setup import FULL, JETMOE, PREDECESSOR_S, PREDECESSOR_T, QUICK,
 from moejet.io.files import write_json  # noqa: E402
 from moejet.rundir import LAST  # noqa: E402
 from moejet.train import train  # noqa: E402
+from moejet.train.checkpointing import is_run_dir, read_metrics  # noqa: E402
 from moejet.train.config import config_from_dict  # noqa: E402
 
 # (key, label, arm, recycle options); the reference row first. Drop-Upcycling's r = 0.5 is the ratio its paper
@@ -62,16 +63,28 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-si
 
 
 def run_row(arm: Arm, options: dict[str, Any], seed: int, out: Path, budget, predecessors: dict[str, Path],
-            device: str) -> dict[str, Any]:
+            device: str, calib_data: str | None = None) -> dict[str, Any]:
+    """One arm on one seed into ``out``: recycle (when the arm recycles), fine-tune, score the last epoch on
+    ``budget.final_val``. Resumable: a recycled model already written is reused and a run directory with a
+    checkpoint is resumed (a finished one is only scored), so a killed sweep loses at most the current epoch.
+    ``calib_data``: the recycling's calibration images (default: the demo's, the predecessors' upstream data).
+    Returns the per-image correctness and the val curve of the run (epoch, val top-1 on the training-time split)."""
     start = time.perf_counter()
     init = {"dense-T": predecessors["T"], "dense-S": predecessors["S"]}.get(arm.init)
     if arm.init.startswith("recycle:"):
-        init, _ = recycle_arm(arm, predecessors, out / "recycled", budget, device, seed, options)
+        init = out / "recycled" / "model.safetensors"
+        if not init.is_file():
+            init, _ = recycle_arm(arm, predecessors, out / "recycled", budget, device, seed, options, calib_data)
     config = config_from_dict(arm_config(arm, init, budget, seed, device))
-    train(config, out / "run", progress=False, verbose=False)
+    resumed = is_run_dir(out / "run")
+    if resumed:
+        train(run_dir=out / "run", resume=True, progress=False, verbose=False)
+    else:
+        train(config, out / "run", progress=False, verbose=False)
     correct, top5 = val_correctness(out / "run" / LAST, config, budget.final_val)
+    curve = [[row["epoch"], row["val_top1"]] for row in read_metrics(out / "run") if "val_top1" in row]
     return {"seed": seed, "top1": 100.0 * sum(correct) / len(correct), "top5": top5, "correct": correct,
-            "wall_s": time.perf_counter() - start}
+            "curve": curve, "wall_s": time.perf_counter() - start, "resumed": resumed}
 
 
 def difference(results: dict[str, Any], key: str, ref: str) -> dict[str, Any] | None:

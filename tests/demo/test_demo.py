@@ -247,3 +247,55 @@ def test_the_report_quotes_the_ablation_and_says_whether_any_recipe_beats_upcycl
     results = {**fabricated_results({"moe_jetpack": 60.0, "dense_pretrained": 50.0}), "ablation": summary}
     report = write_report(tmp_path, results, []).read_text()
     assert all(f"- {line}" in report for line in lines)
+
+
+def regime_summary(jetpack_vs_dense: dict[str, dict], jetpack_vs_upcycling: dict[str, dict]) -> dict:
+    """A summary.json of benchmarks/regime.py: two complete points and one still running."""
+    def row(vs_dense, vs_upcycling=None, gap=None):
+        return {"vs": {"dense_t": vs_dense, "sparse_upcycling": vs_upcycling, "moe_jetpack": None},
+                "gap_closed": gap}
+
+    def point(per_class, epochs, key, complete=True):
+        return {"per_class": per_class, "epochs": epochs, "complete": complete, "rows": {
+            "dense_t": row(None), "dense_s": row({"mean": 9.0, "half": 1.0, "resolved": True}, gap=1.0),
+            "moe_jetpack": row(jetpack_vs_dense[key], jetpack_vs_upcycling[key], gap=jetpack_vs_dense[key]["gap"]),
+            "sparse_upcycling": row({"mean": 0.5, "half": 1.0, "resolved": False}, gap=0.05)}}
+
+    return {"machine": "AMD EPYC (2 cores; avx2)", "runs": 30, "points": {
+        "pc25_e40": point(25, 40, "pc25_e40"), "pc100_e40": point(100, 40, "pc100_e40"),
+        "pc400_e40": point(400, 40, "pc400_e40", complete=False)}}
+
+
+@pytest.mark.parametrize("separated", [True, False])
+def test_the_report_quotes_when_recycling_pays(separated, tmp_path):
+    from moejet.demo.report import regime_findings, write_report
+
+    summary = regime_summary(
+        {"pc25_e40": {"mean": -1.2, "half": 0.9, "resolved": True, "gap": -0.13},
+         "pc100_e40": {"mean": 2.0, "half": 1.0, "resolved": True, "gap": 0.25},
+         "pc400_e40": {"mean": 9.9, "half": 0.1, "resolved": True, "gap": 0.9}},
+        {"pc25_e40": {"mean": -0.5, "half": 2.1, "resolved": False},
+         "pc100_e40": {"mean": 1.5, "half": 1.0 if separated else 2.0, "resolved": separated},
+         "pc400_e40": {"mean": 9.0, "half": 0.1, "resolved": True}})
+    lines = regime_findings(summary)
+    assert lines[0] == ("When recycling pays (30 runs, AMD EPYC (2 cores; avx2); the Recycling page of the docs has "
+                        "the map): complete at 25/class x 40 epochs, 100/class x 40 epochs; 400/class x 40 epochs "
+                        "not complete.")
+    # an incomplete point is never quoted, whatever it holds so far
+    assert not any("400/class" in line for line in lines[1:])
+    assert lines[1] == ("MoE Jetpack - Dense T: 25/class x 40 epochs -1.2 ± 0.9; 100/class x 40 epochs +2.0 ± 1.0. "
+                        "Ahead of Dense T by a resolved margin at 100/class x 40 epochs; behind it by a resolved "
+                        "margin at 25/class x 40 epochs.")
+    assert lines[2] == ("Sparse Upcycling - Dense T: 25/class x 40 epochs +0.5 ± 1.0; 100/class x 40 epochs "
+                        "+0.5 ± 1.0. Ahead of Dense T by a resolved margin at no point; behind it by a resolved "
+                        "margin at no point.")
+    expected = ("Separated by a resolved margin at 100/class x 40 epochs." if separated
+                else "Never separated by a resolved margin.")
+    assert lines[3].startswith("MoE Jetpack - Sparse Upcycling: 25/class x 40 epochs -0.5 ± 2.1; ")
+    assert lines[3].endswith(expected)
+    assert lines[4] == ("Share of the Dense T -> Dense S gap closed (Dense S costs 4x the FLOPs): 25/class x 40 "
+                        "epochs: MoE Jetpack -13%, Sparse Upcycling 5%; 100/class x 40 epochs: MoE Jetpack 25%, "
+                        "Sparse Upcycling 5%.")
+    results = {**fabricated_results({"moe_jetpack": 60.0, "dense_pretrained": 50.0}), "regime": summary}
+    report = write_report(tmp_path, results, []).read_text()
+    assert all(f"- {line}" in report for line in lines)

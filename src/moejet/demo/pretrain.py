@@ -25,6 +25,7 @@ from .setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, Budget
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RECORD = "demo_predecessors.json"
 ABLATION = "demo_ablation.json"  # benchmarks/ablation_recycling.py's summary, quoted by the demo report
+REGIME = "demo_regime.json"  # benchmarks/regime.py's summary (when recycling pays), quoted by the demo report
 
 
 def pretrain_config(role: str, model: tuple[str, dict[str, Any]], budget: Budget, device: str) -> dict[str, Any]:

@@ -110,6 +110,8 @@ def findings(results: dict[str, Any]) -> list[str]:
                      f"(paired over {len(r['correct'])} val images; {verdict}).")
     if results.get("ablation"):
         lines += ablation_findings(results["ablation"])
+    if results.get("regime"):
+        lines += regime_findings(results["regime"])
     return lines
 
 
@@ -144,6 +146,50 @@ def ablation_findings(summary: dict[str, Any]) -> list[str]:
              for r in compared if not r["recycled"]]
     if dense:
         lines.append("Dense fine-tuning against Sparse Upcycling: " + "; ".join(dense) + ".")
+    return lines
+
+
+def regime_findings(summary: dict[str, Any]) -> list[str]:
+    """When recycling pays, as ``benchmarks/regime.py`` (its ``summary.json``) measured it in this demo's world: at
+    each point (training images per class, epochs), the MoE arms against Dense T and MoE Jetpack against Sparse
+    Upcycling (95% t intervals over seeds of the paired differences), and the share of the T -> S gap each arm
+    closes. Points not yet run are named as such."""
+    points = summary["points"]
+    name = lambda p: f"{p['per_class']}/class x {p['epochs']} epochs"
+    done = [p for p in points.values() if p["complete"]]
+    lines = [f"When recycling pays ({summary['runs']} runs, {summary['machine']}; the Recycling page of the docs has "
+             "the map): complete at " + (", ".join(name(p) for p in done) or "no point yet")
+             + "".join(f"; {name(p)} not complete" for p in points.values() if not p["complete"]) + "."]
+    moe_arms = [("moe_jetpack", "MoE Jetpack"), ("sparse_upcycling", "Sparse Upcycling")]
+
+    def verdicts(arm: str, ref: str) -> tuple[str, list[str], list[str]]:
+        shown, ahead, behind = [], [], []
+        for p in done:
+            d = p["rows"].get(arm, {}).get("vs", {}).get(ref)
+            if d is None or d["half"] is None:
+                continue
+            shown.append(f"{name(p)} {d['mean']:+.1f} ± {d['half']:.1f}")
+            if d["resolved"]:
+                (ahead if d["mean"] > 0 else behind).append(name(p))
+        return "; ".join(shown), ahead, behind
+
+    for arm, label in moe_arms:
+        shown, ahead, behind = verdicts(arm, "dense_t")
+        if shown:
+            lines.append(f"{label} - Dense T: {shown}. Ahead of Dense T by a resolved margin at "
+                         f"{', '.join(ahead) or 'no point'}; behind it by a resolved margin at "
+                         f"{', '.join(behind) or 'no point'}.")
+    shown, ahead, behind = verdicts("moe_jetpack", "sparse_upcycling")
+    if shown:
+        lines.append(f"MoE Jetpack - Sparse Upcycling: {shown}. "
+                     + (f"Separated by a resolved margin at {', '.join(ahead + behind)}."
+                        if ahead or behind else "Never separated by a resolved margin."))
+    gaps = [f"{name(p)}: " + ", ".join(f"{label} {100 * p['rows'][arm]['gap_closed']:.0f}%" for arm, label in moe_arms
+                                      if p["rows"].get(arm, {}).get("gap_closed") is not None)
+            for p in done]
+    if gaps:
+        lines.append("Share of the Dense T -> Dense S gap closed (Dense S costs 4x the FLOPs): " + "; ".join(gaps)
+                     + ".")
     return lines
 
 

@@ -31,7 +31,7 @@ from ..io.weights import build_from_checkpoint
 from ..rundir import LAST, REPORT_FILE
 from ..train import train
 from ..train.config import Config, config_from_dict
-from .pretrain import ABLATION, ASSETS, RECORD, load_record
+from .pretrain import ABLATION, ASSETS, RECORD, REGIME, load_record
 from .report import seed_summary, write_report
 from .setup import (
     ARMS,
@@ -95,12 +95,13 @@ def arm_recycle_options(arms: list[Arm], options: dict[str, Any]) -> dict[str, d
 
 
 def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: Budget, device: str,
-                seed: int, options: dict[str, Any] | None = None) -> tuple[Path, float]:
+                seed: int, options: dict[str, Any] | None = None, calib_data: str | None = None
+                ) -> tuple[Path, float]:
     """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds). ``options``:
     extra :func:`~moejet.recycle.recycle` keywords (the arm's share of ``--recycle-options``).
 
-    Calibration images come from the predecessors' own (upstream) training data, as the released code
-    calibrates on an ImageNet subset.
+    Calibration images come from ``calib_data``'s train split, by default the predecessors' own (upstream) training
+    data, as the released code calibrates on an ImageNet subset.
     """
     from ..recycle import calibration_loader, load_dense_state, load_predecessor, recycle, write_outputs
 
@@ -112,7 +113,8 @@ def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: 
         (name, kwargs), path, dense = PREDECESSOR_S, predecessors["S"], predecessors["T"]
     successor, successor_kwargs = arm.model[0], dict(arm.model[1], num_classes=UPSTREAM_CLASSES)
     predecessor = load_predecessor(name, path, kwargs=kwargs)
-    loader, _ = calibration_loader(budget.pretrain_upstream, predecessor, budget.calib_images, 64, seed=seed)
+    loader, _ = calibration_loader(calib_data or budget.pretrain_upstream, predecessor, budget.calib_images, 64,
+                                   seed=seed)
     dense_state = load_dense_state(dense, successor, successor_kwargs, seed) if dense else None
     state, report = recycle(predecessor, successor, successor_kwargs, strategy, loader, dense_state=dense_state,
                             seed=seed, device=device, predecessor_name=name, **(options or {}))
@@ -187,6 +189,7 @@ def run_demo(out: Path, budget: Budget, device: str = "cpu", seed: int = 0, incl
         "threads": torch.get_num_threads(), "total_time_s": time.perf_counter() - start, "arms": rows,
         "predecessors": load_record(assets) if (assets / RECORD).is_file() else None,
         "ablation": json.loads((assets / ABLATION).read_text()) if (assets / ABLATION).is_file() else None,
+        "regime": json.loads((assets / REGIME).read_text()) if (assets / REGIME).is_file() else None,
     }
     write_json(out / "results.json", results)
     pictures: list[Path] = []
