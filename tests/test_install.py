@@ -59,8 +59,10 @@ def fresh_venv(path: Path) -> Path:
 def test_wheel_in_a_fresh_venv_trains_a_packaged_config_and_predicts_folder_names(tmp_path):
     wheel = build_wheel(tmp_path / "dist")
     python = fresh_venv(tmp_path / "venv")
+    # --ignore-installed: the borrowed dependencies hold this checkout's own (editable) moe-jetpack of the same
+    # version, which pip would otherwise take as already installed and skip the wheel
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
-                    str(wheel)], check=True, capture_output=True, text=True)
+                    "--ignore-installed", str(wheel)], check=True, capture_output=True, text=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")  # no network: nothing may be downloaded
     home = tmp_path / "home"  # the user's own directory, outside the repository

@@ -287,10 +287,10 @@ def test_the_report_quotes_when_recycling_pays(separated, tmp_path):
                         "Ahead of Dense T by a resolved margin at 100/class x 40 epochs; behind it by a resolved "
                         "margin at 25/class x 40 epochs.")
     assert lines[2] == ("Sparse Upcycling - Dense T: 25/class x 40 epochs +0.5 ± 1.0; 100/class x 40 epochs "
-                        "+0.5 ± 1.0. Ahead of Dense T by a resolved margin at no point; behind it by a resolved "
-                        "margin at no point.")
+                        "+0.5 ± 1.0. Ahead of Dense T by a resolved margin at no complete point; behind it by a "
+                        "resolved margin at no complete point.")
     expected = ("Separated by a resolved margin at 100/class x 40 epochs." if separated
-                else "Never separated by a resolved margin.")
+                else "Not separated by a resolved margin at any complete point.")
     assert lines[3].startswith("MoE Jetpack - Sparse Upcycling: 25/class x 40 epochs -0.5 ± 2.1; ")
     assert lines[3].endswith(expected)
     assert lines[4] == ("Share of the Dense T -> Dense S gap closed (Dense S costs 4x the FLOPs): 25/class x 40 "

@@ -177,13 +177,13 @@ def regime_findings(summary: dict[str, Any]) -> list[str]:
         shown, ahead, behind = verdicts(arm, "dense_t")
         if shown:
             lines.append(f"{label} - Dense T: {shown}. Ahead of Dense T by a resolved margin at "
-                         f"{', '.join(ahead) or 'no point'}; behind it by a resolved margin at "
-                         f"{', '.join(behind) or 'no point'}.")
+                         f"{', '.join(ahead) or 'no complete point'}; behind it by a resolved margin at "
+                         f"{', '.join(behind) or 'no complete point'}.")
     shown, ahead, behind = verdicts("moe_jetpack", "sparse_upcycling")
     if shown:
         lines.append(f"MoE Jetpack - Sparse Upcycling: {shown}. "
                      + (f"Separated by a resolved margin at {', '.join(ahead + behind)}."
-                        if ahead or behind else "Never separated by a resolved margin."))
+                        if ahead or behind else "Not separated by a resolved margin at any complete point."))
     gaps = [f"{name(p)}: " + ", ".join(f"{label} {100 * p['rows'][arm]['gap_closed']:.0f}%" for arm, label in moe_arms
                                       if p["rows"].get(arm, {}).get("gap_closed") is not None)
             for p in done]
