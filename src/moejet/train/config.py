@@ -478,9 +478,10 @@ def _validate_recycle(config: Config, need: Need) -> None:
     try:
         recycle.options(config.variant).check(RecycleContext(dense=recycle.dense_checkpoint is not None,
                                                              calibration=recycle.calib_images > 0))
-    except OptionError as err:  # its advice in config keys: pass --dense-checkpoint -> pass recycle.dense_checkpoint
+    except OptionError as err:  # its advice in config keys: pass --dense-checkpoint -> set recycle.dense_checkpoint
         key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
-        need(False, key, re.sub(r"--([a-z-]+)", lambda m: "recycle." + m.group(1).replace("-", "_"), err.what))
+        what = re.sub(r"\bpass (--[a-z-]+)", r"set \1", err.what)
+        need(False, key, re.sub(r"--([a-z-]+)", lambda m: "recycle." + m.group(1).replace("-", "_"), what))
     need(recycle.calib_img_size is None or recycle.calib_img_size >= 8, "recycle.calib_img_size",
          "must be at least 8 pixels or null")
     need(bool(recycle.calib_data.strip()), "recycle.calib_data", "name a dataset (e.g. imagenet or synthetic)")
