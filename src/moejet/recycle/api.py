@@ -323,17 +323,17 @@ def recycle(
     successor_kwargs = dict(successor_kwargs or {})
     options = options or RecycleOptions()
     switches = options.check(RecycleContext(dense=dense_state is not None, calibration=calib_loader is not None))
-    o, strategy, seed = options, options.strategy, options.seed
+    strategy, seed = options.strategy, options.seed
     head_given = "num_classes" in successor_kwargs
     if not head_given:  # the one head rule: without num_classes the successor keeps the predecessor's head
         successor_kwargs["num_classes"] = int(getattr(predecessor, "num_classes", 0))
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
-    if o.router_init == "kmeans":
+    if options.router_init == "kmeans":
         no_queries = [b.index for b in pair.moe_blocks if not isinstance(getattr(b.module.mlp, "queries", None),
                                                                          nn.Parameter)]
         if no_queries:
-            raise OptionError("router_init", o.router_init, f"MoE block {no_queries[0]} has no slot queries")
+            raise OptionError("router_init", options.router_init, f"MoE block {no_queries[0]} has no slot queries")
     if dense_state is not None:
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
@@ -343,7 +343,7 @@ def recycle(
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
-    dense_mlps, upcycled = mixed_sources(pair, dense_state, o.mixed)
+    dense_mlps, upcycled = mixed_sources(pair, dense_state, options.mixed)
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
@@ -357,12 +357,12 @@ def recycle(
         t = time.perf_counter()
         predecessor.to(dev)
         collector = KeyCollector([pair.pred_blocks[b.name] for b in pair.moe_blocks]) \
-            if o.router_init == "kmeans" else None
+            if options.router_init == "kmeans" else None
         try:
             coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
+            batches = len(calib_loader) if hasattr(calib_loader, "__len__") else None  # the progress bar's total
             stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
-                                  o.coact_percentile, progress, len(calib_loader) if hasattr(calib_loader, "__len__")
-                                  else None, switches["importance_metric"])
+                                  options.coact_percentile, progress, batches, switches["importance_metric"])
         finally:
             predecessor.to(home)
             keys = collector.remove() if collector is not None else {}
@@ -373,19 +373,19 @@ def recycle(
     t = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 o.graph_parts, switches, o.drop_ratio, gen, upcycled)
+                                 options.graph_parts, switches, options.drop_ratio, gen, upcycled)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"], gen, dense_mlps)
     keep_fresh_tokens(state, fresh, model, fresh_rows)
     router_info = None
-    if o.router_init == "kmeans":
+    if options.router_init == "kmeans":
         router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
     align_info = None
-    if o.align == "affine":
+    if options.align == "affine":
         align_info = align_experts(state, pair, sel, predecessor, model, successor, successor_kwargs, dense_state,
-                                   calib_loader, resolve_device(device), o.align_ridge, seed)
+                                   calib_loader, resolve_device(device), options.align_ridge, seed)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
