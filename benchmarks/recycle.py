@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     import moejet  # noqa: F401
-    from moejet.recycle import recycle
+    from moejet.recycle import RecycleOptions, recycle
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,7 +93,7 @@ def worker(args: argparse.Namespace) -> dict:
     out["forward_s"] = time.perf_counter() - t
     out["forward_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
-    _, report = recycle(pred, succ_name, succ_kwargs, args.case, loader, device=device)
+    _, report = recycle(pred, succ_name, succ_kwargs, loader, RecycleOptions(strategy=args.case), device=device)
     sync()
     out["time_s"] = time.perf_counter() - t
     out.update(successor=succ_name, successor_kwargs=succ_kwargs, **report["timings"])

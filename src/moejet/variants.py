@@ -24,7 +24,7 @@ VARIANTS = (PAPER, RELEASE)
 class Switch:
     """One paper-vs-release difference: the keyword (or flag) it sets and both values with their sources."""
 
-    name: str  # model / layer keyword argument, or recycle() keyword (the CLI flag is --name-with-dashes)
+    name: str  # model / layer keyword argument, or RecycleOptions field (the CLI flag is --name-with-dashes)
     paper: Any
     release: Any
     paper_source: str  # e.g. "paper §3.2, Eq. 10" / "paper App. C, Algorithm 1"
@@ -85,7 +85,7 @@ MODEL_SWITCHES: tuple[Switch, ...] = (
     ),
 )
 
-# moejet.recycle.recycle() keyword arguments (``moejet recycle`` flags). Release sources: Adlith/MoE-Jetpack at
+# moejet.options.RecycleOptions fields (``moejet recycle`` flags). Release sources: Adlith/MoE-Jetpack at
 # commit 2a50c78, moejet/tools/gen_ViT_MoE_weight.py (main() runs select_type='L2', select_unit='mlp') and
 # moejet/configs/timm/vit_tiny_dual_moe_timm_21k_ft.py (the checkpoint it writes is that config's load_from).
 _GEN = "release moejet/tools/gen_ViT_MoE_weight.py"

@@ -8,7 +8,25 @@ import pytest
 import torch
 
 import moejet  # noqa: F401  (registers the models)
+from moejet.cli import build_parser
+from moejet.cli.recycle import options_from_args
 from moejet.io.weights import build_from_checkpoint
+from moejet.options import RecycleOptions
+
+
+def test_every_recycle_option_is_a_flag_with_its_default_and_choices():
+    """``moejet recycle``'s recycling flags are RecycleOptions' fields: the defaults give RecycleOptions(), each
+    flag sets its field, and a value outside the field's choices or range is refused by argparse."""
+    parser = build_parser()
+    base = ["recycle", "--successor", "jetmoe", "--out", "out"]
+    assert options_from_args(parser.parse_args(base)) == RecycleOptions()
+    args = parser.parse_args([*base, "--strategy", "upcycle", "--drop-ratio", "0.25", "--router-init", "kmeans",
+                              "--align-ridge", "0.5", "--query-norm", "fresh", "--seed", "3"])
+    assert options_from_args(args) == RecycleOptions(strategy="upcycle", drop_ratio=0.25, router_init="kmeans",
+                                                     align_ridge=0.5, query_norm="fresh", seed=3)
+    for bad in (["--mixed", "both"], ["--drop-ratio", "1"], ["--graph-parts", "0"], ["--coact-percentile", "100"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, *bad])
 
 
 def test_cli_variant_flag_and_explicit_switch(recycle_files, run_recycle, tmp_path):

@@ -1,6 +1,7 @@
 """--align affine: ridge maps between the dense model's and the predecessor's bases, folded into the experts."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import timm
@@ -10,8 +11,7 @@ from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
 from moejet.errors import UserError
-from moejet.recycle import recycle
-from moejet.recycle.api import OptionError
+from moejet.recycle import OptionError, RecycleOptions, recycle
 from moejet.recycle.load import load_dense_state
 
 RIDGE = 1e-3
@@ -60,9 +60,10 @@ def expert(state, prefix, e, s):
 def test_affine_alignment_is_folded_exactly_into_every_expert(recycle_files, recipe, calib_batches):
     pred = recycle_files["vit"]
     dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "importance", calib_batches())
-    plain, _ = recycle(*args, dense_state=dense_state)
-    state, report = recycle(*args, dense_state=dense_state, align="affine", align_ridge=RIDGE)
+    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches())
+    plain, _ = recycle(*args, RecycleOptions(strategy="importance"), dense_state)
+    state, report = recycle(*args, RecycleOptions(strategy="importance", align="affine", align_ridge=RIDGE),
+                            dense_state)
     assert report["options"]["align"] == "affine" and report["options"]["align_ridge"] == RIDGE
     dense = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, embed_dim=32)).eval()
     dense.load_state_dict(load_file(str(recycle_files["dense_file"])))
@@ -90,19 +91,20 @@ def test_affine_alignment_is_folded_exactly_into_every_expert(recycle_files, rec
 def test_align_errors(recycle_files, recipe, calib_batches):
     pred = recycle_files["vit"]
     dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform")
+    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    align = RecycleOptions(strategy="uniform", align="affine")
     with pytest.raises(OptionError, match="pass --dense-checkpoint"):
-        recycle(*args, calib_batches(), align="affine")
+        recycle(*args, calib_batches(), align)
     with pytest.raises(OptionError, match="fits on calibration images"):
-        recycle(*args, None, dense_state=dense_state, align="affine")
+        recycle(*args, None, align, dense_state)
     with pytest.raises(OptionError, match="expert_channels shared"):
-        recycle(*args, calib_batches(), dense_state=dense_state, align="affine", expert_channels="per_expert")
+        recycle(*args, calib_batches(), replace(align, expert_channels="per_expert"), dense_state)
     with pytest.raises(OptionError, match="align_ridge = -1.0 is invalid"):
-        recycle(*args, calib_batches(), dense_state=dense_state, align="affine", align_ridge=-1.0)
+        recycle(*args, calib_batches(), replace(align, align_ridge=-1.0), dense_state)
     torch.manual_seed(0)
     fine = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, patch_size=4)).eval()  # 64 patches
     with pytest.raises(UserError, match="same patch grid"):
-        recycle(fine, *args[1:], calib_batches(), dense_state=dense_state, align="affine")
+        recycle(fine, *args[1:], calib_batches(), align, dense_state)
 
 
 def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path, capsys):
@@ -117,9 +119,10 @@ def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path, capsys):
 
 def test_align_leaves_a_bank_upcycled_from_the_dense_mlp_as_it_is(recycle_files, recipe, calib_batches):
     dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches())
-    plain, _ = recycle(*args, dense_state=dense_state, mixed="univ_upcycled")
-    state, report = recycle(*args, dense_state=dense_state, mixed="univ_upcycled", align="affine")
+    args = (recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches())
+    mixed = RecycleOptions(strategy="uniform", mixed="univ_upcycled")
+    plain, _ = recycle(*args, mixed, dense_state)
+    state, report = recycle(*args, replace(mixed, align="affine"), dense_state)
     assert set(report["align"]["blocks"]) == {"2", "3"}
     for name in ("blocks.2", "blocks.3"):
         for k in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"):

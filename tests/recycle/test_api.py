@@ -1,21 +1,25 @@
 """recycle.api: option checks, variants and their switches, predecessor / successor pairing."""
 
+import inspect
+import re
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.recycle import recycle
-from moejet.recycle.api import OptionError, check_options
+from moejet.recycle import OptionError, RecycleOptions, recycle
 
 
 def test_variant_sets_every_switch_and_explicit_values_win(recipe, recycle_files):
-    _, paper = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None)
+    _, paper = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                       RecycleOptions(strategy="uniform"))
     assert paper["variant"] == "paper" and paper["switches"] == {
         "importance_metric": "mean_abs", "expert_channels": "shared", "uniform_rule": "shared",
         "query_norm": "inherit", "univ_mode": "draw", "final_norm": "copy"}
-    _, release = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
-                         variant="release", query_norm="inherit")
+    _, release = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                         RecycleOptions(strategy="uniform", variant="release", query_norm="inherit"))
     assert release["switches"] == {  # query_norm: the explicit value wins over the variant's "fresh"
         "importance_metric": "l2", "expert_channels": "per_expert", "uniform_rule": "linspace",
         "query_norm": "inherit", "univ_mode": "subselect", "final_norm": "fresh"}
@@ -41,20 +45,30 @@ def test_full_size_vjetmoe_s_pairs_with_vit_b():
                              "random, upcycle"),
     (dict(variant="mine"), "recycle option variant = 'mine' is invalid: use one of paper, release"),
     (dict(uniform_rule="shifted"), "recycle option uniform_rule = 'shifted' is invalid: use one of shared, linspace"),
-    (dict(key_proj="linear"), "recycle option key_proj = 'linear' is invalid: not a recycle switch"),
+    (dict(key_proj="linear"), "recycle option key_proj = 'linear' is invalid: not a recycling option"),
     (dict(graph_parts=0), "recycle option graph_parts = 0 is invalid: must be an integer >= 1"),
     (dict(coact_percentile=100.0), "recycle option coact_percentile = 100.0 is invalid: must be in (0, 100)"),
 ])
-def test_check_options_names_the_bad_option_in_one_message(options, message):
+def test_check_names_the_bad_option_in_one_message(options, message):
     options = {"strategy": "importance", **options}
     with pytest.raises(OptionError) as err:
-        check_options(**options)
+        RecycleOptions.from_dict(options).check()
     assert str(err.value).startswith(message), str(err.value)
     name = next(iter(k for k in options if k != "strategy")) if len(options) > 1 else "strategy"
     assert (err.value.option, err.value.value) == (name, options[name])
 
 
-def test_check_options_resolves_the_variant_and_explicit_switches_win():
-    assert check_options("uniform", "release", univ_mode="draw") == {
+def test_check_resolves_the_variant_and_explicit_switches_win():
+    assert RecycleOptions(strategy="uniform", variant="release", univ_mode="draw").check() == {
         "importance_metric": "l2", "expert_channels": "per_expert", "uniform_rule": "linspace",
         "query_norm": "fresh", "univ_mode": "draw", "final_norm": "fresh"}
+
+
+def test_recycle_takes_one_options_object_and_each_option_is_named_in_three_source_files_at_most():
+    """RecycleOptions is the one source of every recycling option: recycle() takes it whole (at most 8
+    parameters), and an option's name appears only where it is defined, used and reported."""
+    assert len(inspect.signature(recycle).parameters) <= 8
+    src = Path(moejet.__file__).parent
+    for name in ("align_ridge", "drop_ratio", "router_init", "graph_parts", "coact_percentile"):
+        files = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if re.search(rf"\b{name}\b", p.read_text()))
+        assert 1 <= len(files) <= 3, (name, files)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import moejet  # noqa: F401  (registers the models)
 from moejet.io.weights import build_from_checkpoint
-from moejet.recycle import recycle
+from moejet.recycle import RecycleOptions, recycle
 
 STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 
@@ -91,8 +91,10 @@ def test_upcycle_fills_the_default_dual_path_architecture(recipe, calib_batches,
     universal expert e is every 4th neuron from offset e mod 4, so 4 consecutive experts partition the MLP."""
     torch.manual_seed(1)
     same_width = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, embed_dim=32)).eval()
-    up, up_report = recycle(same_width, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "upcycle", None)
-    rec, _ = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "importance", calib_batches())
+    up, up_report = recycle(same_width, "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                            RecycleOptions(strategy="upcycle"))
+    rec, _ = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                     RecycleOptions(strategy="importance"))
     assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in rec.items()}
     assert up_report["successor"]["kwargs"] == recipe.succ_vit
     p = same_width.state_dict()
@@ -144,8 +146,8 @@ def test_per_expert_channels_reproduce_the_expert_weights(recipe, calib_batches,
     """Release: expert e reads/writes its own channels c_e: W1[idx][:, c_e], W2[c_e][:, idx], b2[c_e]; the
     residual stream (norms, attention) keeps the shared channel set."""
     pred = recycle_files["vit"]
-    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, strategy, calib_batches(),
-                            expert_channels="per_expert")
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                            RecycleOptions(strategy=strategy, expert_channels="per_expert"))
     p = pred.state_dict()
     c = torch.tensor(report["channel_indices"][0])
     assert torch.equal(state["blocks.2.norm2.weight"], p["blocks.2.norm2.weight"][c])
@@ -170,9 +172,8 @@ def test_per_expert_channels_reproduce_the_expert_weights(recipe, calib_batches,
     assert (len(distinct) == 1) == (strategy == "uniform")
     if strategy == "importance":  # ConvNeXt (1x1-conv MLPs, per-stage channels) under the release variant
         cnx = recycle_files["cnx"]
-        state, report = recycle(cnx, "cjetmoe_femto", recipe.succ_cnx, strategy,
-                                [x[:, :, :32, :32] for x in calib_batches()],
-                                variant="release")
+        state, report = recycle(cnx, "cjetmoe_femto", recipe.succ_cnx, [x[:, :, :32, :32] for x in calib_batches()],
+                                RecycleOptions(strategy=strategy, variant="release"))
         p = cnx.state_dict()
         w1 = p["stages.2.blocks.1.mlp.fc1.weight"].flatten(1)
         idx, ch = (torch.tensor(report[k]["3"]["univ"][1]) for k in ("neuron_indices", "expert_channel_indices"))

@@ -6,6 +6,7 @@ extracts features.
 """
 
 import json
+from dataclasses import fields
 
 import pytest
 import timm
@@ -17,7 +18,7 @@ from moejet.io.export import export_checkpoint, run_export
 from moejet.io.weights import build_from_checkpoint, save_model
 from moejet.layers import SoftMoE, SpheroMoE
 from moejet.models import moe_modules
-from moejet.recycle import recycle_sources, write_outputs
+from moejet.recycle import RecycleOptions, recycle_sources, write_outputs
 
 VIT = dict(embed_dim=32, depth=4, num_heads=2, num_classes=10)
 CONVNEXT = dict(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), num_classes=10)
@@ -71,11 +72,12 @@ def checkpoints(tmp_path_factory):
 def recycled(checkpoint, tmp_path, moe_args, strategy="importance", side=32, dense_checkpoint=None, **extra):
     path, model_name, kwargs = checkpoint
     predecessor_kwargs = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    options = {k: extra.pop(k) for k in list(extra) if k in {f.name for f in fields(RecycleOptions)}}
     state, report = recycle_sources(
         predecessor=model_name, predecessor_checkpoint=str(path), pretrained=False,
         predecessor_kwargs=predecessor_kwargs, dense_checkpoint=dense_checkpoint, successor="auto",
-        successor_kwargs=dict(moe_args, num_classes=10), strategy=strategy, calib_images=8,
-        calib_img_size=side, batch_size=4, workers=0, device="cpu", progress=False, **extra)
+        successor_kwargs=dict(moe_args, num_classes=10), calib_images=8, calib_img_size=side, batch_size=4,
+        workers=0, device="cpu", progress=False, options=RecycleOptions(strategy=strategy, **options), **extra)
     succ = report["successor"]
     paths = write_outputs(tmp_path, state, report, succ["name"], succ["kwargs"])
     return paths[0], report

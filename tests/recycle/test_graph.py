@@ -3,13 +3,13 @@
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.recycle import recycle
+from moejet.recycle import RecycleOptions, recycle
 from moejet.recycle.graph import balance, part_size
 
 
 def test_graph_experts_are_unions_of_metis_parts(recipe, calib_batches, recycle_files):
-    _, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "graph", calib_batches(),
-                        graph_parts=32)
+    _, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                        RecycleOptions(strategy="graph", graph_parts=32))
     for key, paths in report["neuron_indices"].items():
         graph = report["moe_blocks"][key]["graph"]
         parts = [set(p) for p in graph["parts"]]

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.recycle import recycle
-from moejet.recycle.api import OptionError, check_options
+from moejet.recycle import OptionError, RecycleOptions, recycle
 from moejet.recycle.load import load_dense_state
 
 PRED = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
@@ -45,8 +44,8 @@ def reference_positions(report, ratio, seed):
 
 def test_drop_upcycling_reinitialises_exactly_the_recorded_neurons(dense_vit):
     ratio = 0.25
-    state, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, seed=3,
-                            drop_ratio=ratio)
+    state, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, None,
+                            RecycleOptions(strategy="upcycle", seed=3, drop_ratio=ratio))
     drop = report["drop_upcycling"]
     assert drop["ratio"] == ratio and report["options"]["drop_ratio"] == ratio
     assert drop["reinit_positions"] == reference_positions(report, ratio, 3)
@@ -87,10 +86,12 @@ def test_drop_upcycling_reinitialises_exactly_the_recorded_neurons(dense_vit):
 
 
 def test_drop_upcycling_off_is_exact_copies_and_seeded(dense_vit):
-    plain, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None)
+    plain, report = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, None, RecycleOptions(strategy="upcycle"))
     assert report["drop_upcycling"] is None and report["options"]["drop_ratio"] == 0.0
-    once, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, drop_ratio=0.5)
-    again, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, "upcycle", None, drop_ratio=0.5)
+    once, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, None,
+                      RecycleOptions(strategy="upcycle", drop_ratio=0.5))
+    again, _ = recycle(dense_vit, "vjetmoe_tiny_patch16_224", UPCYCLED, None,
+                       RecycleOptions(strategy="upcycle", drop_ratio=0.5))
     assert all(torch.equal(once[k], again[k]) for k in once)
     changed = [k for k in once if not torch.equal(once[k], plain[k])]
     assert changed and all(".mlp." in k and k.rsplit(".", 1)[1] in ("fc1_weight", "fc1_bias", "fc2_weight")
@@ -107,7 +108,7 @@ def test_drop_upcycling_off_is_exact_copies_and_seeded(dense_vit):
 ])
 def test_bad_drop_ratio_is_one_line(options, message):
     with pytest.raises(OptionError) as err:
-        check_options(**options)
+        RecycleOptions.from_dict(options).check()
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
@@ -143,8 +144,8 @@ def assert_bank(state, prefix, idx, channels, mlp):
 def test_mixed_sources_take_one_bank_from_the_dense_checkpoint(recycle_files, recipe, calib_batches, mixed, strategy):
     dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
     calib = calib_batches() if strategy == "importance" else None
-    state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, strategy, calib,
-                            dense_state=dense, mixed=mixed)
+    state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib,
+                            RecycleOptions(strategy=strategy, mixed=mixed), dense_state=dense)
     up, other = ("core", "univ") if mixed == "core_upcycled" else ("univ", "core")
     attrs = {"core": "core_experts", "univ": "univ_experts"}
     assert report["options"]["mixed"] == mixed and report["mixed"]["upcycled_path"] == up
@@ -171,15 +172,15 @@ def test_mixed_flag_and_its_errors(run_recycle, recycle_files, recipe, tmp_path)
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert report["mixed"]["upcycled_path"] == "univ" and report["options"]["mixed"] == "univ_upcycled"
     with pytest.raises(OptionError, match="pass --dense-checkpoint"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
-                mixed="core_upcycled")
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                RecycleOptions(strategy="uniform", mixed="core_upcycled"))
     with pytest.raises(OptionError, match="use one of none, core_upcycled, univ_upcycled"):
-        check_options("uniform", mixed="both")
+        RecycleOptions(strategy="uniform", mixed="both").check()
     succ = dict(recipe.succ_vit, core_experts=0)
     dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", succ)
     with pytest.raises(OptionError, match="block 2 has no core experts"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", succ, "uniform", None, dense_state=dense_state,
-                mixed="univ_upcycled")
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", succ, None,
+                RecycleOptions(strategy="uniform", mixed="univ_upcycled"), dense_state=dense_state)
 
 
 def reference_kmeans(tokens, k, gen, iters=20):
@@ -213,8 +214,8 @@ def norm2_tokens(model, names, batches):
 
 def test_kmeans_router_queries_are_the_reference_centroids(recycle_files, recipe, calib_batches):
     pred = recycle_files["vit"]
-    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(), seed=5,
-                            router_init="kmeans")
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                            RecycleOptions(strategy="uniform", seed=5, router_init="kmeans"))
     info = report["router_init"]
     assert report["options"]["router_init"] == "kmeans" and info["iterations"] == 20
     c = torch.tensor(report["channel_indices"][0])
@@ -229,28 +230,29 @@ def test_kmeans_router_queries_are_the_reference_centroids(recycle_files, recipe
         assert block["tokens"] == 3 * 6 * 17 and block["slots"] == queries.shape[0]
         assert block["mean_cosine"] == pytest.approx(fit) and 0 < block["query_alignment"] <= 1 + 1e-9
         assert f"{name}.mlp.queries" not in report["fresh_keys"]
-    fresh, plain = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(), seed=5)
+    fresh, plain = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                           RecycleOptions(strategy="uniform", seed=5))
     assert plain["router_init"] is None and f"{names[0]}.mlp.queries" in plain["fresh_keys"]
     assert all(torch.equal(fresh[k], state[k]) for k in state if not k.endswith(".queries"))
 
 
 def test_kmeans_router_on_convnext_and_its_errors(recycle_files, recipe, calib_batches, run_recycle, tmp_path):
     batches = [x[:, :, :32, :32] for x in calib_batches()]
-    state, report = recycle(recycle_files["cnx"], "cjetmoe_femto", recipe.succ_cnx, "importance", batches,
-                            router_init="kmeans")
+    state, report = recycle(recycle_files["cnx"], "cjetmoe_femto", recipe.succ_cnx, batches,
+                            RecycleOptions(strategy="importance", router_init="kmeans"))
     for key, positions in (("3", 4), ("4", 1)):  # 18 images of 32 px: 2x2 positions in stage 2, 1x1 in stage 3
         q = state[f"{report['moe_blocks'][key]['name']}.mlp.queries"]
         assert torch.allclose(q.norm(dim=1), torch.ones(q.shape[0]), atol=1e-5)
         assert report["router_init"]["blocks"][key]["tokens"] == 18 * positions
     with pytest.raises(OptionError, match="pass calibration data"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
-                router_init="kmeans")
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                RecycleOptions(strategy="uniform", router_init="kmeans"))
     dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
     with pytest.raises(OptionError, match="drop --dense-checkpoint"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", calib_batches(),
-                dense_state=dense, router_init="kmeans")
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+                RecycleOptions(strategy="uniform", router_init="kmeans"), dense_state=dense)
     with pytest.raises(OptionError, match="use one of fresh, kmeans"):
-        check_options("uniform", router_init="spectral")
+        RecycleOptions(strategy="uniform", router_init="spectral").check()
     assert run_recycle(recycle_files, tmp_path / "out", "vit", "random", extra=["--quiet", "--router-init",
                                                                                  "kmeans"]) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
@@ -269,7 +271,7 @@ def test_drop_upcycling_reinitialises_the_gate_of_a_gated_mlp_too():
             blk.mlp.fc1_g.bias.normal_(0.5, 0.2)
     succ = dict(base="eva02_base_patch14_224", **kwargs, moe_layers=[2, 3], core_experts=2, univ_experts=4,
                 univ_factor=1.0)
-    state, report = recycle(pred, "jetmoe", succ, "upcycle", None, drop_ratio=0.5)
+    state, report = recycle(pred, "jetmoe", succ, None, RecycleOptions(strategy="upcycle", drop_ratio=0.5))
     p = pred.state_dict()
     for key, info in report["moe_blocks"].items():
         name = info["name"]

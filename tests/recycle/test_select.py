@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import torch
 
 import moejet  # noqa: F401  (registers the models)
-from moejet.recycle import collect_stats, recycle
+from moejet.recycle import RecycleOptions, collect_stats, recycle
 from moejet.recycle.layout import blocks
 
 
@@ -14,7 +14,8 @@ def test_importance_picks_more_important_neurons_than_random(recipe, calib_batch
     stats = collect_stats(model, blocks(model), loader, torch.device("cpu"))
     means = {}
     for strategy in ("importance", "random"):
-        _, report = recycle(model, "vjetmoe_tiny_patch16_224", recipe.succ_vit, strategy, loader)
+        _, report = recycle(model, "vjetmoe_tiny_patch16_224", recipe.succ_vit, loader,
+                            RecycleOptions(strategy=strategy))
         means[strategy] = torch.stack([
             stats.neuron[f"blocks.{k}"][torch.tensor(sum(p["core"] + p["univ"], []))].mean()
             for k, p in report["neuron_indices"].items()]).mean()
@@ -33,8 +34,8 @@ def test_uniform_rules_and_universal_modes(recipe, recycle_files, check_experts)
         ("linspace", "subselect"): ([lin(256, 128)] * 3, [[lin(256, 128)[j] for j in lin(128, 32)]] * 6),
     }
     for (rule, mode), (core, univ) in cases.items():
-        state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, "uniform", None,
-                                univ_mode=mode, uniform_rule=rule)
+        state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+                                RecycleOptions(strategy="uniform", univ_mode=mode, uniform_rule=rule))
         assert report["switches"]["uniform_rule"] == rule and report["switches"]["univ_mode"] == mode
         recovered = check_experts(SimpleNamespace(state_dict=lambda state=state: state), recycle_files["vit"], report)
         assert set(recovered) == {"2", "3"}

@@ -13,7 +13,7 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint
-from moejet.recycle import load_dense_state, recycle_sources
+from moejet.recycle import RecycleOptions, load_dense_state, recycle_sources
 from moejet.recycle.api import build_successor
 
 TINY = dict(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2, num_classes=10)  # a 2x2 grid
@@ -107,8 +107,8 @@ def test_every_layout_pair_converts_exactly_or_is_refused(checkpoints, source):
             state, report = recycle_sources(
                 predecessor=LAYOUTS[source][0], predecessor_checkpoint=str(path), pretrained=False,
                 predecessor_kwargs=layout_kwargs(source), dense_checkpoint=None, successor="jetmoe",
-                successor_kwargs=successor_kwargs(target), strategy="uniform", calib_images=0, device="cpu",
-                progress=False)
+                successor_kwargs=successor_kwargs(target), calib_images=0, device="cpu", progress=False,
+                options=RecycleOptions(strategy="uniform"))
         except UserError as err:
             assert refused(src, dst), f"{source} -> {target}: {err}"
             assert "\n" not in str(err) and "predecessor: " in str(err) and "successor: " in str(err)

@@ -25,9 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--core-only", action="store_true",
                    help="only the four arms of the paper's Table 1 (skip Soft MoE + recycling and Sparse Upcycling)")
     p.add_argument("--recycle-options", nargs="+", metavar="KEY=VALUE", default=None,
-                   help="recycling options for the recycled arms that take them: drop_ratio=R and "
-                        "router_init=kmeans (Sparse Upcycling), mixed=core_upcycled|univ_upcycled (MoE Jetpack), "
-                        "align=affine, align_ridge=L (the arms with a dense part); see docs/recycling.md")
+                   help="recycling options (moejet recycle's flags with underscores, e.g. align=affine) for the "
+                        "recycled arms that take them; which arm takes which: docs/recycling.md")
     p.add_argument("--pretrain", action="store_true",
                    help="regenerate the shipped predecessors from scratch on synthetic-upstream (slow)")
     p.add_argument("--pretrain-roles", type=role_list, default=("S", "T"),

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from ..options import ALIGN_MODES, ALIGN_RIDGE, MIXED_MODES, RECYCLE_STRATEGIES, ROUTER_INITS, SWITCH_CHOICES
-from ..variants import RECYCLE_SWITCHES, VARIANTS
+from ..options import RecycleOptions
 from .common import integer, number, parse_kwargs
 
-SWITCH_HELP = {
-    "importance_metric": "channel/neuron importance",
-    "expert_channels": "channels of each expert",
-    "uniform_rule": "uniform strategy's index sets",
-    "query_norm": "router query LayerNorm: copy the block's norm2 (inherit) or a new one (fresh)",
-    "univ_mode": "universal experts: draw at their own size, or subselect a core-sized draw",
-    "final_norm": "successor pooling differently (global_pool=avg: fc_norm): the source's final norm, or fresh",
-}
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~moejet.options.RecycleOptions` field (``--name-with-dashes``), with its default, help
+    and allowed values (choices, or an integer / number range)."""
+    group = parser.add_argument_group("recycling options")
+    for f in dataclasses.fields(RecycleOptions):
+        meta, kwargs = f.metadata, {}
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
+        elif meta["bounds"] is not None:
+            low, high, low_open, high_open = meta["bounds"]
+            kwargs["type"] = integer(low) if f.type == "int" else number(low, high, low_open, high_open)
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        group.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=meta["help"], **kwargs)
+
+
+def options_from_args(args: argparse.Namespace) -> RecycleOptions:
+    return RecycleOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RecycleOptions)})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,8 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--successor-arg", action="append", metavar="KEY=VALUE",
                    help="successor kwarg (repeatable), e.g. num_classes=100 or moe_layers=(8,9,10,11); without "
                         "num_classes the successor takes the predecessor's class count and keeps its head")
-    p.add_argument("--strategy", default="importance", choices=RECYCLE_STRATEGIES,
-                   help="neuron / channel selection (default: importance)")
+    add_option_flags(p)
     p.add_argument("--calib-data", default="synthetic", metavar="DATASET",
                    help="calibration dataset (train split): cifar100, imagenet, folder:PATH, synthetic, ... "
                         "(default: synthetic, needs no data on disk)")
@@ -60,34 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=integer(1), default=64)
     p.add_argument("--workers", type=integer(0), default=2, help="data loader workers")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
-    p.add_argument("--seed", type=integer(0), default=0)
-    p.add_argument("--variant", default="paper", choices=VARIANTS,
-                   help="set every switch below to the paper's (default) or the released code's value")
-    for switch in RECYCLE_SWITCHES:
-        p.add_argument("--" + switch.name.replace("_", "-"), default=None, choices=SWITCH_CHOICES[switch.name],
-                       help=f"{SWITCH_HELP[switch.name]}: {switch.paper} (paper) | {switch.release} (release); "
-                            "default: the --variant's")
-    p.add_argument("--graph-parts", type=integer(1), default=32, help="target METIS parts per layer (graph)")
-    p.add_argument("--coact-percentile", type=number(0.0, 100.0, low_open=True, high_open=True), default=90.0,
-                   help="a neuron is active above this percentile of its layer's activations (graph)")
-    p.add_argument("--drop-ratio", type=number(0.0, 1.0, high_open=True), default=0.0, metavar="R",
-                   help="Drop-Upcycling (Nakamura et al., ICLR 2025; --strategy upcycle only): re-initialise "
-                        "round(R * h_e) random hidden neurons of each expert from the dense weights' mean and std "
-                        "(default: 0, exact copies)")
-    p.add_argument("--mixed", default="none", choices=MIXED_MODES,
-                   help="mixed sources (needs --dense-checkpoint): core experts upcycled from the dense checkpoint's "
-                        "MLP and universal experts recycled from the predecessor by --strategy (core_upcycled), or "
-                        "the reverse (univ_upcycled); default: none, every expert from the predecessor")
-    p.add_argument("--router-init", default="fresh", choices=ROUTER_INITS,
-                   help="slot queries: the successor's fresh init (default), or kmeans: spherical k-means centroids "
-                        "of the calibration tokens reaching each router (from the predecessor; not with "
-                        "--dense-checkpoint)")
-    p.add_argument("--align", default="none", choices=ALIGN_MODES,
-                   help="affine: per MoE block, fit ridge affine maps between the dense checkpoint's and the "
-                        "predecessor's MLP inputs / outputs on the calibration images and fold them into the "
-                        "experts' fc1 / fc2 (needs --dense-checkpoint and the same patch grid; default: none)")
-    p.add_argument("--align-ridge", type=number(0.0), default=ALIGN_RIDGE, metavar="LAMBDA",
-                   help=f"--align's ridge: LAMBDA * tokens * I added to the covariance (default: {ALIGN_RIDGE:g})")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/model.safetensors and DIR/recycle.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -108,13 +90,10 @@ def run(args: argparse.Namespace) -> int:
         predecessor=args.predecessor, predecessor_checkpoint=args.predecessor_checkpoint, pretrained=args.pretrained,
         predecessor_kwargs=pred_kwargs,
         dense_checkpoint=args.dense_checkpoint, dense_model=args.dense_model, dense_kwargs=dense_kwargs,
-        successor=args.successor, successor_kwargs=succ_kwargs,
-        strategy=args.strategy, calib_data=args.calib_data, calib_images=args.calib_images,
-        calib_img_size=args.calib_img_size, data_root=args.data_root, batch_size=args.batch_size,
-        workers=args.workers, device=args.device, seed=args.seed, variant=args.variant,
-        switches={s.name: getattr(args, s.name) for s in RECYCLE_SWITCHES}, graph_parts=args.graph_parts,
-        coact_percentile=args.coact_percentile, progress=not args.quiet, drop_ratio=args.drop_ratio,
-        mixed=args.mixed, router_init=args.router_init, align=args.align, align_ridge=args.align_ridge,
+        successor=args.successor, successor_kwargs=succ_kwargs, calib_data=args.calib_data,
+        calib_images=args.calib_images, calib_img_size=args.calib_img_size, data_root=args.data_root,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, progress=not args.quiet,
+        options=options_from_args(args),
     )
     successor = report["successor"]  # --successor auto: the model it resolved to
     paths = write_outputs(args.out, state, report, successor["name"], successor["kwargs"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from ..data import build_dataset
 from ..errors import UserError
 from ..io.files import write_json, write_text
 from ..io.weights import build_from_checkpoint
+from ..options import DEMO_DUAL, DEMO_UPCYCLED, DEMO_WITH_DENSE, OptionError, RecycleOptions
 from ..rundir import LAST, REPORT_FILE
 from ..train import train
 from ..train.config import Config, config_from_dict
@@ -55,50 +56,46 @@ def check_assets(assets: Path) -> dict[str, Path]:
     return paths
 
 
-# moejet demo --recycle-options: which recycled arms take each recycle() option (the others recycle without it).
-# Sparse Upcycling recycles T alone (no dense checkpoint); the other recycled arms take experts from S and the
-# dense part from T; only MoE Jetpack's successor has both expert banks.
+# moejet demo --recycle-options: which recycled arms take an option (the others recycle without it), by the
+# RecycleOptions field's ``demo`` tag. Sparse Upcycling recycles T alone (no dense checkpoint); the other recycled
+# arms take experts from S and the dense part from T; only MoE Jetpack's successor has both expert banks.
 _UPCYCLED = lambda arm: arm.init == "recycle:upcycle"
 _WITH_DENSE = lambda arm: arm.init.startswith("recycle:") and not _UPCYCLED(arm)
-RECYCLE_OPTION_ARMS = {
-    "drop_ratio": _UPCYCLED,
-    "router_init": _UPCYCLED,
-    "mixed": lambda arm: _WITH_DENSE(arm) and "univ_experts" in arm.model[1],
-    "align": _WITH_DENSE,
-    "align_ridge": _WITH_DENSE,
-}
+DEMO_ARMS = {DEMO_UPCYCLED: _UPCYCLED, DEMO_DUAL: lambda arm: _WITH_DENSE(arm) and "univ_experts" in arm.model[1],
+             DEMO_WITH_DENSE: _WITH_DENSE}
+RECYCLE_OPTION_ARMS = {f.name: DEMO_ARMS[f.metadata["demo"]] for f in fields(RecycleOptions) if f.metadata["demo"]}
 
 
 def arm_recycle_options(arms: list[Arm], options: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``--recycle-options``: per recycled arm (key) the options it takes (:data:`RECYCLE_OPTION_ARMS`), each
-    value checked as ``moejet recycle`` checks it. An unknown option, or one no arm of this run takes, is a
-    UserError."""
-    from ..recycle.api import OptionError, check_options
-
+    """``--recycle-options``: per recycled arm (key) the options it takes
+    (:data:`RECYCLE_OPTION_ARMS`), each value checked as ``moejet recycle`` checks it. An unknown option, or one no
+    arm of this run takes, is a UserError."""
     unknown = sorted(set(options) - set(RECYCLE_OPTION_ARMS))
     if unknown:
         raise UserError(f"--recycle-options {unknown[0]} is not a recycling option the demo applies: use "
                         f"{', '.join(RECYCLE_OPTION_ARMS)}")
     recycled = [a for a in arms if a.init.startswith("recycle:")]
-    out = {a.key: {k: v for k, v in options.items() if RECYCLE_OPTION_ARMS[k](a)} for a in recycled}
+    taken = {a.key: {k: v for k, v in options.items() if RECYCLE_OPTION_ARMS[k](a)} for a in recycled}
     for key in options:
-        if not any(key in taken for taken in out.values()):
-            raise UserError(f"--recycle-options {key}: no recycled arm of this run takes it (drop_ratio and "
-                            "router_init go to Sparse Upcycling, mixed to MoE Jetpack, align to the arms with a "
-                            "dense part; drop --core-only)")
+        if not any(key in values for values in taken.values()):
+            goes = "; ".join(f"{', '.join(f.name for f in fields(RecycleOptions) if f.metadata['demo'] == tag)} "
+                             f"to {tag}" for tag in DEMO_ARMS)
+            raise UserError(f"--recycle-options {key}: no recycled arm of this run takes it ({goes}; drop "
+                            "--core-only)")
     for arm in recycled:
         try:
-            check_options(arm.init.split(":", 1)[1], **out[arm.key])
-        except (OptionError, TypeError) as err:
+            RecycleOptions(strategy=arm.init.split(":", 1)[1], **taken[arm.key]).check()
+        except OptionError as err:
             raise UserError(f"--recycle-options for the {arm.label} arm: {err}") from None
-    return out
+    return taken
 
 
 def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: Budget, device: str,
                 seed: int, options: dict[str, Any] | None = None, calib_data: str | None = None
                 ) -> tuple[Path, float]:
-    """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds). ``options``:
-    extra :func:`~moejet.recycle.recycle` keywords (the arm's share of ``--recycle-options``).
+    """Recycle the predecessors into ``arm``'s successor; returns (model.safetensors, seconds). ``options``: the
+    arm's :class:`~moejet.options.RecycleOptions` beyond its strategy and ``seed`` (its share of
+    ``--recycle-options``).
 
     Calibration images come from ``calib_data``'s train split, by default the predecessors' own (upstream) training
     data, as the released code calibrates on an ImageNet subset.
@@ -116,8 +113,9 @@ def recycle_arm(arm: Arm, predecessors: dict[str, Path], out_dir: Path, budget: 
     loader, _ = calibration_loader(calib_data or budget.pretrain_upstream, predecessor, budget.calib_images, 64,
                                    seed=seed)
     dense_state = load_dense_state(dense, successor, successor_kwargs, seed) if dense else None
-    state, report = recycle(predecessor, successor, successor_kwargs, strategy, loader, dense_state=dense_state,
-                            seed=seed, device=device, predecessor_name=name, **(options or {}))
+    state, report = recycle(predecessor, successor, successor_kwargs, loader,
+                            RecycleOptions(strategy=strategy, seed=seed, **(options or {})), dense_state, device)
+    report["predecessor"]["name"] = name
     model_path, _ = write_outputs(out_dir, state, report, successor, successor_kwargs)
     return model_path, time.perf_counter() - start
 

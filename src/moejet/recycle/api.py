@@ -21,15 +21,7 @@ from ..device import resolve_device
 from ..errors import UserError
 from ..layers.experts import skip_expert_init
 from ..models.common import BUILD_ERRORS
-from ..options import (
-    ALIGN_MODES,
-    ALIGN_RIDGE,
-    MIXED_MODES,
-    RECYCLE_STRATEGIES,
-    ROUTER_INITS,
-    SWITCH_CHOICES,
-)
-from ..variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
+from ..options import OptionError, RecycleContext, RecycleOptions
 from .align import collect_alignment, fold_affine
 from .build import Selection, build_state, mlp_tensors, pool_sets, reinit_stats, select_heads
 from .graph import part_size, part_weights, partition
@@ -58,56 +50,6 @@ from .select import (
 from .stats import CalibStats, collect_stats
 from .tokens import convert_tokens, token_layout
 
-NEEDS_STATS = ("importance", "graph")
-
-
-class OptionError(UserError):
-    """A recycling option with an impossible value. ``option`` names it as :func:`recycle` does (the
-    ``moejet recycle`` flag without its dashes, the key of a config's ``recycle:`` section)."""
-
-    def __init__(self, option: str, value: Any, what: str) -> None:
-        self.option, self.value, self.what = option, value, what
-        super().__init__(f"recycle option {option} = {value!r} is invalid: {what}")
-
-
-def check_options(strategy: str, variant: str = "paper", graph_parts: int = 32, coact_percentile: float = 90.0,
-                  drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh", align: str = "none",
-                  align_ridge: float = ALIGN_RIDGE, **switches: str | None) -> dict[str, str]:
-    """Check every recycling option; returns each switch's value under ``variant``
-    (``moejet.variants.RECYCLE_SWITCHES``), explicit non-None values winning. Raises :class:`OptionError`."""
-    if strategy not in RECYCLE_STRATEGIES:
-        raise OptionError("strategy", strategy, f"use one of {', '.join(RECYCLE_STRATEGIES)}")
-    if variant not in VARIANTS:
-        raise OptionError("variant", variant, f"use one of {', '.join(VARIANTS)}")
-    unknown = sorted(set(switches) - set(SWITCH_CHOICES))
-    if unknown:
-        raise OptionError(unknown[0], switches[unknown[0]], f"not a recycle switch ({', '.join(SWITCH_CHOICES)})")
-    resolved = apply_variant(variant, RECYCLE_SWITCHES, {k: v for k, v in switches.items() if v is not None})
-    for name, value in resolved.items():
-        if value not in SWITCH_CHOICES[name]:
-            raise OptionError(name, value, f"use one of {', '.join(SWITCH_CHOICES[name])}")
-    if isinstance(graph_parts, bool) or not isinstance(graph_parts, int) or graph_parts < 1:
-        raise OptionError("graph_parts", graph_parts, "must be an integer >= 1")
-    if not 0.0 < coact_percentile < 100.0:
-        raise OptionError("coact_percentile", coact_percentile, "must be in (0, 100)")
-    if isinstance(drop_ratio, bool) or not isinstance(drop_ratio, (int, float)) or not 0.0 <= drop_ratio < 1.0:
-        raise OptionError("drop_ratio", drop_ratio, "must be a number in [0, 1)")
-    if drop_ratio > 0 and strategy != "upcycle":
-        raise OptionError("drop_ratio", drop_ratio, f"Drop-Upcycling re-initialises parts of whole-MLP copies: it "
-                                                    f"needs strategy upcycle, not {strategy}")
-    if mixed not in MIXED_MODES:
-        raise OptionError("mixed", mixed, f"use one of {', '.join(MIXED_MODES)}")
-    if router_init not in ROUTER_INITS:
-        raise OptionError("router_init", router_init, f"use one of {', '.join(ROUTER_INITS)}")
-    if align not in ALIGN_MODES:
-        raise OptionError("align", align, f"use one of {', '.join(ALIGN_MODES)}")
-    if isinstance(align_ridge, bool) or not isinstance(align_ridge, (int, float)) or not 0 <= align_ridge < math.inf:
-        raise OptionError("align_ridge", align_ridge, "must be a finite number >= 0")
-    if align != "none" and resolved["expert_channels"] != "shared":
-        raise OptionError("align", align, "fits one map per block on the successor's channels: use "
-                                          "expert_channels shared")
-    return resolved
-
 
 def mixed_sources(pair: Pair, dense_state: dict[str, torch.Tensor] | None, mixed: str
                   ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, tuple[str, int]]]:
@@ -115,11 +57,8 @@ def mixed_sources(pair: Pair, dense_state: dict[str, torch.Tensor] | None, mixed
     ``(upcycled path, its hidden size)``. ``core_upcycled`` copies the whole dense MLP into every core expert
     (Sparse Upcycling), so the core experts must be as wide; ``univ_upcycled`` cuts the universal experts from it
     by the upcycle rule of :func:`~moejet.recycle.select.select_experts`. Raises :class:`OptionError`."""
-    if mixed == "none":
+    if mixed == "none" or dense_state is None:  # RecycleOptions.check: mixed needs a dense checkpoint
         return {}, {}
-    if dense_state is None:
-        raise OptionError("mixed", mixed, "the upcycled experts are the dense checkpoint's MLPs: pass "
-                                          "--dense-checkpoint")
     path = mixed.split("_")[0]
     mlps, upcycled = {}, {}
     for b in pair.moe_blocks:
@@ -357,66 +296,24 @@ def recycle(
     predecessor: nn.Module,
     successor: str,
     successor_kwargs: dict[str, Any] | None = None,
-    strategy: str = "importance",
     calib_loader: Iterable | None = None,
+    options: RecycleOptions | None = None,
     dense_state: dict[str, torch.Tensor] | None = None,
-    seed: int = 0,
     device: str | torch.device = "cpu",
-    univ_mode: str | None = None,
-    graph_parts: int = 32,
-    coact_percentile: float = 90.0,
-    query_norm: str | None = None,
     progress: bool = False,
-    calib_batches: int | None = None,
-    predecessor_name: str | None = None,
-    importance_metric: str | None = None,
-    expert_channels: str | None = None,
-    uniform_rule: str | None = None,
-    final_norm: str | None = None,
-    variant: str = "paper",
-    drop_ratio: float = 0.0,
-    mixed: str = "none",
-    router_init: str = "fresh",
-    align: str = "none",
-    align_ridge: float = ALIGN_RIDGE,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Recycle dense ``predecessor`` (a timm ViT / EVA / ConvNeXt with its weights loaded) into ``successor``.
 
     Args:
         successor / successor_kwargs: ``timm.create_model`` name and kwargs of the MoE (or dense) successor;
             without ``num_classes`` it takes the predecessor's, and keeps its head (``report["head"]``).
-        strategy: ``importance`` (default), ``graph``, ``uniform``, ``random`` or ``upcycle``.
         calib_loader: batches of images (or ``(images, labels)``) preprocessed for the predecessor; required by
-            ``importance`` and ``graph``; with other strategies it only adds importance figures to the report.
+            the ``importance`` and ``graph`` strategies; with others it only adds importance figures to the report.
+        options: the strategy, seed, variant and switches, and every other recycling option
+            (:class:`moejet.options.RecycleOptions`, one field each, with its help; docs/recycling.md); default:
+            ``RecycleOptions()``, the paper's importance-based recycling.
         dense_state: weights of a same-width dense model for everything outside the MoE MLPs (keys as the
             successor's; see :func:`moejet.recycle.load.load_dense_state`).
-        seed: drives the calibration-free choices, neuron sampling, METIS and the successor's router init.
-        graph_parts: target number of METIS parts per layer (``graph``).
-        coact_percentile: activation percentile above which a neuron counts as active (``graph``).
-        variant: ``paper`` (default) or ``release`` sets every switch below (moejet.variants.RECYCLE_SWITCHES);
-            a switch given explicitly (not None) wins.
-        univ_mode: ``draw`` (universal experts sampled like core experts, at their own size; paper) or
-            ``subselect`` (release: linspace-spaced neurons of a core-sized draw).
-        query_norm: ``inherit`` (copy the block's norm into the router's query norm; paper) or ``fresh`` (release).
-        importance_metric: ``mean_abs`` (paper Eq. 4) or ``l2`` (release), see :mod:`moejet.recycle.stats`.
-        expert_channels: ``shared`` (paper: the successor's channel set) or ``per_expert`` (release).
-        uniform_rule: ``shared`` (paper Eq. 7) or ``linspace`` (release).
-        final_norm: when source and successor pool differently (ViT ``norm`` vs ``fc_norm``): ``copy`` the
-            source's final norm (default) or keep the successor's ``fresh`` one (release).
-        drop_ratio: Drop-Upcycling (``upcycle`` only): in each expert ``round(drop_ratio * h_e)`` random hidden
-            neurons are re-initialised from the dense tensors' statistics (:func:`~moejet.recycle.build.
-            reinit_neurons`); 0 (default): exact copies.
-        mixed: ``none`` (default), ``core_upcycled`` (core experts: copies of ``dense_state``'s MLP of the block;
-            universal experts recycled from the predecessor by ``strategy``) or ``univ_upcycled`` (universal
-            experts cut from the dense MLP by the upcycle rule; core experts recycled); see :func:`mixed_sources`.
-        router_init: ``fresh`` (default: the successor's seeded init) or ``kmeans`` (each MoE block's slot queries
-            are spherical k-means centroids of the calibration tokens reaching its router, taken from the
-            predecessor on the successor's channels; needs calibration data and no dense checkpoint; see
-            :mod:`moejet.recycle.router`).
-        align / align_ridge: ``none`` (default) or ``affine``: per MoE block, ridge-fitted (``align_ridge``) affine
-            maps from the dense model's MLP input to the predecessor's (on the successor's channels) and from the
-            predecessor's MLP output to the dense model's, folded into every predecessor-cut expert's fc1 / fc2;
-            needs ``dense_state`` and calibration data (:mod:`moejet.recycle.align`).
 
     Returns:
         ``(state_dict, report)``: a state dict that loads into the successor with ``strict=True``, and the
@@ -424,33 +321,19 @@ def recycle(
     """
     t_start = time.perf_counter()
     successor_kwargs = dict(successor_kwargs or {})
-    switches = check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init,
-                             align, align_ridge, univ_mode=univ_mode,
-                             query_norm=query_norm, importance_metric=importance_metric,
-                             expert_channels=expert_channels, uniform_rule=uniform_rule, final_norm=final_norm)
-    if strategy in NEEDS_STATS and calib_loader is None:
-        raise UserError(f"strategy {strategy!r} needs calibration images: pass calibration data (--calib-images > 0)")
-    if router_init == "kmeans" and calib_loader is None:
-        raise OptionError("router_init", router_init, "clusters calibration tokens: pass calibration data "
-                                                      "(--calib-images > 0)")
-    if router_init == "kmeans" and dense_state is not None:
-        raise OptionError("router_init", router_init, "takes the router's keys from the predecessor, which a dense "
-                                                      "checkpoint's blocks do not compute: drop --dense-checkpoint")
-    if align != "none" and dense_state is None:
-        raise OptionError("align", align, "maps the dense model's basis onto the predecessor's: pass "
-                                          "--dense-checkpoint")
-    if align != "none" and calib_loader is None:
-        raise OptionError("align", align, "fits on calibration images: pass calibration data (--calib-images > 0)")
+    options = options or RecycleOptions()
+    switches = options.check(RecycleContext(dense=dense_state is not None, calibration=calib_loader is not None))
+    strategy, seed = options.strategy, options.seed
     head_given = "num_classes" in successor_kwargs
     if not head_given:  # the one head rule: without num_classes the successor keeps the predecessor's head
         successor_kwargs["num_classes"] = int(getattr(predecessor, "num_classes", 0))
     model = build_successor(successor, successor_kwargs, seed)
     pair = check_pair(predecessor, model, strategy, dense_state is not None)
-    if router_init == "kmeans":
+    if options.router_init == "kmeans":
         no_queries = [b.index for b in pair.moe_blocks if not isinstance(getattr(b.module.mlp, "queries", None),
                                                                          nn.Parameter)]
         if no_queries:
-            raise OptionError("router_init", router_init, f"MoE block {no_queries[0]} has no slot queries")
+            raise OptionError("router_init", options.router_init, f"MoE block {no_queries[0]} has no slot queries")
     if dense_state is not None:
         moe_prefixes = tuple(f"{b.name}.mlp." for b in pair.moe_blocks)
         is_head = lambda k: (axis_roles(k, pair.family) or (None,))[0] == "cls"  # absent: keeps its fresh init
@@ -460,7 +343,7 @@ def recycle(
         if wrong:
             raise UserError(f"the dense checkpoint lacks or mis-shapes {len(wrong)} successor keys (e.g. {wrong[0]}): "
                             "pass a checkpoint of the successor's dense counterpart")
-    dense_mlps, upcycled = mixed_sources(pair, dense_state, mixed)
+    dense_mlps, upcycled = mixed_sources(pair, dense_state, options.mixed)
 
     timings = {}
     pred_state = {k: v.detach().to("cpu", copy=True) for k, v in predecessor.state_dict().items()}
@@ -474,11 +357,12 @@ def recycle(
         t = time.perf_counter()
         predecessor.to(dev)
         collector = KeyCollector([pair.pred_blocks[b.name] for b in pair.moe_blocks]) \
-            if router_init == "kmeans" else None
+            if options.router_init == "kmeans" else None
         try:
             coact = [b.name for b in pair.moe_blocks] if strategy == "graph" else []
+            batches = len(calib_loader) if hasattr(calib_loader, "__len__") else None  # the progress bar's total
             stats = collect_stats(predecessor, list(pair.pred_blocks.values()), calib_loader, dev, coact,
-                                  coact_percentile, progress, calib_batches, switches["importance_metric"])
+                                  options.coact_percentile, progress, batches, switches["importance_metric"])
         finally:
             predecessor.to(home)
             keys = collector.remove() if collector is not None else {}
@@ -489,29 +373,26 @@ def recycle(
     t = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     sel, graph_info = select_all(pair, predecessor, model, strategy, stats, seed, dense_state is not None,
-                                 graph_parts, switches, drop_ratio, gen, upcycled)
+                                 options.graph_parts, switches, options.drop_ratio, gen, upcycled)
     timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     state, fresh = build_state(pred_state, model, pair.family, pair.succ_blocks, pair.pred_blocks, sel, dense_state,
                                switches["query_norm"], switches["final_norm"], gen, dense_mlps)
     keep_fresh_tokens(state, fresh, model, fresh_rows)
     router_info = None
-    if router_init == "kmeans":
+    if options.router_init == "kmeans":
         router_info = kmeans_queries(state, fresh, pair, sel, keys, gen)
     align_info = None
-    if align == "affine":
+    if options.align == "affine":
         align_info = align_experts(state, pair, sel, predecessor, model, successor, successor_kwargs, dense_state,
-                                   calib_loader, resolve_device(device), align_ridge, seed)
+                                   calib_loader, resolve_device(device), options.align_ridge, seed)
     check_loadable(model, state)
     timings["build_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     report = make_report(pair, sel, stats, fresh, graph_info, timings, predecessor, model, dense_mlps, dict(
-        predecessor=predecessor_name or _model_name(predecessor), successor=successor,
-        successor_kwargs=successor_kwargs, strategy=strategy, seed=seed, variant=variant, switches=switches,
-        coact_percentile=coact_percentile, graph_parts=graph_parts, drop_ratio=drop_ratio, mixed=mixed,
-        router_init=router_init, router=router_info, align=align, align_ridge=align_ridge, align_info=align_info,
-        dense=dense_state is not None))
+        predecessor=_model_name(predecessor), successor=successor, successor_kwargs=successor_kwargs,
+        options=options, switches=switches, router=router_info, align_info=align_info, dense=dense_state is not None))
     report["tokens"] = tokens
     report["head"] = head_report(predecessor, model, fresh, pair.family, head_given, dense_state is not None)
     return state, report
@@ -688,6 +569,7 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
             info["graph"] = graph_info[key]
         blocks_info[key] = info
     coverages = [i["coverage"] for i in blocks_info.values()]
+    options, switches = run["options"], run["switches"]
     n_params = sum(v.numel() for v in successor.state_dict().values())
     return {
         "predecessor": {
@@ -700,16 +582,15 @@ def make_report(pair: Pair, sel: Selection, stats: CalibStats | None, fresh: lis
         "successor": {"name": run["successor"], "kwargs": run["successor_kwargs"], "dims": pair.succ_dims,
                       "depth": len(pair.succ_blocks), "moe_blocks": [b.index for b in pair.moe_blocks],
                       "params": n_params},
-        "strategy": run["strategy"],
-        "seed": run["seed"],
-        "variant": run["variant"],
+        "strategy": options.strategy,
+        "seed": options.seed,
+        "variant": options.variant,
         "switches": run["switches"],
-        "options": {k: run[k] for k in ("coact_percentile", "graph_parts", "drop_ratio", "mixed", "router_init",
-                                        "align", "align_ridge")},
+        "options": {k: v for k, v in options.report().items() if k not in ("strategy", "seed", "variant", *switches)},
         "align": run["align_info"],
         "router_init": run["router"],
-        "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, run["drop_ratio"]),
-        "mixed": _mixed_report(pair, sel, run["mixed"]),
+        "drop_upcycling": _drop_report(pair, sel, predecessor, dense_mlps, options.drop_ratio),
+        "mixed": _mixed_report(pair, sel, options.mixed),
         "dense_part": "dense checkpoint" if run["dense"] else "selected from the predecessor",
         "calibration": None if stats is None else {"images": stats.images,
                                                     "tokens_per_block": max(stats.tokens.values(), default=0)},

@@ -12,7 +12,8 @@ import torch
 
 from ..device import resolve_device
 from ..errors import UserError
-from .api import ALIGN_RIDGE, check_options, recycle
+from ..options import RecycleContext, RecycleOptions
+from .api import recycle
 from .load import calibration_loader, load_dense_state, load_predecessor, resolve_predecessor
 
 AUTO = "auto"  # --successor auto / model.name: auto
@@ -52,21 +53,18 @@ def recycle_sources(
     *, predecessor: str | None, predecessor_checkpoint: str | None, pretrained: bool,
     predecessor_kwargs: dict[str, Any], dense_checkpoint: str | None, successor: str,
     successor_kwargs: dict[str, Any], dense_model: str | None = None, dense_kwargs: dict[str, Any] | None = None,
-    strategy: str = "importance", calib_data: str = "synthetic",
-    calib_images: int = 1024, calib_img_size: int | None = None, data_root: str | None = None, batch_size: int = 64,
-    workers: int = 2, device: str = "auto", seed: int = 0, variant: str = "paper",
-    switches: dict[str, str | None] | None = None, graph_parts: int = 32, coact_percentile: float = 90.0,
-    progress: bool = True, drop_ratio: float = 0.0, mixed: str = "none", router_init: str = "fresh",
-    align: str = "none", align_ridge: float = ALIGN_RIDGE,
+    calib_data: str = "synthetic", calib_images: int = 1024, calib_img_size: int | None = None,
+    data_root: str | None = None, batch_size: int = 64, workers: int = 2, device: str = "auto", progress: bool = True,
+    options: RecycleOptions | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What ``moejet recycle`` does before writing: load the predecessor, the dense part and the calibration data
-    (each argument is the flag of the same name), recycle, and complete the report. Also ``model.init: recycle``
-    of ``moejet train``. ``successor="auto"``: see :func:`resolve_successor`; the report names the model built.
-    Returns ``(state dict of the successor, report)``."""
+    (each argument is the flag of the same name), recycle with ``options``, and complete the report. Also
+    ``model.init: recycle`` of ``moejet train``. ``successor="auto"``: see :func:`resolve_successor`; the report
+    names the model built. Returns ``(state dict of the successor, report)``."""
     t0 = time.perf_counter()
-    # before loading any file
-    check_options(strategy, variant, graph_parts, coact_percentile, drop_ratio, mixed, router_init, align,
-                  align_ridge, **(switches or {}))
+    options = options or RecycleOptions()
+    options.check(RecycleContext(dense=dense_checkpoint is not None, calibration=calib_images > 0))  # before any file
+    seed = options.seed
     successor, successor_kwargs = resolve_successor(
         successor, successor_kwargs, predecessor=predecessor, predecessor_checkpoint=predecessor_checkpoint,
         predecessor_kwargs=predecessor_kwargs, dense_checkpoint=dense_checkpoint, dense_model=dense_model,
@@ -85,14 +83,9 @@ def recycle_sources(
         loader, calib = calibration_loader(calib_data, pred_model, calib_images, batch_size, seed, workers,
                                            calib_img_size, data_root, pin_memory=dev.type == "cuda")
     load_s = time.perf_counter() - t0
-    state, report = recycle(
-        pred_model, successor, successor_kwargs, strategy, loader, dense, seed=seed, device=dev,
-        graph_parts=graph_parts, coact_percentile=coact_percentile, progress=progress,
-        calib_batches=len(loader) if loader is not None else None, predecessor_name=pred_name,
-        variant=variant, drop_ratio=drop_ratio, mixed=mixed, router_init=router_init, align=align,
-        align_ridge=align_ridge, **(switches or {}),
-    )
+    state, report = recycle(pred_model, successor, successor_kwargs, loader, options, dense, dev, progress)
     report["predecessor"].update(checkpoint=predecessor_checkpoint, pretrained=pretrained, kwargs=pred_kwargs)
+    report["predecessor"]["name"] = pred_name or report["predecessor"]["name"]
     report["dense_checkpoint"] = dense_checkpoint
     if calib is not None:
         report["calibration"] = {**calib, **(report["calibration"] or {})}

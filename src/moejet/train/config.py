@@ -26,7 +26,8 @@ from ..data.config import DataConfig
 from ..errors import UserError
 from ..io.files import plain_json
 from ..models.common import check_model_kwargs
-from ..variants import RECYCLE_SWITCHES, VARIANTS
+from ..options import OptionError, RecycleContext, RecycleOptions
+from ..variants import VARIANTS
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 INIT_MODES = ("scratch", "checkpoint", "pretrained", "recycle")
@@ -126,11 +127,13 @@ class TrainConfig:
     dist_timeout_min: float = 60.0  # how long processes wait for each other (rank 0 recycling, downloads)
 
 
-@dataclass
-class RecycleConfig:
+@dataclass(frozen=True)
+class RecycleConfig(RecycleOptions):
     """``model.init: recycle``: ``moejet recycle``'s recipe (each key is the flag of the same name) with model.name
-    as the successor and its kwargs (the dataset's classes included). Files are read once, when the run starts."""
+    as the successor and its kwargs (the dataset's classes included). Files are read once, when the run starts.
+    The recycling options are :class:`~moejet.options.RecycleOptions`'s fields; the keys below name the sources."""
 
+    variant: str | None = None  # paper | release for every recycle switch; null = the config's variant
     predecessor: str | None = None  # timm name, e.g. vit_small_patch16_224.augreg_in21k (optional with a moejet file)
     predecessor_checkpoint: str | None = None  # its weights file (.safetensors, .pth/.bin, .npz) ...
     pretrained: bool = False  # ... or timm's hosted weights (needs the network)
@@ -138,29 +141,17 @@ class RecycleConfig:
     dense_checkpoint: str | None = None  # same-width dense model for everything outside the MoE MLPs
     dense_model: str | None = None  # model.name auto: the dense checkpoint's timm name (a moejet file names itself)
     dense_kwargs: dict[str, Any] = field(default_factory=dict)  # model.name auto: its extra timm kwargs
-    strategy: str = "importance"  # importance | graph | uniform | random | upcycle
     calib_data: str = "synthetic"  # calibration dataset spec (train split), e.g. imagenet
     calib_images: int = 1024  # 0: none (uniform / random / upcycle)
     calib_img_size: int | None = None  # default: the predecessor's data config
     calib_root: str | None = None  # where the calibration dataset lives (--data-root)
     batch_size: int = 64
     workers: int = 2
-    seed: int = 0
-    variant: str | None = None  # paper | release for every recycle switch; null = the config's variant
-    # the recycle switches (moejet.variants.RECYCLE_SWITCHES); null = the variant's value
-    importance_metric: str | None = None
-    expert_channels: str | None = None
-    uniform_rule: str | None = None
-    query_norm: str | None = None
-    univ_mode: str | None = None
-    final_norm: str | None = None
-    graph_parts: int = 32
-    coact_percentile: float = 90.0
-    drop_ratio: float = 0.0  # Drop-Upcycling (strategy upcycle): share of each expert's neurons re-initialised
-    mixed: str = "none"  # none | core_upcycled | univ_upcycled: that bank from dense_checkpoint's MLPs
-    router_init: str = "fresh"  # fresh | kmeans: slot queries from k-means of the calibration tokens
-    align: str = "none"  # none | affine: ridge maps dense <-> predecessor bases folded into the experts
-    align_ridge: float = 1e-3  # align's ridge (times tokens, on the covariance)
+
+    def options(self, variant: str) -> RecycleOptions:
+        """The recycling options alone, with ``variant`` (the config's) where :attr:`variant` is null."""
+        return RecycleOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RecycleOptions)
+                                 if f.name != "variant"}, variant=self.variant or variant)
 
 
 @dataclass
@@ -477,39 +468,25 @@ def _validate_train(train: TrainConfig, mixup_active: bool, need: Need) -> None:
 
 
 def _validate_recycle(config: Config, need: Need) -> None:
-    from ..recycle.api import NEEDS_STATS, OptionError, check_options
-
     recycle = config.recycle
     need(bool(recycle.predecessor) or bool(recycle.predecessor_checkpoint), "recycle.predecessor",
          "model.init is 'recycle': name the dense predecessor (a timm name) or give recycle.predecessor_checkpoint")
     need(bool(recycle.predecessor_checkpoint) != recycle.pretrained, "recycle.pretrained",
          "the predecessor needs weights from exactly one source: recycle.predecessor_checkpoint FILE or "
          "recycle.pretrained true")
-    try:
-        check_options(recycle.strategy, recycle.variant or config.variant, recycle.graph_parts,
-                      recycle.coact_percentile, recycle.drop_ratio, recycle.mixed,
-                      recycle.router_init, recycle.align, recycle.align_ridge, **recycle_switches(config))
-    except OptionError as err:
-        key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
-        need(False, key, err.what)
-    need(recycle.mixed == "none" or recycle.dense_checkpoint is not None, "recycle.mixed",
-         "the upcycled experts are the dense checkpoint's MLPs: set recycle.dense_checkpoint")
-    need(recycle.router_init != "kmeans" or recycle.calib_images > 0, "recycle.router_init",
-         "kmeans clusters calibration tokens: set recycle.calib_images > 0")
-    need(recycle.router_init != "kmeans" or recycle.dense_checkpoint is None, "recycle.router_init",
-         "kmeans takes the router's keys from the predecessor: drop recycle.dense_checkpoint")
-    need(recycle.align == "none" or (recycle.dense_checkpoint is not None and recycle.calib_images > 0),
-         "recycle.align", "affine fits the dense checkpoint against the predecessor on calibration images: set "
-         "recycle.dense_checkpoint and recycle.calib_images > 0")
     need(recycle.calib_images >= 0, "recycle.calib_images", "must be >= 0 (0: no calibration)")
-    need(recycle.calib_images > 0 or recycle.strategy not in NEEDS_STATS, "recycle.calib_images",
-         f"strategy {recycle.strategy} needs calibration images: set recycle.calib_images > 0")
+    try:
+        recycle.options(config.variant).check(RecycleContext(dense=recycle.dense_checkpoint is not None,
+                                                             calibration=recycle.calib_images > 0))
+    except OptionError as err:  # its advice in config keys: pass --dense-checkpoint -> set recycle.dense_checkpoint
+        key = "variant" if err.option == "variant" and recycle.variant is None else f"recycle.{err.option}"
+        what = re.sub(r"\bpass (--[a-z-]+)", r"set \1", err.what)
+        need(False, key, re.sub(r"--([a-z-]+)", lambda m: "recycle." + m.group(1).replace("-", "_"), what))
     need(recycle.calib_img_size is None or recycle.calib_img_size >= 8, "recycle.calib_img_size",
          "must be at least 8 pixels or null")
     need(bool(recycle.calib_data.strip()), "recycle.calib_data", "name a dataset (e.g. imagenet or synthetic)")
     need(recycle.batch_size >= 1, "recycle.batch_size", "must be >= 1")
     need(recycle.workers >= 0, "recycle.workers", "must be >= 0")
-    need(recycle.seed >= 0, "recycle.seed", "must be >= 0")
     need(recycle.predecessor is None or _is_model(recycle.predecessor), "recycle.predecessor",
          "not a timm model name (e.g. vit_small_patch16_224.augreg_in21k)")
     check_model_kwargs(recycle.predecessor_kwargs, "config key recycle.predecessor_kwargs.")
@@ -567,11 +544,6 @@ def check_input_files(config: Config) -> None:
     for key, path in files.items():
         if path is not None and not Path(path).is_file():
             raise UserError(f"config key {key} = {path!r} is invalid: the file does not exist; check the path")
-
-
-def recycle_switches(config: Config) -> dict[str, str | None]:
-    """The recycle section's switches (None: the variant's value)."""
-    return {s.name: getattr(config.recycle, s.name) for s in RECYCLE_SWITCHES}
 
 
 def _get(config: Config, key: str) -> Any:

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..io.download import WeightsUnavailable
 from ..io.files import plain_json
 from ..rundir import MODEL_FILE, RECYCLE_DIR, REPORT_FILE
-from .config import Config, RecycleConfig, recycle_switches
+from .config import Config, RecycleConfig
 from .distributed import rng_state, set_rng_state
 
 TRAINING_KWARGS = ("drop_path_rate",)  # change how the model trains, not its weights: not the successor's
@@ -101,12 +101,10 @@ def _recycle(config: Config, out: Path, wanted: dict[str, Any]) -> None:
         state, report = recycle_sources(
             predecessor=r.predecessor, predecessor_checkpoint=r.predecessor_checkpoint, pretrained=r.pretrained,
             predecessor_kwargs=dict(r.predecessor_kwargs), dense_checkpoint=r.dense_checkpoint,
-            successor=wanted["successor"], successor_kwargs=wanted["successor_kwargs"], strategy=r.strategy,
-            calib_data=r.calib_data, calib_images=r.calib_images, calib_img_size=r.calib_img_size,
-            data_root=r.calib_root, batch_size=r.batch_size, workers=r.workers, device=device, seed=r.seed,
-            variant=r.variant or config.variant, switches=recycle_switches(config), graph_parts=r.graph_parts,
-            coact_percentile=r.coact_percentile, progress=sys.stderr.isatty(), drop_ratio=r.drop_ratio,
-            mixed=r.mixed, router_init=r.router_init, align=r.align, align_ridge=r.align_ridge,
+            successor=wanted["successor"], successor_kwargs=wanted["successor_kwargs"], calib_data=r.calib_data,
+            calib_images=r.calib_images, calib_img_size=r.calib_img_size, data_root=r.calib_root,
+            batch_size=r.batch_size, workers=r.workers, device=device, progress=sys.stderr.isatty(),
+            options=r.options(config.variant),
         )
     except WeightsUnavailable as err:  # moejet train's way to pass the file: the recycle section's keys
         raise WeightsUnavailable(f"recycling (config section recycle): {err.reason}", err.url,
