@@ -6,8 +6,7 @@ Mlp at V-JetMoE-T shapes, with the FLOP ratio next to the time ratio.
 Timings come from one process that runs the layers round-robin (one training step and one eval forward of
 each per repeat), so a ratio compares layers under the same machine load. FLOPs are torch's FlopCounterMode
 count of the matmuls. Peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth over the process's
-resident size before the first step) comes from a fresh subprocess per layer. "plain path" is SpheroMoE
-with ``fast_path = False`` (the reference its fast paths are tested against). Peers from
+resident size before the first step) comes from a fresh subprocess per layer. Peers from
 PyPI (`pip install moe-jetpack[bench]`: soft-moe-pytorch, soft-moe) are included when installed.
 Prints a Markdown table and writes benchmarks/results/layers.json. Runs with the malloc options the ``moejet``
 program sets (``moejet.malloc``); ``MOEJET_MALLOC=default`` measures with the C library's.
@@ -41,18 +40,10 @@ def build(case: str, dim: int, tokens: int, expert_dropout: float = 0.0, expert_
         return Mlp(dim, 4 * dim)
     if case == "moejet SpheroMoE 98/196":
         return SpheroMoE(dim, 98, 196, **regularised)
-    if case == "moejet SpheroMoE 98/196 plain path":
-        layer = SpheroMoE(dim, 98, 196, **regularised)
-        layer.fast_path = False
-        return layer
     if case == "moejet SpheroMoE 98/196 entmax15":
         return SpheroMoE(dim, 98, 196, combine="entmax15", **regularised)
     if case == "moejet SoftMoE 197":
         return SoftMoE(dim, 197)
-    if case == "moejet SoftMoE 197 plain path":
-        layer = SoftMoE(dim, 197)
-        layer.fast_path = False
-        return layer
     if case == "soft-moe-pytorch SoftMoE 197":
         from soft_moe_pytorch import SoftMoE as PeerSoftMoE
 
@@ -67,10 +58,8 @@ def build(case: str, dim: int, tokens: int, expert_dropout: float = 0.0, expert_
 CASES = (
     "timm Mlp (dense)",
     "moejet SpheroMoE 98/196",
-    "moejet SpheroMoE 98/196 plain path",
     "moejet SpheroMoE 98/196 entmax15",
     "moejet SoftMoE 197",
-    "moejet SoftMoE 197 plain path",
     "soft-moe-pytorch SoftMoE 197",
     "soft-moe SoftMoELayerWrapper 197",
 )
