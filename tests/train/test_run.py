@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint, read_metadata
 from moejet.train import build, load_config, train
 from moejet.train.evaluation import best_note
+from moejet.train.state import Progress
 from moejet.train.telemetry import routing_telemetry
 
 from ..helpers.images import colour_folder
@@ -138,6 +140,12 @@ def test_a_run_directory_written_before_progress_resumes_as_a_straight_run(tiny_
     assert [row["epoch"] for row in resumed] == [1, 2]
     assert numbers(resumed) == [pytest.approx(row, rel=1e-4) for row in numbers(straight)]
     assert read_metadata(tmp_path / "old" / "last.safetensors")["moejet.epoch"] == "2"
+    # Progress is written as the same top-level keys the counters were
+    state = lambda run, epoch: torch.load(run / "checkpoints" / f"epoch-{epoch:04d}.state.pt", weights_only=True)
+    old, new = state(OLD_RUN, 1), state(tmp_path / "straight", 2)
+    assert old.keys() == new.keys() and asdict(Progress()).keys() <= new.keys()
+    assert Progress(**{k: new[k] for k in asdict(Progress())}) == Progress(epoch=2, step=8, best_top1=max(
+        row["val_top1"] for row in straight), wall_time_s=new["wall_time_s"])
 
 
 @pytest.mark.parametrize("processes", [2, 3])
