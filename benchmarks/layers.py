@@ -6,8 +6,7 @@ Mlp at V-JetMoE-T shapes, with the FLOP ratio next to the time ratio.
 Timings come from one process that runs the layers round-robin (one training step and one eval forward of
 each per repeat), so a ratio compares layers under the same machine load. FLOPs are torch's FlopCounterMode
 count of the matmuls. Peak memory (CUDA: max_memory_allocated; CPU: peak RSS growth over the process's
-resident size before the first step) comes from a fresh subprocess per layer. "plain path" is SpheroMoE
-with ``fast_path = False`` (the reference its fast paths are tested against). Peers from
+resident size before the first step) comes from a fresh subprocess per layer. Peers from
 PyPI (`pip install moe-jetpack[bench]`: soft-moe-pytorch, soft-moe) are included when installed.
 Prints a Markdown table and writes benchmarks/results/layers.json. Runs with the malloc options the ``moejet``
 program sets (``moejet.malloc``); ``MOEJET_MALLOC=default`` measures with the C library's.
@@ -30,21 +29,19 @@ from machine import apply_malloc, describe
 RESULTS = Path(__file__).parent / "results" / "layers.json"
 
 
-def build(case: str, dim: int, tokens: int):
+def build(case: str, dim: int, tokens: int, expert_dropout: float = 0.0, expert_drop_rate: float = 0.0):
     from timm.layers import Mlp
 
     from moejet.layers import SoftMoE, SpheroMoE
 
+    regularised = dict(expert_dropout=expert_dropout, expert_drop_rate=expert_drop_rate)
+
     if case == "timm Mlp (dense)":
         return Mlp(dim, 4 * dim)
     if case == "moejet SpheroMoE 98/196":
-        return SpheroMoE(dim, 98, 196)
-    if case == "moejet SpheroMoE 98/196 plain path":
-        layer = SpheroMoE(dim, 98, 196)
-        layer.fast_path = False
-        return layer
+        return SpheroMoE(dim, 98, 196, **regularised)
     if case == "moejet SpheroMoE 98/196 entmax15":
-        return SpheroMoE(dim, 98, 196, combine="entmax15")
+        return SpheroMoE(dim, 98, 196, combine="entmax15", **regularised)
     if case == "moejet SoftMoE 197":
         return SoftMoE(dim, 197)
     if case == "soft-moe-pytorch SoftMoE 197":
@@ -61,7 +58,6 @@ def build(case: str, dim: int, tokens: int):
 CASES = (
     "timm Mlp (dense)",
     "moejet SpheroMoE 98/196",
-    "moejet SpheroMoE 98/196 plain path",
     "moejet SpheroMoE 98/196 entmax15",
     "moejet SoftMoE 197",
     "soft-moe-pytorch SoftMoE 197",
@@ -109,7 +105,7 @@ def peak_memory(case: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     try:
-        layer = build(case, args.dim, args.tokens).to(device).train()
+        layer = build(case, args.dim, args.tokens, args.expert_dropout, args.expert_drop_rate).to(device).train()
     except ImportError as err:
         return {"case": case, "skipped": f"not installed ({err.name})"}
     x = make_input(args)
@@ -138,7 +134,7 @@ def time_cases(cases: list[str], args: argparse.Namespace) -> dict[str, dict]:
     for case in cases:
         torch.manual_seed(0)
         try:
-            layers[case] = build(case, args.dim, args.tokens).to(device)
+            layers[case] = build(case, args.dim, args.tokens, args.expert_dropout, args.expert_drop_rate).to(device)
         except ImportError as err:
             rows[case] = {"case": case, "skipped": f"not installed ({err.name})"}
     x = make_input(args)
@@ -183,6 +179,10 @@ def main() -> None:
     p.add_argument("--cases", nargs="*", default=list(CASES))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default; 1: steadier ratios on a "
                    "shared machine)")
+    p.add_argument("--expert-dropout", type=float, default=0.0, help="SpheroMoE expert_dropout (the paper "
+                   "configs: 0.4)")
+    p.add_argument("--expert-drop-rate", type=float, default=0.0, help="SpheroMoE expert_drop_rate (the paper "
+                   "configs: 0.1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -201,7 +201,8 @@ def main() -> None:
     # before this process builds any layer: Linux carries a parent's peak RSS into a child's ru_maxrss across exec
     for case in args.cases if not args.no_memory else ():
         cmd = [sys.executable, __file__, "--child", case] + [
-            f"--{k}={getattr(args, k)}" for k in ("batch", "tokens", "dim", "device", "threads")
+            f"--{k.replace('_', '-')}={getattr(args, k)}"
+            for k in ("batch", "tokens", "dim", "device", "threads", "expert_dropout", "expert_drop_rate")
         ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode == 0:
@@ -230,7 +231,8 @@ def main() -> None:
                   f"| {r[f'{mode}_x_dense']:.2f} | {r[f'{mode}_flop_x_dense']:.2f} | {r[f'{mode}_gflops']:.0f} "
                   f"| {mem} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: getattr(args, k) for k in ("batch", "tokens", "dim", "device", "warmup", "repeats")}
+    meta = {k: getattr(args, k) for k in ("batch", "tokens", "dim", "device", "warmup", "repeats",
+                                               "expert_dropout", "expert_drop_rate")}
     meta["threads"] = torch.get_num_threads()
     meta["malloc"] = malloc
     args.out.write_text(json.dumps({"config": meta, "machine": machine, "platform": platform.platform(),

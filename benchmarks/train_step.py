@@ -42,13 +42,10 @@ MODELS = (  # (label, timm name, dense reference label)
 class Stepper:
     """One model with the optimizer ``moejet train`` builds; ``step()`` times a full training step."""
 
-    def __init__(self, name: str, args: argparse.Namespace, fast_path: bool = True) -> None:
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         self.name, self.device = name, torch.device(args.device)
         self.model = timm.create_model(name, num_classes=100, drop_path_rate=0.1).to(self.device).train()
-        for module in self.model.modules():
-            if hasattr(module, "fast_path"):  # moejet's MoE layers; False: the plain path they are tested against
-                module.fast_path = fast_path
         self.optimizer = build_optimizer(config_from_dict({"optim": {"lr": 1e-4}}), self.model)
         self.images = torch.randn(args.batch, 3, 224, 224, device=self.device)
         self.labels = torch.randint(0, 100, (args.batch,), device=self.device)
@@ -86,10 +83,9 @@ class Stepper:
         }
 
 
-def measure_pair(dense: str, moe: str, args: argparse.Namespace) -> tuple[dict, ...]:
-    """Alternate the steps of a dense model and its MoE successor (and, with ``--plain``, the same MoE model on
-    its layers' plain path), so all see the same machine load."""
-    pair = [Stepper(dense, args), Stepper(moe, args)] + ([Stepper(moe, args, fast_path=False)] if args.plain else [])
+def measure_pair(dense: str, moe: str, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Alternate the steps of a dense model and its MoE successor, so both see the same machine load."""
+    pair = [Stepper(dense, args), Stepper(moe, args)]
     for _ in range(args.warmup):
         for s in pair:
             s.step(record=False)
@@ -112,8 +108,6 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady numbers on a shared machine)")
     p.add_argument("--models", nargs="*", default=[label for label, _, ref in MODELS if label != ref],
                    help="MoE models, each timed in alternation with its dense reference")
-    p.add_argument("--plain", action="store_true", help="also time each MoE model with SpheroMoE/SoftMoE "
-                   "fast_path=False (the plain path), in the same alternation")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     malloc = apply_malloc()
@@ -125,14 +119,10 @@ def main() -> None:
     for label, _, ref in MODELS:
         if label == ref or label not in args.models:
             continue
-        dense, moe, *plain = measure_pair(names[ref], names[label], args)
+        dense, moe = measure_pair(names[ref], names[label], args)
         rows.setdefault(ref, {"label": ref, "reference": ref, **dense})
         rows[label] = {"label": label, "reference": ref, **moe, "step_ratio": moe["step_ms"] / dense["step_ms"],
                        "fwd_bwd_ratio": moe["fwd_bwd_ms"] / dense["fwd_bwd_ms"]}
-        for r in plain:
-            rows[f"{label} (plain path)"] = {"label": f"{label} (plain path)", "reference": ref, **r,
-                                            "step_ratio": r["step_ms"] / dense["step_ms"],
-                                            "fwd_bwd_ratio": r["fwd_bwd_ms"] / dense["fwd_bwd_ms"]}
         print(f"{label}: {moe['step_ms']:.0f} ms/step, {rows[label]['step_ratio']:.2f}x {ref} "
               f"(measured alongside: {dense['step_ms']:.0f} ms)", flush=True)
         rows[ref].setdefault("step_ratio", 1.0)

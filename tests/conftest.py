@@ -402,19 +402,28 @@ def run_with_grads():
     return _run_with_grads
 
 
+class _Reference(torch.nn.Module):
+    """``reference(layer, x)`` as a module whose parameters are ``layer``'s, in the same order."""
+
+    def __init__(self, layer, reference) -> None:
+        super().__init__()
+        self.layer, self.reference = layer, reference
+
+    def forward(self, x):
+        return self.reference(self.layer, x)
+
+
 @pytest.fixture(scope="session")
-def assert_fast_equals_plain():
-    """``assert_fast_equals_plain(layer, x)``: the layer's fast path gives the plain path's output and every
+def assert_matches_reference():
+    """``assert_matches_reference(layer, x, reference)``: the layer gives ``reference(layer, x)``'s output and every
     gradient, in float64 so that summation-order differences (~1e-16) cannot hide a wrong term."""
 
-    def check(layer, x):
+    def check(layer, x, reference):
         layer, x = layer.double(), x.double()
-        layer.fast_path = False
-        plain = _run_with_grads(layer, x)
-        layer.fast_path = True
-        fast = _run_with_grads(layer, x)
+        expected = _run_with_grads(_Reference(layer, reference), x)
+        got = _run_with_grads(layer, x)
         names = ["output", "input grad"] + [name for name, _ in layer.named_parameters()]
-        for name, a, b in zip(names, plain, fast, strict=True):
+        for name, a, b in zip(names, expected, got, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
 
     return check

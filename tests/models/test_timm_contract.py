@@ -84,7 +84,7 @@ def test_scripted_model_gives_the_eager_outputs(case, case_kwargs):
         model = build(case, case_kwargs).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(*IMAGES)
-    with torch.no_grad():  # scripted MoE layers take the plain path: the fast path's summation order differs
+    with torch.no_grad():
         torch.testing.assert_close(outputs(scripted, x), outputs(model, x), atol=1e-5, rtol=1e-5)
 
 

@@ -1,6 +1,9 @@
 """train.run and train.loop: whole runs, resume, torchrun, batch splitting, mixup draws, a NaN loss."""
 
 import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from moejet.errors import UserError
 from moejet.io.weights import build_from_checkpoint, read_metadata
 from moejet.train import build, load_config, train
 from moejet.train.evaluation import best_note
+from moejet.train.state import Progress
 from moejet.train.telemetry import routing_telemetry
 
 from ..helpers.images import colour_folder
@@ -115,6 +119,33 @@ def test_resume_continues_bit_exactly(tiny_config, comparable, tmp_path):
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
     with pytest.raises(UserError, match="already holds a run: continue it with --resume"):
         train(config, tmp_path / "straight", progress=False)
+
+
+# epoch 1 of 2 of tiny_config(model=SMALLEST_MODEL), written by `train(..., stop_after=1)` at commit 55bb35b, when
+# a run's progress was a dict of counters: run directories written before `Progress` still resume
+OLD_RUN = Path(__file__).parents[1] / "fixtures" / "run_before_progress"
+SMALLEST_MODEL = {"name": "vjetmoe_tiny_patch16_224", "drop_path_rate": 0.0, "kwargs": {
+    "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "moe_layers": [1], "core_experts": 2,
+    "univ_experts": 4}}
+
+
+def test_a_run_directory_written_before_progress_resumes_as_a_straight_run(tiny_config, tmp_path):
+    resumed = train(run_dir=shutil.copytree(OLD_RUN, tmp_path / "old"), resume=True, progress=False)
+    straight = train(tiny_config(model=SMALLEST_MODEL), tmp_path / "straight", progress=False)
+
+    # top-level numbers; the fixture's epoch came from another build, so floats may differ in their last bits
+    timings = {"images_per_s", "epoch_time_s", "wall_time_s", "checkpoint_bytes"}
+    numbers = lambda rows: [{k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in timings}
+                            for row in rows]
+    assert [row["epoch"] for row in resumed] == [1, 2]
+    assert numbers(resumed) == [pytest.approx(row, rel=1e-4) for row in numbers(straight)]
+    assert read_metadata(tmp_path / "old" / "last.safetensors")["moejet.epoch"] == "2"
+    # Progress is written as the same top-level keys the counters were
+    state = lambda run, epoch: torch.load(run / "checkpoints" / f"epoch-{epoch:04d}.state.pt", weights_only=True)
+    old, new = state(OLD_RUN, 1), state(tmp_path / "straight", 2)
+    assert old.keys() == new.keys() and asdict(Progress()).keys() <= new.keys()
+    assert Progress(**{k: new[k] for k in asdict(Progress())}) == Progress(epoch=2, step=8, best_top1=max(
+        row["val_top1"] for row in straight), wall_time_s=new["wall_time_s"])
 
 
 @pytest.mark.parametrize("processes", [2, 3])

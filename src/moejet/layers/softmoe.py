@@ -5,10 +5,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from .experts import BatchedExperts, fast_slot_outputs, lecun_normal_, tracing
+from .experts import BatchedExperts, lecun_normal_
 
 
-@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
+@register_notrace_module  # an FX leaf: its Python branches (routing record) run at call time
 class SoftMoE(nn.Module):
     """Soft MoE layer: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 
@@ -60,7 +60,6 @@ class SoftMoE(nn.Module):
             num_experts, dim, int(dim * mlp_ratio) if hidden_dim is None else hidden_dim, act_layer, expert_dropout,
             expert_init, gated=gated, hidden_norm=hidden_norm, norm_eps=hidden_norm_eps,
         )
-        self.fast_path = True  # False forces the plain expert path (the definition the fast path is tested against)
         self.record_routing = False
         self.last_routing = None
         self.reset_router()
@@ -79,9 +78,7 @@ class SoftMoE(nn.Module):
         dispatch_weights = logits.softmax(dim=1)
         combine_weights = logits.softmax(dim=-1)
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d)
-        slot_outputs = self._fast_slot_outputs(slots) if self.fast_path and not tracing() else None
-        if slot_outputs is None:
-            slot_outputs = self.experts.over_slots(slots)
+        slot_outputs = self.experts.over_slots(slots)
         y = combine_weights @ slot_outputs
         if self.record_routing:
             self.last_routing = {
@@ -90,10 +87,6 @@ class SoftMoE(nn.Module):
                 "slot_outputs": slot_outputs.detach(),
             }
         return y.reshape(shape)
-
-    @torch.jit.unused  # custom autograd Functions: TorchScript compiles a stub, tracing() keeps it from being called
-    def _fast_slot_outputs(self, slots: torch.Tensor) -> torch.Tensor | None:
-        return fast_slot_outputs([self.experts], slots, self.training)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_experts={self.num_experts}, slots_per_expert={self.slots_per_expert}"

@@ -9,10 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import drop_path, register_notrace_module
-from torch.autograd.function import once_differentiable
 
 from .entmax import entmax15
-from .experts import BatchedExperts, expert_keep_mask, fast_slot_outputs, tracing
+from .experts import BatchedExperts, expert_keep_mask
 
 COMBINES = ("softmax", "entmax15")  # the combine normalisations over slots (Eq. 11): paper, release
 EXPERT_DROP_MODES = ("expert", "layer")
@@ -24,20 +23,6 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _route(logits: torch.Tensor, inv_dispatch_t: torch.Tensor, inv_combine_t: torch.Tensor,
-           noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch weights as ``(b, S, n)`` (softmax over its last dim, tokens) and combine weights ``(b, n, S)``."""
-    b, n, num_slots = logits.shape
-    dispatch_t = torch.mul(logits.transpose(1, 2), inv_dispatch_t, out=logits.new_empty(b, num_slots, n))
-    if noise is not None:
-        dispatch_t.add_(noise.transpose(1, 2))
-    dispatch_t = torch.softmax(dispatch_t, dim=-1)
-    combine = logits * inv_combine_t
-    if noise is not None:
-        combine.add_(noise)
-    return dispatch_t, torch.softmax(combine, dim=-1)
-
-
 def autocast_enabled(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device."""
     if torch.jit.is_scripting():  # a static branch: TorchScript's is_autocast_enabled takes no device
@@ -46,46 +31,7 @@ def autocast_enabled(x: torch.Tensor) -> bool:
         return torch.is_autocast_enabled(x.device.type)
 
 
-class _SoftmaxRouter(torch.autograd.Function):
-    """Both softmaxes of the router in one node. It saves only the logits and the two outputs, and its
-    backward folds the two temperature products into the logits' gradient in place; the dispatch softmax runs
-    over the last dim of a ``(b, S, n)`` layout, which is the layout its ``bmm`` consumes and produces."""
-
-    @staticmethod
-    def forward(ctx, logits, dispatch_temperature, combine_temperature, noise):
-        inv_d, inv_c = dispatch_temperature.reciprocal(), combine_temperature.reciprocal()
-        dispatch_t, combine = _route(logits, inv_d, inv_c, noise)
-        ctx.save_for_backward(logits, dispatch_t, combine, inv_d, inv_c)
-        return dispatch_t.transpose(1, 2), combine
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_dispatch, grad_combine):
-        logits, dispatch_t, combine, inv_d, inv_c = ctx.saved_tensors
-        # d softmax(z)/dz applied to the incoming gradients, z = logits / T (+ noise)
-        grad_zd = torch._softmax_backward_data(grad_dispatch.transpose(1, 2), dispatch_t, -1, dispatch_t.dtype)
-        grad_zc = torch._softmax_backward_data(grad_combine, combine, -1, combine.dtype)
-        logits_t = logits.transpose(1, 2)
-        # dz/dT = -logits / T^2 (the noise does not depend on T)
-        grad_td = -torch.vdot(grad_zd.flatten(), logits_t.reshape(-1)) * inv_d.square()
-        grad_tc = -torch.vdot(grad_zc.flatten(), logits.flatten()) * inv_c.square()
-        grad_logits = torch.addcmul(grad_zc.mul_(inv_c), grad_zd.transpose(1, 2), inv_d)
-        return grad_logits, grad_td, grad_tc, None
-
-
-def softmax_router(logits: torch.Tensor, dispatch_temperature: torch.Tensor, combine_temperature: torch.Tensor,
-                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits (b, n, S) -> (dispatch (b, n, S), combine (b, n, S))``, equal to
-    ``softmax(logits / T_d + noise, dim=1)`` and ``softmax(logits / T_c + noise, dim=-1)``; the dispatch weights are
-    a transposed view of a contiguous ``(b, S, n)`` tensor."""
-    if torch.is_grad_enabled() and (logits.requires_grad or dispatch_temperature.requires_grad
-                                    or combine_temperature.requires_grad):
-        return _SoftmaxRouter.apply(logits, dispatch_temperature, combine_temperature, noise)
-    dispatch_t, combine = _route(logits, dispatch_temperature.reciprocal(), combine_temperature.reciprocal(), noise)
-    return dispatch_t.transpose(1, 2), combine
-
-
-@register_notrace_module  # an FX leaf: its Python branches (fast paths, routing record) run at call time
+@register_notrace_module  # an FX leaf: its Python branches (routing record) run at call time
 class SpheroMoE(nn.Module):
     """Drop-in replacement for a transformer MLP: ``(b, n, d)`` or ``(b, h, w, d)`` in, same shape out.
 
@@ -190,7 +136,6 @@ class SpheroMoE(nn.Module):
         self.core_experts = make(core_experts, core_hidden)
         self.univ_experts = make(univ_experts, univ_hidden)
 
-        self.fast_path = True  # False forces the plain path (the definition the fast path is tested against)
         self.record_routing = False  # set True to keep `last_routing` for analysis
         self.last_routing = None
         self.reset_router()
@@ -225,17 +170,14 @@ class SpheroMoE(nn.Module):
             noise = torch.randn_like(logits).mul_(self.noise_std)
 
         # Eq. 10 / 11: dispatch softmax over tokens (dim 1), combine weights over slots (dim -1)
-        if self.fast_path and self.combine == "softmax" and not tracing():
-            dispatch_weights, combine_weights = self._fused_softmax_router(logits, noise)
-        else:
-            # multiplying by 1/T costs fewer passes over (b, n, S) in backward than dividing by T
-            dispatch_logits = logits * self.dispatch_temperature.reciprocal()
-            combine_logits = logits * self.combine_temperature.reciprocal()
-            if noise is not None:
-                dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
-            dispatch_weights = torch.softmax(dispatch_logits, dim=1)
-            combine_weights = (entmax15(combine_logits, dim=-1) if self.combine == "entmax15"
-                               else torch.softmax(combine_logits, dim=-1))
+        # S / T as S * (1/T): the backward then takes fewer passes over (b, n, S)
+        dispatch_logits = logits * self.dispatch_temperature.reciprocal()
+        combine_logits = logits * self.combine_temperature.reciprocal()
+        if noise is not None:
+            dispatch_logits, combine_logits = dispatch_logits + noise, combine_logits + noise
+        dispatch_weights = torch.softmax(dispatch_logits, dim=1)
+        combine_weights = (entmax15(combine_logits, dim=-1) if self.combine == "entmax15"
+                           else torch.softmax(combine_logits, dim=-1))
 
         slots = dispatch_weights.transpose(1, 2) @ x  # (b, S, d): X~, each slot a convex mix of tokens (Eq. 10)
         slot_outputs = self._experts(slots)  # (b, S, d): Y~, core slots to core experts, the rest to universal
@@ -251,32 +193,19 @@ class SpheroMoE(nn.Module):
 
     def _experts(self, slots: torch.Tensor) -> torch.Tensor:
         """``slots (b, S, d) -> (b, S, d)``: core slots to core experts, the rest to universal experts."""
-        slot_outputs = self._fast_slot_outputs(slots) if self.fast_path and not tracing() else None
-        if slot_outputs is None:
-            num_core_slots = self.num_core * self.slots_per_expert
-            outputs = []
-            if self.core_experts is not None:
-                outputs.append(self.core_experts.over_slots(slots[:, :num_core_slots]))
-            if self.univ_experts is not None:
-                outputs.append(self.univ_experts.over_slots(slots[:, num_core_slots:]))
-            slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+        num_core_slots = self.num_core * self.slots_per_expert
+        outputs = []
+        if self.core_experts is not None:
+            outputs.append(self.core_experts.over_slots(slots[:, :num_core_slots]))
+        if self.univ_experts is not None:
+            outputs.append(self.univ_experts.over_slots(slots[:, num_core_slots:]))
+        slot_outputs = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
         if self.training and self.expert_drop_rate > 0 and self.expert_drop_mode == "layer":
             slot_outputs = drop_path(slot_outputs, self.expert_drop_rate, self.training)
         elif self.training and self.expert_drop_rate > 0:
             mask = expert_keep_mask(slots.shape[0], self.num_core + self.num_univ, self.expert_drop_rate, slots)
             slot_outputs = slot_outputs * mask.repeat_interleave(self.slots_per_expert, dim=1).unsqueeze(-1)
         return slot_outputs
-
-    # the fast paths run custom autograd Functions: TorchScript compiles stubs of these, which tracing() never calls
-    @torch.jit.unused
-    def _fused_softmax_router(self, logits: torch.Tensor,
-                              noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return softmax_router(logits, self.dispatch_temperature, self.combine_temperature, noise)
-
-    @torch.jit.unused
-    def _fast_slot_outputs(self, slots: torch.Tensor) -> torch.Tensor | None:
-        banks = [bank for bank in (self.core_experts, self.univ_experts) if bank is not None]
-        return fast_slot_outputs(banks, slots, self.training)
 
     def temperatures(self) -> dict[str, float]:
         return {"dispatch": self.dispatch_temperature.item(), "combine": self.combine_temperature.item()}

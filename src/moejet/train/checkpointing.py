@@ -41,6 +41,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ from ..io.weights import build_from_checkpoint, read_metadata, save_model
 from ..rundir import BEST, CKPT_DIR, CONFIG_FILE, LAST, METRICS_FILE, POINTER
 from .config import Config, load_config
 from .distributed import World, is_sharded, rng_state, set_rng_state
-from .state import TrainState
+from .state import Progress, TrainState
 
 CONFIG_END = "# end of the moejet run config\n"  # a truncated config.yaml can still parse: this line proves it whole
 
@@ -360,10 +361,10 @@ def save_epoch(ts: TrainState, is_best: bool, writer: BackgroundWriter | None = 
     sharded model's optimizer shards are written by every rank first. ``writer``: rank 0's writes in the
     background, from host copies taken now."""
     run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
-    state, metrics = ts.counters, ts.metrics
+    metrics = ts.metrics
     if writer is not None:
         writer.wait()  # the previous save is committed (or its error raised) before this one starts
-    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, state["epoch"]), model, ts.optimizer, world)
+    weights, sharded = _sharded_save(run_dir, weights_path(run_dir, ts.progress.epoch), model, ts.optimizer, world)
     if not world.is_main:
         return
     payload = _payload(ts, rng_state(), sharded=sharded)
@@ -381,7 +382,7 @@ def save_epoch(ts: TrainState, is_best: bool, writer: BackgroundWriter | None = 
 def save_between(ts: TrainState, is_best: bool) -> None:
     """An epoch without a checkpoint (``train.save_every``): its metrics row, and best's weights if it is the best."""
     run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
-    state, metrics = ts.counters, ts.metrics
+    progress, metrics = ts.progress, ts.metrics
     weights = model
     if is_best and is_sharded(model):  # gathering the full weights is collective
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -392,7 +393,7 @@ def save_between(ts: TrainState, is_best: bool) -> None:
     _write_metrics(run_dir, metrics)
     if is_best:
         save_model(weights, run_dir / BEST, name, kwargs,
-                   metadata={"moejet.epoch": str(state["epoch"]), "moejet.step": str(state["step"])})
+                   metadata={"moejet.epoch": str(progress.epoch), "moejet.step": str(progress.step)})
 
 
 def save_recovery_point(ts: TrainState, layout: dict[str, int], epoch_start: float, step_in_epoch: int,
@@ -400,9 +401,9 @@ def save_recovery_point(ts: TrainState, layout: dict[str, int], epoch_start: flo
     """A mid-epoch recovery point after ``step_in_epoch`` steps: every rank's RNG states and (loss sum, images) go
     to rank 0, which commits them with the shared state (see :func:`save_recovery`)."""
     run_dir, model, name, kwargs, world = ts.run_dir, ts.model, ts.model_name, ts.model_kwargs, ts.world
-    state, mixup = ts.counters, ts.mixup
+    progress, mixup = ts.progress, ts.mixup
     ranks = _gather({"rng": rng_state(), "loss_sum": loss_sum.cpu()}, world)
-    weights, sharded = _sharded_save(run_dir, recovery_paths(run_dir, state["epoch"], state["step"])[0], model,
+    weights, sharded = _sharded_save(run_dir, recovery_paths(run_dir, progress.epoch, progress.step)[0], model,
                                      ts.optimizer, world)
     if not world.is_main:
         return
@@ -415,7 +416,7 @@ def save_recovery_point(ts: TrainState, layout: dict[str, int], epoch_start: flo
 
 def _payload(ts: TrainState, rng: Any, sharded: bool = False) -> dict[str, Any]:
     return {
-        **ts.counters,
+        **asdict(ts.progress),  # top-level keys, as in the state files written before Progress
         "optimizer": None if sharded else ts.optimizer.state_dict(),  # sharded: in the checkpoint's .dcp directory
         "scheduler": _plain_scheduler_state(ts.scheduler),
         "scaler": ts.scaler.state_dict() if ts.scaler is not None else None,
@@ -424,8 +425,8 @@ def _payload(ts: TrainState, rng: Any, sharded: bool = False) -> dict[str, Any]:
     }
 
 
-def load_run_state(ts: TrainState) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
-    """``(state, metrics rows of the committed epochs, the mid-epoch recovery point or None)``."""
+def load_run_state(ts: TrainState) -> tuple[Progress, list[dict[str, Any]], dict[str, Any] | None]:
+    """``(progress, metrics rows of the committed epochs, the mid-epoch recovery point or None)``."""
     run_dir, model, optimizer, scaler, ema, mixup = ts.run_dir, ts.model, ts.optimizer, ts.scaler, ts.ema, ts.mixup
     pointer = read_pointer(run_dir)
     entry = pointer.get("recovery", pointer)
@@ -471,10 +472,10 @@ def load_run_state(ts: TrainState) -> tuple[dict[str, Any], list[dict[str, Any]]
     except (OSError, ValueError) as err:
         raise UserError(f"{run_dir / METRICS_FILE} is damaged ({type(err).__name__}): restore it or delete it "
                         "(the resumed run then lists only its new epochs)") from None
-    state = {k: payload[k] for k in ("epoch", "step", "best_top1", "wall_time_s")}
-    state["restart_step"] = payload.get("restart_step")
-    rows = [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= state["epoch"]]
-    return state, rows, recovery
+    progress = Progress(epoch=payload["epoch"], step=payload["step"], best_top1=payload["best_top1"],
+                        wall_time_s=payload["wall_time_s"], restart_step=payload.get("restart_step"))
+    rows = [row for row in metrics if isinstance(row, dict) and row.get("epoch", 0) <= progress.epoch]
+    return progress, rows, recovery
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from .telemetry import routing_telemetry
 
 def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_step: int = 0,
                     loss_sum: torch.Tensor | None = None, save_point: Callable[[int, torch.Tensor], None] | None = None,
-                    step_log: StepLog | None = None, progress: bool = True) -> tuple[float, int]:
+                    step_log: StepLog | None = None, progress_bar: bool = True) -> tuple[float, int]:
     """One epoch of ``steps`` optimizer steps, each of this process's micro-batches as the loader's
     :class:`~moejet.data.sampler.GlobalBatchSampler` plans them; returns (mean train loss, images).
 
@@ -47,17 +47,17 @@ def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_s
     parameters FSDP left unsharded (``ts.whole``) have their gradients averaged here.
     ``step_log``: prints a line every ``train.log_every`` steps.
     """
-    config, world, model, train_model, state = ts.config, ts.world, ts.model, ts.train_model, ts.counters
+    config, world, model, train_model, progress = ts.config, ts.world, ts.model, ts.train_model, ts.progress
     optimizer, scheduler, scaler, ema, mixup = ts.optimizer, ts.scheduler, ts.scaler, ts.ema, ts.mixup
     loss_fn, amp_dtype, run_dir, whole = ts.loss_fn, ts.amp_dtype, ts.run_dir, ts.whole
     t = config.train
     train_model.train()
-    scheduler.step_update(state["step"])
+    scheduler.step_update(progress.step)
     if loss_sum is None:
         loss_sum = torch.zeros(2, device=world.device, dtype=torch.float64)  # (sum of per-image losses, images)
     # disable=None: no bar when stderr is not a terminal (a log file gets the train.log_every lines, not bar frames)
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.schedule.epochs}", leave=False,
-               dynamic_ncols=True, disable=None if progress and world.is_main else True)
+               dynamic_ncols=True, disable=None if progress_bar and world.is_main else True)
     batches = iter(loader)
     sampler = loader.batch_sampler
     first_bad = torch.full((), -1, dtype=torch.int64, device=world.device)  # first step with a non-finite loss
@@ -84,7 +84,7 @@ def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_s
             step_images += size
         if whole:
             average_grads(whole, world)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step_loss), state["step"] + 1, first_bad)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(step_loss), progress.step + 1, first_bad)
         if scaler is not None:
             scaler.unscale_(optimizer)
         if config.optim.clip_grad is not None:
@@ -95,10 +95,10 @@ def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_s
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        scheduler.step_update(state["step"])
+        progress.step += 1
+        scheduler.step_update(progress.step)
         if ema is not None:
-            ema.update(model, step=state["step"])
+            ema.update(model, step=progress.step)
         loss_sum[0] += step_loss
         loss_sum[1] += step_images  # a Python number: no copy to the device
         bar.update(1)
@@ -111,7 +111,7 @@ def train_one_epoch(ts: TrainState, epoch: int, loader: Any, steps: int, start_s
         if step_log is not None:
             line = step_log.step(step_in_epoch + 1, step_loss, step_images, global_images, lr)
             if line is not None:
-                (tqdm.write if progress else print)(f"moejet train: {line}")
+                (tqdm.write if progress_bar else print)(f"moejet train: {line}")
                 bar.set_postfix(loss=step_log.last_loss, lr=f"{lr:.3g}")
         if saving:
             save_point(step_in_epoch + 1, loss_sum)

@@ -146,7 +146,7 @@ class _Invocation:
     resume: bool
     extend: str | None
     stop_after: int | None
-    progress: bool
+    progress_bar: bool
     verbose: bool
     on_epoch: Callable[[dict[str, Any]], None] | None
 
@@ -193,7 +193,7 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
     recovery = _start_or_resume(ts, call, layout)
     if world.is_main and not (call.resume and (run_dir / LABELS_FILE).is_file()):  # moejet publish, export, predict
         write_labels(run_dir, dataset_label(config.data.dataset), class_names(train_ds))  # read the class names
-    if ts.counters["epoch"] >= config.schedule.epochs:  # a finished run resumed without more epochs
+    if ts.progress.epoch >= config.schedule.epochs:  # a finished run resumed without more epochs
         return ts.metrics
     eval_model, ema_model = _compile(ts)
     logs, closes = open_loggers(run_dir, config) if world.is_main else ([], [])
@@ -209,7 +209,7 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
     epochs_run = 0
     writer = BackgroundWriter(t.background_save and world.is_main)
     try:
-        for epoch in range(ts.counters["epoch"], config.schedule.epochs):
+        for epoch in range(ts.progress.epoch, config.schedule.epochs):
             if call.stop_after is not None and epochs_run >= call.stop_after:
                 break
             row, start = _train_epoch(ts, loaders, epoch, recovery, writer, layout, call)
@@ -219,9 +219,9 @@ def _train(config: Config, run_dir: Path, world: World, call: _Invocation) -> li
                 row.update(_evaluate_epoch(ts, loaders, eval_model, ema_model))
             _finish_epoch(ts, row, time.perf_counter() - start)
             stopping = call.stop_after is not None and epochs_run + 1 >= call.stop_after
-            is_best = "val_top1" in row and row["val_top1"] > ts.counters["best_top1"]
+            is_best = "val_top1" in row and row["val_top1"] > ts.progress.best_top1
             if is_best:
-                ts.counters["best_top1"] = row["val_top1"]
+                ts.progress.best_top1 = row["val_top1"]
             if (epoch + 1) % t.save_every == 0 or last_epoch or stopping:
                 save_epoch(ts, is_best, writer)
             else:  # no checkpoint this epoch: a resume redoes it from the last one, whose metrics rows it keeps
@@ -319,26 +319,26 @@ def _start_or_resume(ts: TrainState, call: _Invocation, layout: dict[str, int]) 
                 tmp.write_text(dump_config(config) + CONFIG_END)
         save_epoch(ts, is_best=False)
         return None
-    ts.counters, ts.metrics, recovery = load_run_state(ts)
-    state = ts.counters
+    ts.progress, ts.metrics, recovery = load_run_state(ts)
+    progress = ts.progress
     if recovery is not None and recovery["layout"] != layout:
         raise UserError(
             f"the run's mid-epoch recovery point was written with {recovery['layout']}, this resume has "
             f"{layout}: resume with the same number of processes and batch settings")
-    if state["epoch"] >= config.schedule.epochs:
+    if progress.epoch >= config.schedule.epochs:
         if extend is not None:
-            raise UserError(f"{run_dir} already trained {state['epoch']} epochs: --extend needs schedule.epochs "
-                            f"above {state['epoch']}")
+            raise UserError(f"{run_dir} already trained {progress.epoch} epochs: --extend needs schedule.epochs "
+                            f"above {progress.epoch}")
         if world.is_main:
-            print(f"moejet train: {run_dir} is finished ({state['epoch']} of {config.schedule.epochs} epochs): "
+            print(f"moejet train: {run_dir} is finished ({progress.epoch} of {config.schedule.epochs} epochs): "
                   "nothing to do; to train longer resume with --set schedule.epochs=N --extend continue", flush=True)
         return None
     if extend == "cosine-restart":
-        state["restart_step"] = state["step"]
+        progress.restart_step = progress.step
     elif extend == "continue":
-        state["restart_step"] = None
-    if state["restart_step"] is not None:
-        ts.scheduler = _restarted_scheduler(config, ts.optimizer, layout["steps_per_epoch"], state["restart_step"])
+        progress.restart_step = None
+    if progress.restart_step is not None:
+        ts.scheduler = _restarted_scheduler(config, ts.optimizer, layout["steps_per_epoch"], progress.restart_step)
     if world.is_main:  # overrides given with --resume are part of the run from now on
         with atomic_output(run_dir / CONFIG_FILE) as tmp:
             tmp.write_text(dump_config(config) + CONFIG_END)
@@ -390,8 +390,8 @@ def _train_epoch(ts: TrainState, loaders: _Loaders, epoch: int, recovery: dict[s
                        world.device) if t.log_every and call.verbose and world.is_main else None
     train_loss, images = train_one_epoch(ts, epoch, loaders.train, loaders.steps_per_epoch, start_step,
                                          loss_sum.to(world.device), save_point if t.recovery_every else None,
-                                         step_log, call.progress)
-    row = {"epoch": epoch + 1, "step": ts.counters["step"], "train_loss": train_loss, "train_images": images,
+                                         step_log, call.progress_bar)
+    row = {"epoch": epoch + 1, "step": ts.progress.step, "train_loss": train_loss, "train_images": images,
            "images_per_s": images / (time.perf_counter() - start)}
     return row, start
 
@@ -413,14 +413,14 @@ def _evaluate_epoch(ts: TrainState, loaders: _Loaders, eval_model: nn.Module,
 
 def _finish_epoch(ts: TrainState, row: dict[str, Any], epoch_time: float) -> None:
     """The row's closing figures; the epoch counted as done and its row kept."""
-    ts.counters["wall_time_s"] += epoch_time
+    ts.progress.wall_time_s += epoch_time
     row.update(
         lr=max(g["lr"] for g in ts.optimizer.param_groups), epoch_time_s=epoch_time,
-        wall_time_s=ts.counters["wall_time_s"],
+        wall_time_s=ts.progress.wall_time_s,
         temperatures={name: layer.temperatures() for name, layer in moe_modules(ts.model).items()
                       if hasattr(layer, "temperatures")})
     ts.metrics.append(row)
-    ts.counters["epoch"] = row["epoch"]
+    ts.progress.epoch = row["epoch"]
 
 
 def eval_loader(dataset: Any, batch_size: int, config: Config, world: World, workers: int | None = None,
@@ -481,13 +481,13 @@ def _interruption(ts: TrainState, steps_per_epoch: int) -> str:
     """What an interrupt leaves: the last saved point, the optimizer steps done since (lost), the command that
     resumes."""
     epochs_done, step_in_epoch, saved_step = saved_point(ts.run_dir)
-    lost = ts.counters["step"] - saved_step
+    lost = ts.progress.step - saved_step
     every = ts.config.train.recovery_every
     saves = (f"mid-epoch saves every {every} steps (train.recovery_every)" if every else
              "mid-epoch saves are off: set train.recovery_every=N to save every N steps")
     lost_text = {0: "nothing is lost", 1: "the 1 step done since then is lost"}.get(
         lost, f"the {lost} steps done since then are lost")
-    return (f"interrupted at optimizer step {ts.counters['step']}; the last save is "
+    return (f"interrupted at optimizer step {ts.progress.step}; the last save is "
             f"{_point(epochs_done, step_in_epoch, saved_step, steps_per_epoch)}: {lost_text} ({saves}); resume "
             f"with: moejet train --resume {shlex.quote(str(ts.run_dir))}")
 

@@ -13,15 +13,24 @@ from .config import Config
 from .distributed import World
 
 
-def fresh_counters() -> dict[str, Any]:
-    """Where a new run stands: epochs and optimizer steps done, the best val top-1, the wall time so far."""
-    return {"epoch": 0, "step": 0, "best_top1": -1.0, "wall_time_s": 0.0, "restart_step": None}
+@dataclass
+class Progress:
+    """Where a run stands: epochs and optimizer steps done, the best val top-1 so far (-1: none yet), the training
+    wall time so far, and the step from which an ``--extend cosine-restart`` schedule counts (None: no restart).
+
+    A state file holds these as top-level keys of the same names (:func:`moejet.train.checkpointing.save_epoch`)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    wall_time_s: float = 0.0
+    restart_step: int | None = None
 
 
 @dataclass
 class TrainState:
     """One run, wired (:func:`moejet.train.run.train`): its config and processes, the model and everything that
-    trains it, and where it stands (``counters``, the ``metrics`` rows so far).
+    trains it, and where it stands (``progress``, the ``metrics`` rows so far).
 
     ``model`` is the module whose weights are saved; ``train_model`` is what the loop calls (the same model,
     compiled and / or wrapped by DDP); ``whole`` are the parameters FSDP left unsharded."""
@@ -41,5 +50,5 @@ class TrainState:
     ema: Any = None
     mixup: Any = None
     whole: list[nn.Parameter] = field(default_factory=list)
-    counters: dict[str, Any] = field(default_factory=fresh_counters)
+    progress: Progress = field(default_factory=Progress)
     metrics: list[dict[str, Any]] = field(default_factory=list)
