@@ -98,22 +98,32 @@ def successor_kwargs(target):
     return dict(layout_kwargs(target), base=LAYOUTS[target][0], moe_layers=[0], core_experts=1, univ_experts=2)
 
 
+def converted_or_refused(convert, src, dst, pair: str, source_role: str):
+    """``convert()`` for a pair the rule converts; None for one it refuses, after checking the refusal is one line
+    naming both layouts (the source's role and the successor's)."""
+    try:
+        result = convert()
+    except UserError as err:
+        assert refused(src, dst), f"{pair}: {err}"
+        assert "\n" not in str(err) and f"{source_role}: " in str(err) and "successor: " in str(err)
+        return None
+    assert not refused(src, dst), f"{pair} should be refused"
+    return result
+
+
 @pytest.mark.parametrize("source", LAYOUTS)
 def test_every_layout_pair_converts_exactly_or_is_refused(checkpoints, source):
     path, predecessor = checkpoints[source]
     src = LAYOUTS[source][2]
     for target, (_, _, dst) in LAYOUTS.items():
-        try:
-            state, report = recycle_sources(
-                predecessor=LAYOUTS[source][0], predecessor_checkpoint=str(path), pretrained=False,
-                predecessor_kwargs=layout_kwargs(source), dense_checkpoint=None, successor="jetmoe",
-                successor_kwargs=successor_kwargs(target), calib_images=0, device="cpu", progress=False,
-                options=RecycleOptions(strategy="uniform"))
-        except UserError as err:
-            assert refused(src, dst), f"{source} -> {target}: {err}"
-            assert "\n" not in str(err) and "predecessor: " in str(err) and "successor: " in str(err)
+        recycled = converted_or_refused(lambda target=target: recycle_sources(
+            predecessor=LAYOUTS[source][0], predecessor_checkpoint=str(path), pretrained=False,
+            predecessor_kwargs=layout_kwargs(source), dense_checkpoint=None, successor="jetmoe",
+            successor_kwargs=successor_kwargs(target), calib_images=0, device="cpu", progress=False,
+            options=RecycleOptions(strategy="uniform")), src, dst, f"{source} -> {target}", "predecessor")
+        if recycled is None:
             continue
-        assert not refused(src, dst), f"{source} -> {target} should be refused"
+        state, report = recycled
         check_converted(predecessor, src, state, build_successor("jetmoe", successor_kwargs(target), 0), target)
         for key, i in KINDS:
             if dst[i]:
@@ -126,13 +136,10 @@ def test_every_dense_checkpoint_layout_converts_exactly_or_is_refused(checkpoint
     path, dense = checkpoints[source]
     src = LAYOUTS[source][2]
     for target, (_, _, dst) in LAYOUTS.items():
-        try:
-            state = load_dense_state(path, "jetmoe", successor_kwargs(target))
-        except UserError as err:
-            assert refused(src, dst), f"{source} -> {target}: {err}"
-            assert "\n" not in str(err) and "dense checkpoint: " in str(err) and "successor: " in str(err)
+        state = converted_or_refused(lambda target=target: load_dense_state(path, "jetmoe", successor_kwargs(target)),
+                                     src, dst, f"{source} -> {target}", "dense checkpoint")
+        if state is None:
             continue
-        assert not refused(src, dst), f"{source} -> {target} should be refused"
         check_converted(dense, src, state, build_successor("jetmoe", dict(successor_kwargs(target), moe_layers=()), 0),
                         target)
 
