@@ -19,7 +19,7 @@ PACKAGE = SRC / "moejet"
 # lower number = lower layer; a module may import only from its own or a lower layer (longest matching prefix)
 LAYERS = {
     "moejet.errors": 0, "moejet.variants": 0, "moejet.options": 0, "moejet.malloc": 0, "moejet.device": 0,
-    "moejet.io.files": 0, "moejet.configs": 0, "moejet.rundir": 0,
+    "moejet.io.files": 0, "moejet.configs": 0, "moejet.rundir": 0, "moejet.model_args": 0,
     "moejet.layers": 1,
     "moejet.models": 2,
     "moejet.io.weights": 3, "moejet.io": 3, "moejet.data": 3,
@@ -149,6 +149,44 @@ def test_io_imports_neither_train_nor_recycle():
            if module == prefix or module.startswith(prefix + ".")
            for dep, line, _ in imports(module) if any(dep == b or dep.startswith(b + ".") for b in banned)]
     assert bad == []
+
+
+# what a user typed (a config's model kwargs, --successor-arg, --set) is checked by moejet.model_args, beside the CLI
+# and the config; models/ holds models, which raise their own errors on an impossible construction
+USER_INPUT_CHECKS = "moejet.model_args"
+CHECK_HELPERS = {"check_model_kwargs", "MODEL_KWARG_RULES", "_PROBABILITY", "_POSITIVE", "_is_int", "_is_number",
+                 "_ints", "_size", "_one_of"}
+
+
+def top_level_names(module: str) -> set[str]:
+    """The names ``module`` defines at module level (functions, classes, assignments)."""
+    names = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def test_models_hold_no_user_input_validation():
+    models = [m for m in sorted(MODULES) if m == "moejet.models" or m.startswith("moejet.models.")]
+    assert len(models) > 3
+    defined = [f"{m} defines {name}" for m in models for name in sorted(top_level_names(m) & CHECK_HELPERS)]
+    imported = [f"{m}:{line} imports {dep}" for m in models for dep, line, _ in imports(m) if dep == USER_INPUT_CHECKS]
+    assert defined + imported == []
+    assert CHECK_HELPERS <= top_level_names(USER_INPUT_CHECKS)  # the helpers exist, where they belong
+
+
+def test_the_user_input_checks_import_no_model_and_no_torch():
+    tree = ast.parse(MODULES[USER_INPUT_CHECKS].read_text())
+    third_party = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names}
+    third_party |= {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and not node.level and node.module}
+    assert third_party.isdisjoint({"torch", "timm"})
+    assert all(layer_of(dep) == 0 for dep, _, _ in imports(USER_INPUT_CHECKS))
 
 
 @pytest.mark.parametrize(("module", "layer"), [("moejet.io.files", 0), ("moejet.io", 3), ("moejet.io.weights", 3),

@@ -16,6 +16,11 @@ from typing import Any
 from .errors import UserError
 from .variants import RECYCLE_SWITCHES, VARIANTS, apply_variant
 
+# MoE layers (moejet.layers; model keyword arguments, checked by moejet.model_args)
+COMBINES = ("softmax", "entmax15")  # the combine normalisations over slots (Eq. 11): paper, release
+EXPERT_DROP_MODES = ("expert", "layer")
+EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
+
 # recycling (moejet.recycle; `moejet recycle` flags, a config's `recycle:` keys)
 RECYCLE_STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 IMPORTANCE_METRICS = ("mean_abs", "l2")

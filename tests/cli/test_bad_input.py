@@ -6,7 +6,7 @@ exactly one line on stderr that names what is wrong, no traceback, and nothing w
 - ``ROWS``: a hand-written wrong input for each subcommand (missing file, file of the wrong kind, wrong type,
   out-of-range number, unknown name, a flag combination that cannot work);
 - generated: for every key of the config schema a wrong-type and an out-of-range value, for every model keyword
-  argument with a rule (``moejet.models.common.MODEL_KWARG_RULES``) the same, and for every CLI flag with a declared
+  argument with a rule (``moejet.model_args.MODEL_KWARG_RULES``) the same, and for every CLI flag with a declared
   type or choices a wrong value.
 """
 
@@ -26,7 +26,7 @@ import yaml
 
 from moejet.cli import BUG_EXIT, build_parser, run
 from moejet.io.weights import save_model
-from moejet.models.common import MODEL_KWARG_RULES
+from moejet.model_args import MODEL_KWARG_RULES
 from moejet.train.config import Config
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2)

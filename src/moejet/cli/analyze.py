@@ -111,7 +111,7 @@ def run_curves(args: argparse.Namespace) -> int:
 
 def run_cost(args: argparse.Namespace) -> int:
     from ..analysis.report import write_cost
-    from ..models.common import check_model_kwargs
+    from ..model_args import check_model_kwargs
 
     kwargs = parse_kwargs(args.set, "--set")
     check_model_kwargs(kwargs, "--set ")

@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.common import check_model_kwargs
+    from ..model_args import check_model_kwargs
     from ..recycle import check_out, recycle_sources, summary, write_outputs
 
     check_out(args.out)  # before calibration: an unusable --out is reported before the minutes of work

@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 
-EXPERT_INITS = ("trunc_normal", "kaiming_uniform")
+from ..options import EXPERT_INITS
+
 HIDDEN_NORMS = (None, "layernorm", "grn")
 _SKIP_INIT = contextvars.ContextVar("moejet_skip_expert_init", default=False)
 

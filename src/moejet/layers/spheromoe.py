@@ -10,11 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import drop_path, register_notrace_module
 
+from ..options import COMBINES, EXPERT_DROP_MODES
 from .entmax import entmax15
 from .experts import BatchedExperts, expert_keep_mask
-
-COMBINES = ("softmax", "entmax15")  # the combine normalisations over slots (Eq. 11): paper, release
-EXPERT_DROP_MODES = ("expert", "layer")
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

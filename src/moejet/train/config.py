@@ -25,7 +25,7 @@ import yaml
 from ..data.config import DataConfig
 from ..errors import UserError
 from ..io.files import plain_json
-from ..models.common import check_model_kwargs
+from ..model_args import check_model_kwargs
 from ..options import OptionError, RecycleContext, RecycleOptions
 from ..variants import VARIANTS
 

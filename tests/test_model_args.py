@@ -1,10 +1,10 @@
-"""models.common: the keyword-argument checks run before any model is built."""
+"""moejet.model_args: the model keyword-argument checks run on user input before any model is built."""
 
 import pytest
 import timm
 
 from moejet.errors import UserError
-from moejet.models.common import check_model_kwargs
+from moejet.model_args import check_model_kwargs
 
 SWIN = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), img_size=32, patch_size=4, window_size=4, num_classes=3)
 
