@@ -8,12 +8,14 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.analysis.report import analyze_run
 from moejet.io.weights import save_model
 
+from ..helpers.analysis import TINY_ANALYSIS, write_metrics
 
-def test_analyze_run_writes_all_pictures(tiny_analysis, write_metrics, analysis_files, tmp_path):
+
+def test_analyze_run_writes_all_pictures(analysis_files, tmp_path):
     write_metrics(tmp_path, [30.0, 60.0, 78.0], 5.0)
-    save_model(timm.create_model(tiny_analysis.vit, **tiny_analysis.vit_kw), tmp_path / "last.safetensors",
-               tiny_analysis.vit, tiny_analysis.vit_kw)
-    written = analyze_run(tmp_path, dataset_spec=tiny_analysis.data, num_images=4)
+    save_model(timm.create_model(TINY_ANALYSIS.vit, **TINY_ANALYSIS.vit_kw), tmp_path / "last.safetensors",
+               TINY_ANALYSIS.vit, TINY_ANALYSIS.vit_kw)
+    written = analyze_run(tmp_path, dataset_spec=TINY_ANALYSIS.data, num_images=4)
     assert sorted(p.name for p in written) == sorted([
         "curves.png", "time_to_target.csv", "attention.png", "attention.csv", "contributions.csv",
         "contributions_summary.csv", "contributions.png"])

@@ -18,6 +18,8 @@ from moejet.analysis.recycling import layer_stats, read_recycle_report
 from moejet.cli import main
 from moejet.data import build_dataset
 
+from ..helpers.analysis import TINY_ANALYSIS, stated_pngs, write_metrics
+
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(["analyze", *map(str, argv)])
@@ -27,7 +29,7 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 # ---- CLI: every subcommand writes its files --------------------------------------------------------------------------
 
-def test_cli_attention_writes_a_grid_of_the_stated_size(stated_pngs, analysis_files, capsys):
+def test_cli_attention_writes_a_grid_of_the_stated_size(analysis_files, capsys):
     code, out, _ = cli(capsys, "attention", "--checkpoint", analysis_files["vit"], "--image", analysis_files["image"],
                        "--top-k", "2", "--out", analysis_files["root"] / "att")
     assert code == 0
@@ -45,9 +47,9 @@ def test_cli_attention_writes_a_grid_of_the_stated_size(stated_pngs, analysis_fi
     assert {r["grid"] for r in rows} == {"2x2"} and [r["block"] for r in rows] == ["4", "4", "5", "5"]
 
 
-def test_cli_contributions_writes_csv_summary_and_figure(tiny_analysis, stated_pngs, analysis_files, capsys):
+def test_cli_contributions_writes_csv_summary_and_figure(analysis_files, capsys):
     out_dir = analysis_files["root"] / "contrib"
-    code, out, _ = cli(capsys, "contributions", "--checkpoint", analysis_files["vit"], "--data", tiny_analysis.data,
+    code, out, _ = cli(capsys, "contributions", "--checkpoint", analysis_files["vit"], "--data", TINY_ANALYSIS.data,
                        "--images", "6", "--batch-size", "4", "--out", out_dir)
     assert code == 0
     assert stated_pngs(out) == {"contributions.png": (1500, 460)}
@@ -57,7 +59,7 @@ def test_cli_contributions_writes_csv_summary_and_figure(tiny_analysis, stated_p
     from moejet.analysis.common import load_moe_model
 
     model = load_moe_model(analysis_files["vit"])
-    dataset = build_dataset(tiny_analysis.data, "val", eval_transforms(model)[0])
+    dataset = build_dataset(TINY_ANALYSIS.data, "val", eval_transforms(model)[0])
     results = model_contributions(model, spread_batches(dataset, 6, 4))
     np.testing.assert_allclose([float(r["contribution"]) for r in rows],
                                np.concatenate([r.values for r in results]), rtol=1e-5)
@@ -72,7 +74,7 @@ def test_cli_contributions_writes_csv_summary_and_figure(tiny_analysis, stated_p
     assert "| blocks.2.mlp | 2 | core | 4 |" in out
 
 
-def test_cli_curves_plot_runs_and_time_to_target(stated_pngs, write_metrics, tmp_path, capsys):
+def test_cli_curves_plot_runs_and_time_to_target(tmp_path, capsys):
     write_metrics(tmp_path / "jetpack", [50.0, 70.0, 77.0, 80.0], 10.0)
     write_metrics(tmp_path / "scratch", [10.0, 20.0, 30.0, 40.0, 50.0], 8.0)
     code, out, _ = cli(capsys, "curves", tmp_path / "jetpack", tmp_path / "scratch", "--target", "76")
@@ -86,27 +88,27 @@ def test_cli_curves_plot_runs_and_time_to_target(stated_pngs, write_metrics, tmp
     assert time_to_target(read_run(tmp_path / "scratch"), 50.0)["epoch"] == 5
 
 
-def test_cli_cost_reproduces_parameter_counts(tiny_analysis, analysis_files, capsys):
+def test_cli_cost_reproduces_parameter_counts(analysis_files, capsys):
     sets = [a for k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "core_experts", "univ_experts",
-                        "num_classes") for a in ("--set", f"{k}={tiny_analysis.vit_kw[k]}")]
-    code, out, _ = cli(capsys, "cost", tiny_analysis.vit, analysis_files["vit"], *sets, "--set", "moe_layers=[2, 3]",
+                        "num_classes") for a in ("--set", f"{k}={TINY_ANALYSIS.vit_kw[k]}")]
+    code, out, _ = cli(capsys, "cost", TINY_ANALYSIS.vit, analysis_files["vit"], *sets, "--set", "moe_layers=[2, 3]",
                        "--out", analysis_files["root"] / "cost")
     assert code == 0
     costs = json.loads((analysis_files["root"] / "cost" / "cost.json").read_text())
-    expected = sum(p.numel() for p in timm.create_model(tiny_analysis.vit, **tiny_analysis.vit_kw).parameters())
+    expected = sum(p.numel() for p in timm.create_model(TINY_ANALYSIS.vit, **TINY_ANALYSIS.vit_kw).parameters())
     assert [c["params"] for c in costs] == [expected, expected]
     assert costs[0]["macs"] == costs[1]["macs"] > costs[0]["routing_macs"] > 0
     table = (analysis_files["root"] / "cost" / "cost.md").read_text()
     assert table.splitlines()[0] == "| model | params (M) | MACs/img (G) | MACs/img without routing (G) | routing (G) |"
-    assert f"| {tiny_analysis.vit} | {expected / 1e6:.1f} |" in table and table in out + "\n"
+    assert f"| {TINY_ANALYSIS.vit} | {expected / 1e6:.1f} |" in table and table in out + "\n"
     with torch.device("meta"):  # full size: paper Table 4 says 265 M
-        full = timm.create_model(tiny_analysis.vit)
+        full = timm.create_model(TINY_ANALYSIS.vit)
     from moejet.analysis.cost import count_params
 
     assert round(count_params(full) / 1e6, 1) == 265.4
 
 
-def test_cli_recycling_coverage_and_overlap(stated_pngs, tmp_path, capsys):
+def test_cli_recycling_coverage_and_overlap(tmp_path, capsys):
     report = {
         "predecessor": {"name": "vit_small_patch16_224", "hidden_sizes": {"2": 8, "3": 8}},  # as moejet recycle
         "neuron_indices": {
@@ -138,10 +140,10 @@ def test_cli_recycling_coverage_and_overlap(stated_pngs, tmp_path, capsys):
 
 # ---- errors --------------------------------------------------------------------------------------------------------
 
-def test_clear_errors(tiny_analysis, analysis_files, tmp_path, capsys):
+def test_clear_errors(analysis_files, tmp_path, capsys):
     code, _, err = cli(capsys, "attention", "--checkpoint", analysis_files["dense"], "--image", analysis_files["image"])
     assert code == 2
-    assert err.strip() == (f"moejet analyze: error: model '{tiny_analysis.vit}' has no MoE layers (SpheroMoE / Soft "
+    assert err.strip() == (f"moejet analyze: error: model '{TINY_ANALYSIS.vit}' has no MoE layers (SpheroMoE / Soft "
                            "MoE) to analyse: pass a V-JetMoE, C-JetMoE or Soft MoE checkpoint")
     code, _, err = cli(capsys, "attention", "--checkpoint", analysis_files["vit"], "--image",
                        analysis_files["bad_image"])

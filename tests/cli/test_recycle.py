@@ -13,6 +13,8 @@ from moejet.cli.recycle import options_from_args
 from moejet.io.weights import build_from_checkpoint
 from moejet.options import RecycleOptions
 
+from ..helpers.recycling import RECIPE, run_recycle
+
 
 def test_every_recycle_option_is_a_flag_with_its_default_and_choices():
     """``moejet recycle``'s recycling flags are RecycleOptions' fields: the defaults give RecycleOptions(), each
@@ -29,7 +31,7 @@ def test_every_recycle_option_is_a_flag_with_its_default_and_choices():
             parser.parse_args([*base, *bad])
 
 
-def test_cli_variant_flag_and_explicit_switch(recycle_files, run_recycle, tmp_path):
+def test_cli_variant_flag_and_explicit_switch(recycle_files, tmp_path):
     extra = ["--variant", "release", "--univ-mode", "draw", "--quiet"]
     assert run_recycle(recycle_files, tmp_path / "out", extra=extra) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
@@ -70,15 +72,14 @@ def bad_files(root):
                                                      "from 'shared', 'per_expert'); see moejet recycle --help"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(recycle_files, recipe, run_recycle, tmp_path, capsys, change,
-                                                        message):
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(recycle_files, tmp_path, capsys, change, message):
     root = bad_files(recycle_files["root"])
     out = tmp_path / "out"
     extra = ["--dense-checkpoint", str(root / change["dense"])] if "dense" in change else []
     extra += change.get("extra", [])
     if "ckpt" in change:
         saved, recycle_files = recycle_files["vit_file"], dict(recycle_files, vit_file=root / change["ckpt"])
-    succ = dict(recipe.succ_vit, **change["succ"]) if "succ" in change else None
+    succ = dict(RECIPE.succ_vit, **change["succ"]) if "succ" in change else None
     rc = run_recycle(recycle_files, out, strategy=change.get("strategy", "importance"), succ=succ, extra=extra)
     err = capsys.readouterr().err
     assert rc == 2
@@ -89,8 +90,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(recycle_files, recipe, 
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
-def test_an_unusable_out_is_refused_before_any_work(recycle_files, run_recycle, tmp_path, capsys, monkeypatch,
-                                                    where):
+def test_an_unusable_out_is_refused_before_any_work(recycle_files, tmp_path, capsys, monkeypatch, where):
     import moejet.recycle.pipeline as pipeline
 
     (tmp_path / "taken").write_text("not a directory")
@@ -106,8 +106,7 @@ def test_an_unusable_out_is_refused_before_any_work(recycle_files, run_recycle, 
     assert {"file": "is a file", "under_file": "which is a file", "read_only": "is not writable"}[where] in err
 
 
-def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(recycle_files, run_recycle, tmp_path, capsys,
-                                                                  monkeypatch):
+def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(recycle_files, tmp_path, capsys, monkeypatch):
     import moejet.recycle.output as output
 
     def full_disk(*args, **kwargs):
@@ -123,10 +122,10 @@ def test_an_os_error_while_writing_is_one_line_and_leaves_nothing(recycle_files,
 
 
 @pytest.mark.parametrize("family", ["vit", "cnx"])
-def test_one_head_rule_for_every_family(recycle_files, recipe, run_recycle, tmp_path, capsys, family):
+def test_one_head_rule_for_every_family(recycle_files, tmp_path, capsys, family):
     """Without num_classes the successor keeps the predecessor's head; another class count gets a fresh one, listed
     in fresh_keys; one summary line says which."""
-    succ = dict(recipe.succ_vit if family == "vit" else recipe.succ_cnx)
+    succ = dict(RECIPE.succ_vit if family == "vit" else RECIPE.succ_cnx)
     head = "head.weight" if family == "vit" else "head.fc.weight"
     pred = recycle_files["vit" if family == "vit" else "cnx"].state_dict()[head]
     for name, classes in (("kept", None), ("fresh", 7)):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from moejet.cli import COMMANDS
 
+from ..helpers.subprocesses import MOEJET_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 # the console script's target, as [project.scripts] names it (tomllib is Python 3.11+)
 ENTRY_POINT = re.search(r'^moejet = "([\w.:]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
@@ -38,16 +40,16 @@ def run_program(argvs: list[list[str]], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def test_help_and_argument_errors_import_neither_torch_nor_timm(moejet_env):
+def test_help_and_argument_errors_import_neither_torch_nor_timm():
     helps = [["--help"], [], *([command, "--help"] for command in COMMANDS), ["analyze", "cost", "--help"]]
     errors = [["no-such-command"], ["recycle", "--successor", "x", "--out", "o", "--strategy", "best"],
               ["train", "--stop-after", "0"], ["export", "model.safetensors", "--format", "pickle"],
               ["models", "--flops"]]
     light = [["configs"], ["configs", "table1_*", "--describe"]]  # subcommands that build no model
-    result = run_program(helps + errors + light, moejet_env)
+    result = run_program(helps + errors + light, MOEJET_ENV)
     assert result == {"codes": [0] * len(helps) + [2] * len(errors) + [0] * len(light), "imported": []}
 
 
-def test_a_subcommand_run_through_the_program_finds_the_models_registered(moejet_env):
-    result = run_program([["models", "convnext_femto_d18"]], moejet_env)
+def test_a_subcommand_run_through_the_program_finds_the_models_registered():
+    result = run_program([["models", "convnext_femto_d18"]], MOEJET_ENV)
     assert result == {"codes": [0], "imported": ["timm", "torch"]}

@@ -3,8 +3,10 @@
 import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 
+from ..helpers.runs import tiny_config_dict, write_config
 
-def test_missing_data_and_bad_runs_are_documented_errors(tiny_config_dict, write_config, tmp_path, capsys):
+
+def test_missing_data_and_bad_runs_are_documented_errors(tmp_path, capsys):
     cfg = write_config(tmp_path / "c.yaml", tiny_config_dict())
     argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--set", "data.dataset=cifar100",
             "--set", f"data.root={tmp_path / 'nowhere'}"]

@@ -1,6 +1,6 @@
 """The NaN fault: training's loss turns NaN at one optimizer step.
 
-In a test: the ``nan_loss_at_step`` fixture of tests/conftest.py. As a program (e.g. under torchrun, each rank)::
+In a test: the ``nan_loss_at_step`` fixture of tests/train/conftest.py. As a program (e.g. under torchrun, each rank)::
 
     python tests/helpers/nan_loss_at_step.py K train --config ... --out ...
 

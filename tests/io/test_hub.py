@@ -20,9 +20,11 @@ from moejet.data.config import data_settings
 from moejet.io.weights import save_model
 from moejet.train.config import load_config
 
+from ..helpers.models import tiny_moe
+
 
 @pytest.fixture(scope="module")
-def vit_kw(tiny_moe):
+def vit_kw():
     return tiny_moe("vit", moe_layers=range(2, 4))  # a range, as a user may pass it
 
 
@@ -49,7 +51,7 @@ def test_models_built_with_a_range_export_with_timm(vit_kw, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])
-def test_publish_out_round_trips_through_timm_local_dir(vit_kw, tiny_moe, tmp_path, capsys, name):
+def test_publish_out_round_trips_through_timm_local_dir(vit_kw, tmp_path, capsys, name):
     kwargs = vit_kw if name.startswith("vjet") else tiny_moe("convnext")
     run, model = make_run(tmp_path, kwargs, name)
     out = tmp_path / "published"

@@ -7,6 +7,8 @@ from entmax import entmax15 as reference_entmax15
 
 from moejet.layers.entmax import entmax15
 
+from ..helpers.models import tiny_moe
+
 
 @pytest.mark.parametrize("shape,dim", [((3, 7, 11), -1), ((2, 5, 6), 1), ((4, 50), -1), ((1, 1), -1)])
 def test_entmax15_equals_the_reference_values_and_gradients(shape, dim):
@@ -24,7 +26,7 @@ def test_entmax15_equals_the_reference_values_and_gradients(shape, dim):
 
 @pytest.mark.parametrize("variant", ["paper", "release"])
 @pytest.mark.parametrize("family", ["vit", "convnext"])
-def test_models_trace_without_a_graph_break(family, variant, tiny_moe):
+def test_models_trace_without_a_graph_break(family, variant):
     name = "vjetmoe_tiny_patch16_224" if family == "vit" else "cjetmoe_femto"
     kwargs = tiny_moe(family, variant=variant)
     if family == "convnext":

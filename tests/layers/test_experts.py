@@ -11,14 +11,16 @@ import torch.nn as nn
 from moejet.layers import BatchedExperts, SoftMoE, SpheroMoE, experts_over_slots
 from moejet.layers.experts import skip_expert_init
 
+from ..helpers.layers import randomize, reference_experts
 
-def test_batched_experts_equal_per_expert_loop(randomize, reference_experts):
+
+def test_batched_experts_equal_per_expert_loop():
     experts = randomize(BatchedExperts(5, 12, 20))
     x = torch.randn(5, 7, 12)
     torch.testing.assert_close(experts(x), reference_experts(experts, x), rtol=1e-5, atol=1e-5)
 
 
-def test_experts_over_slots_keeps_expert_major_order(randomize, reference_experts):
+def test_experts_over_slots_keeps_expert_major_order():
     experts = randomize(BatchedExperts(3, 8, 16))
     slots = torch.randn(2, 3 * 4, 8)  # b=2, E=3, s=4
     out = experts_over_slots(experts, slots)
@@ -94,7 +96,7 @@ def bank_tensors(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 @pytest.mark.parametrize("s", [1, 3])
 @pytest.mark.parametrize("kind", list(TIMM_MLPS))
-def test_gated_and_normed_experts_equal_sliced_timm_mlps(randomize, kind, s):
+def test_gated_and_normed_experts_equal_sliced_timm_mlps(kind, s):
     make, kwargs, _, _ = TIMM_MLPS[kind]
     torch.manual_seed(0)
     dense = randomize(make(H)).double().eval()
@@ -122,7 +124,7 @@ def test_gated_and_normed_experts_equal_sliced_timm_mlps(randomize, kind, s):
         torch.testing.assert_close(bank(x), y, rtol=0, atol=0)
 
 
-def test_experts_over_slots_groups_grn_positions_by_image(randomize):
+def test_experts_over_slots_groups_grn_positions_by_image():
     bank = randomize(BatchedExperts(3, 8, 16, hidden_norm="grn")).double()
     slots = torch.randn(2, 3 * 4, 8, dtype=torch.float64)  # b=2, E=3, s=4
     out = experts_over_slots(bank, slots)
@@ -169,7 +171,7 @@ def test_bad_hidden_norm_raises():
 
 @pytest.mark.parametrize("kwargs", [{}, dict(gated=True), dict(hidden_norm="layernorm"),
                                     dict(gated=True, hidden_norm="grn")], ids=["plain", "gated", "layernorm", "grn"])
-def test_every_expert_form_scripts_to_the_eager_outputs(randomize, kwargs):
+def test_every_expert_form_scripts_to_the_eager_outputs(kwargs):
     layer = SpheroMoE(8, 2, 4, slots_per_expert=3, combine="entmax15", **kwargs).eval()
     for bank in (layer.core_experts, layer.univ_experts):
         randomize(bank)

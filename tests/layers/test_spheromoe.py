@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from moejet.layers import HIDDEN_NORMS, SoftMoE, SpheroMoE
 
+from ..helpers.layers import assert_matches_reference, randomize, run_with_grads
+
 torch.manual_seed(0)
 
 
@@ -33,7 +35,7 @@ def reference_spheromoe(layer: SpheroMoE, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("key_l2norm", [False, True])
 @pytest.mark.parametrize("slots_per_expert", [1, 2])
-def test_spheromoe_matches_reference(randomize, key_l2norm, slots_per_expert):
+def test_spheromoe_matches_reference(key_l2norm, slots_per_expert):
     layer = randomize(SpheroMoE(16, 3, 6, slots_per_expert=slots_per_expert, key_l2norm=key_l2norm)).eval()
     x = torch.randn(2, 10, 16)
     torch.testing.assert_close(layer(x), reference_spheromoe(layer, x), rtol=1e-4, atol=1e-5)
@@ -115,7 +117,7 @@ def test_gradients_reach_router_and_every_expert():
     assert (layer.univ_experts.fc2_weight.grad.flatten(1).abs().sum(1) > 0).all()
 
 
-def test_4d_input_equals_flattened_tokens(randomize):
+def test_4d_input_equals_flattened_tokens():
     layer = randomize(SpheroMoE(8, 2, 4)).eval()
     x = torch.randn(2, 3, 5, 8)
     torch.testing.assert_close(layer(x), layer(x.reshape(2, 15, 8)).reshape(2, 3, 5, 8))
@@ -127,7 +129,7 @@ def test_single_path_layers_work():
     assert SpheroMoE(8, 0, 3)(x).shape == x.shape
 
 
-def test_temperatures_scale_the_logits(randomize):
+def test_temperatures_scale_the_logits():
     layer = randomize(SpheroMoE(8, 2, 4)).eval()
     layer.record_routing = True
     x = torch.randn(1, 6, 8)
@@ -184,7 +186,7 @@ def noise_like(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("noise_after_temperature", [False, True])
-def test_noise_placement_matches_algorithm(randomize, noise_after_temperature):
+def test_noise_placement_matches_algorithm(noise_after_temperature):
     layer = randomize(SpheroMoE(16, 3, 6, noise_std=0.7, noise_after_temperature=noise_after_temperature)).train()
     x = torch.randn(2, 10, 16)
     torch.manual_seed(5)
@@ -196,7 +198,7 @@ def test_noise_placement_matches_algorithm(randomize, noise_after_temperature):
     assert not torch.allclose(y, other, atol=1e-4)
 
 
-def test_defaults_equal_spec_in_train_and_eval(randomize):
+def test_defaults_equal_spec_in_train_and_eval():
     layer = randomize(SpheroMoE(16, 3, 6, slots_per_expert=2))
     x = torch.randn(2, 10, 16)
     torch.manual_seed(11)
@@ -206,7 +208,7 @@ def test_defaults_equal_spec_in_train_and_eval(randomize):
     torch.testing.assert_close(layer.eval()(x), spec_forward(layer, x, None), rtol=1e-5, atol=1e-5)
 
 
-def test_noise_in_eval_adds_noise_in_eval_only_when_asked(randomize):
+def test_noise_in_eval_adds_noise_in_eval_only_when_asked():
     x = torch.randn(2, 10, 16)
     layer = randomize(SpheroMoE(16, 3, 6, noise_in_eval=True)).eval()
     torch.manual_seed(3)
@@ -216,7 +218,7 @@ def test_noise_in_eval_adds_noise_in_eval_only_when_asked(randomize):
     torch.testing.assert_close(layer(x), spec_forward(layer, x, None), rtol=1e-5, atol=1e-5)
 
 
-def test_layer_expert_drop_is_timm_drop_path_over_slot_outputs(randomize):
+def test_layer_expert_drop_is_timm_drop_path_over_slot_outputs():
     layer = randomize(SpheroMoE(16, 3, 6, expert_drop_mode="layer", expert_drop_rate=0.5, noise_std=0.0)).train()
     slots = torch.randn(64, layer.num_slots, 16)
     torch.manual_seed(2)
@@ -250,8 +252,7 @@ def test_bad_switch_values_raise(kwargs, message):
 @pytest.mark.parametrize("slots_per_expert", [1, 2])
 @pytest.mark.parametrize("experts", [(3, 6), (4, 0), (0, 5)])
 @pytest.mark.parametrize("key_l2norm", [False, True])
-def test_outputs_and_every_gradient_match_reference(randomize, assert_matches_reference, slots_per_expert, experts,
-                                                    key_l2norm):
+def test_outputs_and_every_gradient_match_reference(slots_per_expert, experts, key_l2norm):
     layer = randomize(SpheroMoE(16, *experts, slots_per_expert=slots_per_expert, key_l2norm=key_l2norm)).eval()
     assert_matches_reference(layer, torch.randn(3, 10, 16), reference_spheromoe)
 
@@ -264,7 +265,7 @@ def test_double_backward_works():
     assert layer.queries.grad is not None
 
 
-def test_forward_under_autocast_routes_in_float32(randomize, run_with_grads):
+def test_forward_under_autocast_routes_in_float32():
     layer = randomize(SpheroMoE(16, 3, 6)).train()
     layer.record_routing = True
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -284,7 +285,7 @@ def assert_finite_with_every_gradient(layer, x: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("hidden_norm", HIDDEN_NORMS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_gated_spheromoe_with_hidden_norm(randomize, hidden_norm, mode):
+def test_gated_spheromoe_with_hidden_norm(hidden_norm, mode):
     layer = randomize(SpheroMoE(16, 3, 4, slots_per_expert=2, hidden_dim=40, gated=True, hidden_norm=hidden_norm,
                                 act_layer=torch.nn.SiLU, hidden_norm_eps=1e-5)).train(mode == "train")
     for bank, hidden in ((layer.core_experts, 40), (layer.univ_experts, 10)):
@@ -301,7 +302,7 @@ def test_gated_spheromoe_with_hidden_norm(randomize, hidden_norm, mode):
 
 
 @pytest.mark.parametrize("hidden_norm", ["layernorm", "grn"])
-def test_hidden_norm_keeps_images_independent(randomize, hidden_norm):
+def test_hidden_norm_keeps_images_independent(hidden_norm):
     # GRN pools over an expert's slots of one image: a batch must give each image's output alone
     layer = randomize(SpheroMoE(16, 2, 3, slots_per_expert=3, hidden_norm=hidden_norm, noise_std=0.0)).eval()
     x = torch.randn(3, 10, 16)

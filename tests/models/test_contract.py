@@ -14,20 +14,22 @@ from moejet.io.weights import build_from_checkpoint, save_model
 from moejet.layers import SoftMoE, SpheroMoE
 from moejet.models import MODEL_NAMES, moe_modules
 
+from ..helpers.models import TINY_CONVNEXT, TINY_VIT, tiny_moe
+
 IMAGES = (2, 3, 32, 32)
 
 
 @pytest.fixture
-def tiny_kwargs(tiny_vit, tiny_convnext, tiny_moe):
+def tiny_kwargs():
     """``tiny_kwargs(name)``: the kwargs that build ``name`` tiny, with MoE blocks where the model has them."""
 
     def kwargs(name):
         if name == "convnext_femto_d18":
-            return dict(tiny_convnext)
+            return dict(TINY_CONVNEXT)
         if name == "cjetmoe_femto":
             return tiny_moe("convnext")
         if name.startswith("softmoe"):
-            return dict(tiny_vit, moe_layers=(2, 3), num_experts=4)
+            return dict(TINY_VIT, moe_layers=(2, 3), num_experts=4)
         return tiny_moe("vit")
 
     return kwargs

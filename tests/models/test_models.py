@@ -11,6 +11,8 @@ from moejet.analysis.cost import count_macs, count_params, meta_param_count, mod
 from moejet.layers import SoftMoE, SpheroMoE
 from moejet.models import MODEL_NAMES, moe_modules
 
+from ..helpers.models import TINY_CONVNEXT, TINY_VIT, tiny_moe
+
 
 @pytest.mark.parametrize(
     ("name", "kwargs", "paper_millions"),
@@ -30,9 +32,9 @@ def test_param_counts_match_paper_table4(name, kwargs, paper_millions):
     assert meta_param_count(name, **kwargs) / 1e6 == pytest.approx(paper_millions, rel=0.01)
 
 
-def test_every_registered_model_builds_and_runs_tiny(tiny_vit, tiny_convnext):
+def test_every_registered_model_builds_and_runs_tiny():
     for name in MODEL_NAMES:
-        kwargs = dict(tiny_convnext) if "conv" in name or "cjet" in name else dict(tiny_vit)
+        kwargs = dict(TINY_CONVNEXT) if "conv" in name or "cjet" in name else dict(TINY_VIT)
         if name == "cjetmoe_femto":
             kwargs.update(moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
         elif name.startswith("softmoe"):
@@ -74,12 +76,12 @@ def test_softmoe_models_use_full_experts():
     assert not isinstance(model.blocks[5].mlp, (SoftMoE, SpheroMoE))
 
 
-def test_dense_vit_checkpoint_loads_into_vjetmoe(tiny_vit, tmp_path):
-    dense = timm.create_model("vit_tiny_patch16_224", **tiny_vit)
+def test_dense_vit_checkpoint_loads_into_vjetmoe(tmp_path):
+    dense = timm.create_model("vit_tiny_patch16_224", **TINY_VIT)
     path = tmp_path / "vit.pth"
     torch.save(dense.state_dict(), path)
     state = torch.load(path, weights_only=True)
-    moe = timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, moe_layers=(2, 3), core_experts=2, univ_experts=4)
+    moe = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(2, 3), core_experts=2, univ_experts=4)
     result = moe.load_state_dict(state, strict=False)
     assert sorted(result.unexpected_keys) == sorted(
         f"blocks.{i}.mlp.{fc}.{p}" for i in (2, 3) for fc in ("fc1", "fc2") for p in ("weight", "bias")
@@ -92,9 +94,9 @@ def test_dense_vit_checkpoint_loads_into_vjetmoe(tiny_vit, tmp_path):
             assert torch.equal(moe_state[key], value), key
 
 
-def test_convnext_d18_and_cjetmoe_share_dense_keys(tiny_convnext):
-    dense = timm.create_model("convnext_femto_d18", **tiny_convnext)
-    moe = timm.create_model("cjetmoe_femto", **tiny_convnext, moe_layers=(3, 4), core_experts=(0, 0, 2, 2),
+def test_convnext_d18_and_cjetmoe_share_dense_keys():
+    dense = timm.create_model("convnext_femto_d18", **TINY_CONVNEXT)
+    moe = timm.create_model("cjetmoe_femto", **TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2),
                             univ_experts=(0, 0, 4, 4))
     dense_keys = set(dense.state_dict())
     moe_keys = set(moe.state_dict())
@@ -103,8 +105,8 @@ def test_convnext_d18_and_cjetmoe_share_dense_keys(tiny_convnext):
     assert all(k.startswith(moe_mlp) for k in moe_keys - dense_keys)
 
 
-def test_convnext_moe_block_equals_flattened_tokens(tiny_convnext):
-    moe = timm.create_model("cjetmoe_femto", **tiny_convnext, moe_layers=(3,), core_experts=2,
+def test_convnext_moe_block_equals_flattened_tokens():
+    moe = timm.create_model("cjetmoe_femto", **TINY_CONVNEXT, moe_layers=(3,), core_experts=2,
                             univ_experts=4).eval()
     layer = moe.stages[2].blocks[1].mlp
     seen = {}
@@ -115,16 +117,16 @@ def test_convnext_moe_block_equals_flattened_tokens(tiny_convnext):
     torch.testing.assert_close(y, layer(x.flatten(1, 2)).reshape(x.shape))
 
 
-def test_no_weight_decay_lists_router_queries_and_temperatures(tiny_vit):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, moe_layers=(3,), core_experts=2,
+def test_no_weight_decay_lists_router_queries_and_temperatures():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(3,), core_experts=2,
                               univ_experts=4)
     names = model.no_weight_decay()
     assert {"blocks.3.mlp.queries", "blocks.3.mlp.dispatch_temperature", "pos_embed"} <= names
     assert "blocks.3.mlp.core_experts.fc1_weight" not in names
 
 
-def test_timm_kwargs_pass_through(tiny_vit):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **dict(tiny_vit, num_classes=7), global_pool="avg",
+def test_timm_kwargs_pass_through():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **dict(TINY_VIT, num_classes=7), global_pool="avg",
                               drop_path_rate=0.1, moe_layers=(3,), core_experts=2, univ_experts=4, combine="entmax15",
                               key_l2norm=True, expert_drop_rate=0.1)
     assert model.global_pool == "avg" and model.head.out_features == 7
@@ -144,19 +146,19 @@ def test_timm_kwargs_pass_through(tiny_vit):
         ("cjetmoe_femto", dict(moe_layers=(4,), conv_mlp=True), "conv_mlp=False"),
     ],
 )
-def test_bad_model_arguments_raise(tiny_vit, tiny_convnext, name, kwargs, message):
-    base = tiny_convnext if name == "cjetmoe_femto" else tiny_vit
+def test_bad_model_arguments_raise(name, kwargs, message):
+    base = TINY_CONVNEXT if name == "cjetmoe_femto" else TINY_VIT
     with pytest.raises(ValueError, match=message):
         timm.create_model(name, **{**base, **kwargs})
 
 
-def test_macs_split_routing_from_experts(tiny_vit):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, moe_layers=(3,), core_experts=2,
+def test_macs_split_routing_from_experts():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(3,), core_experts=2,
                               univ_experts=4)
     macs, routing = count_macs(model, (3, 32, 32))
     n, slots, d = 17, 6, 32  # 16 patches + cls token
     assert routing == 3 * n * slots * d  # logits, dispatch, combine
-    dense = timm.create_model("vit_tiny_patch16_224", **tiny_vit)
+    dense = timm.create_model("vit_tiny_patch16_224", **TINY_VIT)
     dense_macs, dense_routing = count_macs(dense, (3, 32, 32))
     assert dense_routing == 0
     dense_mlp = n * 2 * d * 4 * d
@@ -164,10 +166,10 @@ def test_macs_split_routing_from_experts(tiny_vit):
     assert macs - routing == dense_macs - dense_mlp + experts
 
 
-def test_recycled_file_loads_through_timm_pretrained_overlay(tiny_vit, tmp_path):
+def test_recycled_file_loads_through_timm_pretrained_overlay(tmp_path):
     from moejet.io.weights import save_model
 
-    kwargs = dict(tiny_vit, moe_layers=(3,), core_experts=2, univ_experts=4)
+    kwargs = dict(TINY_VIT, moe_layers=(3,), core_experts=2, univ_experts=4)
     source = timm.create_model("vjetmoe_tiny_patch16_224", **kwargs)
     save_model(source, tmp_path / "model.safetensors", "vjetmoe_tiny_patch16_224", kwargs)
     loaded = timm.create_model("vjetmoe_tiny_patch16_224", pretrained=True, **kwargs,
@@ -184,7 +186,7 @@ def test_models_command_rejects_unknown_names(capsys):
 
 
 @pytest.mark.parametrize(("name", "family"), [("vjetmoe_tiny_patch16_224", "vit"), ("cjetmoe_femto", "convnext")])
-def test_meta_param_count_is_the_built_models(tiny_moe, name, family):
+def test_meta_param_count_is_the_built_models(name, family):
     kwargs = tiny_moe(family)
     assert meta_param_count(name, **kwargs) == count_params(timm.create_model(name, **kwargs))
 
@@ -200,13 +202,13 @@ def test_models_command_counts_params_and_measures_macs_only_when_asked(capsys):
 
 
 @pytest.mark.parametrize("name", ["vjetmoe_tiny_patch16_224", "cjetmoe_femto"])
-def test_features_only_and_forward_intermediates_run_the_moe_blocks(tiny_vit, tiny_convnext, name, tmp_path):
+def test_features_only_and_forward_intermediates_run_the_moe_blocks(name, tmp_path):
     from moejet.io.weights import save_model
 
     if name == "cjetmoe_femto":
-        kwargs = dict(tiny_convnext, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
+        kwargs = dict(TINY_CONVNEXT, moe_layers=(3, 4), core_experts=(0, 0, 2, 2), univ_experts=(0, 0, 4, 4))
     else:
-        kwargs = dict(tiny_vit, moe_layers=(2, 3), core_experts=2, univ_experts=4)
+        kwargs = dict(TINY_VIT, moe_layers=(2, 3), core_experts=2, univ_experts=4)
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -250,8 +252,8 @@ RELEASE_MODEL = {"key_l2norm": True, "combine": "entmax15", "noise_after_tempera
     ("name", "base"),
     [("vjetmoe_tiny_patch16_224", {}), ("cjetmoe_femto", dict(moe_layers=(4,)))],
 )
-def test_release_variant_flips_every_model_switch_and_explicit_kwargs_win(tiny_vit, tiny_convnext, name, base):
-    base = {**(tiny_vit if name.startswith("vjet") else tiny_convnext), **base}
+def test_release_variant_flips_every_model_switch_and_explicit_kwargs_win(name, base):
+    base = {**(TINY_VIT if name.startswith("vjet") else TINY_CONVNEXT), **base}
     small = dict(base, core_experts=2, univ_experts=4)
     paper = next(iter(moe_modules(timm.create_model(name, **small)).values()))
     release = next(iter(moe_modules(timm.create_model(name, **small, variant="release")).values()))
@@ -262,17 +264,17 @@ def test_release_variant_flips_every_model_switch_and_explicit_kwargs_win(tiny_v
     assert (layer.combine, layer.noise_in_eval, layer.key_l2norm) == ("softmax", False, True)
 
 
-def test_softmoe_models_take_only_the_expert_init_switch(tiny_vit):
-    model = timm.create_model("softmoe_vit_tiny_patch16_224", **tiny_vit, num_experts=3, variant="release")
+def test_softmoe_models_take_only_the_expert_init_switch():
+    model = timm.create_model("softmoe_vit_tiny_patch16_224", **TINY_VIT, num_experts=3, variant="release")
     assert all(m.experts.init == "kaiming_uniform" for m in moe_modules(model).values())
     with pytest.raises(TypeError):
-        timm.create_model("softmoe_vit_tiny_patch16_224", **tiny_vit, num_experts=3, key_l2norm=True)
+        timm.create_model("softmoe_vit_tiny_patch16_224", **TINY_VIT, num_experts=3, key_l2norm=True)
 
 
-def test_model_kwargs_with_switches_round_trip_through_a_model_file(tiny_vit, tmp_path):
+def test_model_kwargs_with_switches_round_trip_through_a_model_file(tmp_path):
     from moejet.io.weights import build_from_checkpoint, save_model
 
-    kwargs = dict(tiny_vit, core_experts=2, univ_experts=4, variant="release",
+    kwargs = dict(TINY_VIT, core_experts=2, univ_experts=4, variant="release",
                   query_norm_eps=1e-6, noise_in_eval=False)
     model = timm.create_model("vjetmoe_tiny_patch16_224", **kwargs)
     save_model(model, tmp_path / "m.safetensors", "vjetmoe_tiny_patch16_224", kwargs)
@@ -283,17 +285,17 @@ def test_model_kwargs_with_switches_round_trip_through_a_model_file(tiny_vit, tm
                                                                                             True)
 
 
-def test_bad_variant_raises(tiny_vit):
+def test_bad_variant_raises():
     with pytest.raises(ValueError, match="variant must be one of paper, release, got 'authors'"):
-        timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, variant="authors")
+        timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, variant="authors")
 
 
 @pytest.mark.parametrize(
     ("name", "base", "depth"),
     [("vjetmoe_tiny_patch16_224", dict(moe_layers=(1, 3)), 4), ("cjetmoe_femto", dict(moe_layers=(2, 4)), 5)],
 )
-def test_moe_drop_path_rate_ramps_over_depth_like_the_release(tiny_vit, tiny_convnext, name, base, depth):
-    base = {**(tiny_vit if name.startswith("vjet") else tiny_convnext), **base}
+def test_moe_drop_path_rate_ramps_over_depth_like_the_release(name, base, depth):
+    base = {**(TINY_VIT if name.startswith("vjet") else TINY_CONVNEXT), **base}
     model = timm.create_model(name, **base, core_experts=2, univ_experts=4, expert_drop_mode="layer",
                               moe_drop_path_rate=0.1)
     layers = list(moe_modules(model).values())

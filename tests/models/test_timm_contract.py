@@ -23,6 +23,8 @@ from moejet.io.hub import load_published, write_folder
 from moejet.io.weights import save_model
 from moejet.models import MODEL_NAMES, moe_modules
 
+from ..helpers.models import TINY_CONVNEXT, TINY_VIT, tiny_moe
+
 IMAGES = (2, 3, 32, 32)
 CLIP_BASE = "vit_base_patch16_clip_224.openai"
 BASES = {"vit": CLIP_BASE, "eva": "eva02_tiny_patch14_224", "convnext": "convnext_atto"}
@@ -35,17 +37,17 @@ FEATURE_CLASSES = {"vit": ("getter", "hook", "fx"), "convnext": ("list", "dict",
 
 
 @pytest.fixture(scope="module")
-def case_kwargs(tiny_vit, tiny_convnext, tiny_moe):
+def case_kwargs():
     """``case_kwargs(case)``: the kwargs that build ``CASES[case]`` tiny."""
 
     def kwargs(case):
         family = "convnext" if "convnext" in case or "cjetmoe" in case else "vit"
         if case == "convnext_femto_d18":
-            return dict(tiny_convnext)
+            return dict(TINY_CONVNEXT)
         if case.startswith("softmoe"):
-            return dict(tiny_vit, moe_layers=(2, 3), num_experts=4)
+            return dict(TINY_VIT, moe_layers=(2, 3), num_experts=4)
         if case == "jetmoe-softmoe":
-            return dict(tiny_vit, base=BASES["vit"], moe_type="soft", moe_layers=(2, 3), num_experts=4)
+            return dict(TINY_VIT, base=BASES["vit"], moe_type="soft", moe_layers=(2, 3), num_experts=4)
         out = tiny_moe(family, variant="release") if case.endswith("release") else tiny_moe(family)
         if case.startswith("jetmoe"):
             out.update(base=BASES[case.split("-")[1]], core_experts=2, univ_experts=4)

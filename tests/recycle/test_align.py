@@ -14,6 +14,8 @@ from moejet.errors import UserError
 from moejet.recycle import OptionError, RecycleOptions, recycle
 from moejet.recycle.load import load_dense_state
 
+from ..helpers.recycling import RECIPE, calib_batches, run_recycle
+
 RIDGE = 1e-3
 
 
@@ -57,15 +59,15 @@ def expert(state, prefix, e, s):
     return F.gelu(s @ w1.t() + b1) @ w2.t() + b2
 
 
-def test_affine_alignment_is_folded_exactly_into_every_expert(recycle_files, recipe, calib_batches):
+def test_affine_alignment_is_folded_exactly_into_every_expert(recycle_files):
     pred = recycle_files["vit"]
-    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches())
+    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
+    args = (pred, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches())
     plain, _ = recycle(*args, RecycleOptions(strategy="importance"), dense_state)
     state, report = recycle(*args, RecycleOptions(strategy="importance", align="affine", align_ridge=RIDGE),
                             dense_state)
     assert report["options"]["align"] == "affine" and report["options"]["align_ridge"] == RIDGE
-    dense = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, embed_dim=32)).eval()
+    dense = timm.create_model("vit_small_patch16_224", **dict(RECIPE.pred_vit, embed_dim=32)).eval()
     dense.load_state_dict(load_file(str(recycle_files["dense_file"])))
     names = [report["moe_blocks"][k]["name"] for k in ("2", "3")]
     p_taps, d_taps = taps(pred, names, calib_batches()), taps(dense, names, calib_batches())
@@ -88,10 +90,10 @@ def test_affine_alignment_is_folded_exactly_into_every_expert(recycle_files, rec
     assert all(torch.equal(plain[k], state[k]) for k in state if "_experts." not in k)
 
 
-def test_align_errors(recycle_files, recipe, calib_batches):
+def test_align_errors(recycle_files):
     pred = recycle_files["vit"]
-    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
+    args = (pred, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
     align = RecycleOptions(strategy="uniform", align="affine")
     with pytest.raises(OptionError, match="pass --dense-checkpoint"):
         recycle(*args, calib_batches(), align)
@@ -102,12 +104,12 @@ def test_align_errors(recycle_files, recipe, calib_batches):
     with pytest.raises(OptionError, match="align_ridge = -1.0 is invalid"):
         recycle(*args, calib_batches(), replace(align, align_ridge=-1.0), dense_state)
     torch.manual_seed(0)
-    fine = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, patch_size=4)).eval()  # 64 patches
+    fine = timm.create_model("vit_small_patch16_224", **dict(RECIPE.pred_vit, patch_size=4)).eval()  # 64 patches
     with pytest.raises(UserError, match="same patch grid"):
         recycle(fine, *args[1:], calib_batches(), align, dense_state)
 
 
-def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path, capsys):
+def test_align_flags_are_recorded(recycle_files, tmp_path, capsys):
     assert run_recycle(recycle_files, tmp_path / "out", "vit", "uniform",
                        extra=["--dense-checkpoint", str(recycle_files["dense_file"]), "--align", "affine",
                               "--align-ridge", "0.01", "--mixed", "univ_upcycled"]) == 0
@@ -117,9 +119,9 @@ def test_align_flags_are_recorded(run_recycle, recycle_files, tmp_path, capsys):
     assert set(report["align"]["blocks"]) == {"2", "3"} and report["align"]["blocks"]["2"]["tokens"] == 12 * 17
 
 
-def test_align_leaves_a_bank_upcycled_from_the_dense_mlp_as_it_is(recycle_files, recipe, calib_batches):
-    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
-    args = (recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches())
+def test_align_leaves_a_bank_upcycled_from_the_dense_mlp_as_it_is(recycle_files):
+    dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
+    args = (recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches())
     mixed = RecycleOptions(strategy="uniform", mixed="univ_upcycled")
     plain, _ = recycle(*args, mixed, dense_state)
     state, report = recycle(*args, replace(mixed, align="affine"), dense_state)

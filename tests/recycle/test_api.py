@@ -11,14 +11,16 @@ import torch
 import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import OptionError, RecycleOptions, recycle
 
+from ..helpers.recycling import RECIPE
 
-def test_variant_sets_every_switch_and_explicit_values_win(recipe, recycle_files):
-    _, paper = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+
+def test_variant_sets_every_switch_and_explicit_values_win(recycle_files):
+    _, paper = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                        RecycleOptions(strategy="uniform"))
     assert paper["variant"] == "paper" and paper["switches"] == {
         "importance_metric": "mean_abs", "expert_channels": "shared", "uniform_rule": "shared",
         "query_norm": "inherit", "univ_mode": "draw", "final_norm": "copy"}
-    _, release = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+    _, release = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                          RecycleOptions(strategy="uniform", variant="release", query_norm="inherit"))
     assert release["switches"] == {  # query_norm: the explicit value wins over the variant's "fresh"
         "importance_metric": "l2", "expert_channels": "per_expert", "uniform_rule": "linspace",

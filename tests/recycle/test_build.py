@@ -12,6 +12,8 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.io.weights import build_from_checkpoint
 from moejet.recycle import RecycleOptions, recycle
 
+from ..helpers.recycling import RECIPE, calib_batches, check_experts, run_recycle
+
 STRATEGIES = ("importance", "graph", "uniform", "random", "upcycle")
 
 
@@ -33,11 +35,10 @@ def expected_indices(strategy, n, core, univ):
 
 @pytest.mark.parametrize("family", ["vit", "cnx"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_strategy_gives_predecessor_slices(recycle_files, recipe, run_recycle, check_experts, tmp_path, capsys,
-                                                 family, strategy):
+def test_every_strategy_gives_predecessor_slices(recycle_files, tmp_path, capsys, family, strategy):
     if strategy == "upcycle":  # the same width as the predecessor, universal experts as wide as the core ones
-        succ = (dict(recipe.succ_vit, embed_dim=64, univ_factor=1.0) if family == "vit"
-                else dict(recipe.succ_cnx, dims=(16, 32, 64, 128), univ_factor=1.0))
+        succ = (dict(RECIPE.succ_vit, embed_dim=64, univ_factor=1.0) if family == "vit"
+                else dict(RECIPE.succ_cnx, dims=(16, 32, 64, 128), univ_factor=1.0))
     else:
         succ = None
     assert run_recycle(recycle_files, tmp_path / "out", family, strategy, succ,
@@ -58,13 +59,13 @@ def test_every_strategy_gives_predecessor_slices(recycle_files, recipe, run_recy
         assert "recycled vit_small_patch16_224 -> vjetmoe_tiny_patch16_224" in capsys.readouterr().out
 
 
-def test_dense_part_is_selected_with_one_channel_set(run_recycle, recipe, recycle_files, tmp_path):
+def test_dense_part_is_selected_with_one_channel_set(recycle_files, tmp_path):
     """Without a dense checkpoint every dense weight is the predecessor's at the same channel indices."""
     assert run_recycle(recycle_files, tmp_path / "out", strategy="importance", extra=["--quiet"]) == 0
     model, _, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     c = torch.tensor(report["channel_indices"][0])
-    assert c.tolist() == recipe.hot_channels  # Eq. 4: the top channels of the importance averaged over layers
+    assert c.tolist() == RECIPE.hot_channels  # Eq. 4: the top channels of the importance averaged over layers
     assert report["head_indices"] == {"heads": [0, 1], "head_channels": list(range(0, 32, 2))}
     attn = torch.tensor([h * 32 + j for h in (0, 1) for j in range(0, 32, 2)])
     qkv = torch.cat([attn, attn + 64, attn + 128])
@@ -86,17 +87,17 @@ def test_dense_part_is_selected_with_one_channel_set(run_recycle, recipe, recycl
             assert torch.equal(s[b + "mlp.query_norm.weight"], s[b + "norm2.weight"])
 
 
-def test_upcycle_fills_the_default_dual_path_architecture(recipe, calib_batches, recycle_files):
+def test_upcycle_fills_the_default_dual_path_architecture(recycle_files):
     """Sparse Upcycling onto the same architecture as importance recycling: core experts are the whole dense MLP;
     universal expert e is every 4th neuron from offset e mod 4, so 4 consecutive experts partition the MLP."""
     torch.manual_seed(1)
-    same_width = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, embed_dim=32)).eval()
-    up, up_report = recycle(same_width, "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+    same_width = timm.create_model("vit_small_patch16_224", **dict(RECIPE.pred_vit, embed_dim=32)).eval()
+    up, up_report = recycle(same_width, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                             RecycleOptions(strategy="upcycle"))
-    rec, _ = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+    rec, _ = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                      RecycleOptions(strategy="importance"))
     assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in rec.items()}
-    assert up_report["successor"]["kwargs"] == recipe.succ_vit
+    assert up_report["successor"]["kwargs"] == RECIPE.succ_vit
     p = same_width.state_dict()
     for block in ("blocks.2", "blocks.3"):
         w1, b1 = p[f"{block}.mlp.fc1.weight"], p[f"{block}.mlp.fc1.bias"]
@@ -115,10 +116,9 @@ def test_upcycle_fills_the_default_dual_path_architecture(recipe, calib_batches,
 
 @pytest.mark.parametrize("final_norm", ["copy", "fresh"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_avg_pooled_successor_takes_the_final_norm_into_fc_norm(run_recycle, recipe, recycle_files, tmp_path,
-                                                                final_norm, dense):
+def test_avg_pooled_successor_takes_the_final_norm_into_fc_norm(recycle_files, tmp_path, final_norm, dense):
     """A token-pooled source (final ``norm``) into a global_pool='avg' successor (``fc_norm``, norm = Identity)."""
-    succ = dict(recipe.succ_vit, global_pool="avg")
+    succ = dict(RECIPE.succ_vit, global_pool="avg")
     extra = ["--final-norm", final_norm, "--quiet"]
     extra += ["--dense-checkpoint", str(recycle_files["dense_file"])] if dense else []
     assert run_recycle(recycle_files, tmp_path / "out", succ=succ, extra=extra) == 0
@@ -141,12 +141,11 @@ def test_avg_pooled_successor_takes_the_final_norm_into_fc_norm(run_recycle, rec
 
 
 @pytest.mark.parametrize("strategy", ["importance", "random", "uniform"])
-def test_per_expert_channels_reproduce_the_expert_weights(recipe, calib_batches, recycle_files, check_experts,
-                                                          strategy):
+def test_per_expert_channels_reproduce_the_expert_weights(recycle_files, strategy):
     """Release: expert e reads/writes its own channels c_e: W1[idx][:, c_e], W2[c_e][:, idx], b2[c_e]; the
     residual stream (norms, attention) keeps the shared channel set."""
     pred = recycle_files["vit"]
-    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                             RecycleOptions(strategy=strategy, expert_channels="per_expert"))
     p = pred.state_dict()
     c = torch.tensor(report["channel_indices"][0])
@@ -172,7 +171,7 @@ def test_per_expert_channels_reproduce_the_expert_weights(recipe, calib_batches,
     assert (len(distinct) == 1) == (strategy == "uniform")
     if strategy == "importance":  # ConvNeXt (1x1-conv MLPs, per-stage channels) under the release variant
         cnx = recycle_files["cnx"]
-        state, report = recycle(cnx, "cjetmoe_femto", recipe.succ_cnx, [x[:, :, :32, :32] for x in calib_batches()],
+        state, report = recycle(cnx, "cjetmoe_femto", RECIPE.succ_cnx, [x[:, :, :32, :32] for x in calib_batches()],
                                 RecycleOptions(strategy=strategy, variant="release"))
         p = cnx.state_dict()
         w1 = p["stages.2.blocks.1.mlp.fc1.weight"].flatten(1)
@@ -180,14 +179,13 @@ def test_per_expert_channels_reproduce_the_expert_weights(recipe, calib_batches,
         assert len(ch) == 32 and torch.equal(state["stages.2.blocks.1.mlp.univ_experts.fc1_weight"][1], w1[idx][:, ch])
         check_experts(SimpleNamespace(state_dict=lambda: state), cnx, report)
     if strategy == "importance":  # sampled ∝ importance: the hot channels dominate
-        hot = sum(len(set(ch) & set(recipe.hot_channels)) for ch in distinct) / len(distinct)
+        hot = sum(len(set(ch) & set(RECIPE.hot_channels)) for ch in distinct) / len(distinct)
         assert hot > 20
 
 
 @pytest.mark.parametrize("family", ["vit", "cnx"])
-def test_dense_successor_from_same_width_predecessor_reproduces_logits(run_recycle, recipe, calib_batches,
-                                                                       recycle_files, tmp_path, family):
-    succ = dict(recipe.pred_vit, moe_layers=()) if family == "vit" else dict(recipe.pred_cnx, moe_layers=())
+def test_dense_successor_from_same_width_predecessor_reproduces_logits(recycle_files, tmp_path, family):
+    succ = dict(RECIPE.pred_vit, moe_layers=()) if family == "vit" else dict(RECIPE.pred_cnx, moe_layers=())
     assert run_recycle(recycle_files, tmp_path / "out", family, succ=succ, extra=["--quiet"]) == 0
     model, _, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
     x = calib_batches()[0]

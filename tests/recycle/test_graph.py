@@ -6,9 +6,11 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import RecycleOptions, recycle
 from moejet.recycle.graph import balance, part_size
 
+from ..helpers.recycling import RECIPE, calib_batches
 
-def test_graph_experts_are_unions_of_metis_parts(recipe, calib_batches, recycle_files):
-    _, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+
+def test_graph_experts_are_unions_of_metis_parts(recycle_files):
+    _, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                         RecycleOptions(strategy="graph", graph_parts=32))
     for key, paths in report["neuron_indices"].items():
         graph = report["moe_blocks"][key]["graph"]

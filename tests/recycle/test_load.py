@@ -11,8 +11,10 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.cli import main
 from moejet.io.weights import build_from_checkpoint, save_model
 
+from ..helpers.recycling import RECIPE, args_of, check_experts, make_predecessor, run_recycle
 
-def test_dense_checkpoint_supplies_the_non_moe_weights(run_recycle, check_experts, recycle_files, tmp_path):
+
+def test_dense_checkpoint_supplies_the_non_moe_weights(recycle_files, tmp_path):
     assert run_recycle(recycle_files, tmp_path / "out",
                        extra=["--dense-checkpoint", str(recycle_files["dense_file"]), "--quiet"]) == 0
     model, _, _ = build_from_checkpoint(tmp_path / "out" / "model.safetensors")
@@ -24,8 +26,7 @@ def test_dense_checkpoint_supplies_the_non_moe_weights(run_recycle, check_expert
     check_experts(model, recycle_files["vit"], report)
 
 
-def test_vjetmoe_s_experts_from_the_larger_predecessor(recipe, check_experts, make_predecessor, args_of, recycle_files,
-                                                       tmp_path):
+def test_vjetmoe_s_experts_from_the_larger_predecessor(recycle_files, tmp_path):
     """V-JetMoE-S ratios at tiny scale: experts from a B-like predecessor (64 ch, 4 heads, hidden 256), dense part
     from an S-like checkpoint (32 ch, 2 heads): channels 64 -> 32, hidden 256 -> core 128 / universal 32."""
     b_like = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
@@ -46,7 +47,7 @@ def test_vjetmoe_s_experts_from_the_larger_predecessor(recipe, check_experts, ma
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert name == "vjetmoe_small_patch16_224" and report["predecessor"]["dims"] == [64]
     assert report["moe_blocks"]["2"]["experts"] == {"core": [3, 128], "univ": [6, 32]}
-    assert report["channel_indices"][0] == recipe.hot_channels
+    assert report["channel_indices"][0] == RECIPE.hot_channels
     dense = load_file(str(tmp_path / "s.safetensors"))
     for key, value in model.state_dict().items():
         if not key.startswith(("blocks.2.mlp.", "blocks.3.mlp.")):
@@ -57,27 +58,27 @@ def test_vjetmoe_s_experts_from_the_larger_predecessor(recipe, check_experts, ma
 
 
 @pytest.fixture
-def header_cli(recipe, args_of):
+def header_cli():
     """``header_cli(out, pred_args)``: ``moejet recycle`` into the tiny successor with only ``pred_args`` naming the
     predecessor."""
 
     def run(out, pred_args):
-        return main(["recycle", *pred_args, "--successor", "vjetmoe_tiny_patch16_224", *args_of(recipe.succ_vit),
+        return main(["recycle", *pred_args, "--successor", "vjetmoe_tiny_patch16_224", *args_of(RECIPE.succ_vit),
                      "--calib-data", "synthetic:size=32", "--calib-images", "12", "--batch-size", "6", "--workers",
                      "0", "--device", "cpu", "--quiet", "--out", str(out)])
 
     return run
 
 
-def test_moejet_files_name_their_model(header_cli, run_recycle, recipe, recycle_files, tmp_path, capsys):
+def test_moejet_files_name_their_model(header_cli, recycle_files, tmp_path, capsys):
     """A moejet safetensors predecessor needs no --predecessor / --predecessor-arg; explicit args win; a moejet
     dense checkpoint is rebuilt from its header."""
-    pred_kwargs = dict(recipe.pred_vit, drop_path_rate=0.0)
+    pred_kwargs = dict(RECIPE.pred_vit, drop_path_rate=0.0)
     save_model(recycle_files["vit"], tmp_path / "pred.safetensors", "vit_small_patch16_224", pred_kwargs)
     torch.manual_seed(1)
-    dense = timm.create_model("vit_small_patch16_224", **dict(recipe.pred_vit, embed_dim=32, num_classes=7))
+    dense = timm.create_model("vit_small_patch16_224", **dict(RECIPE.pred_vit, embed_dim=32, num_classes=7))
     save_model(dense, tmp_path / "dense.safetensors", "vit_small_patch16_224",
-               dict(recipe.pred_vit, embed_dim=32, num_classes=7))
+               dict(RECIPE.pred_vit, embed_dim=32, num_classes=7))
     assert run_recycle(recycle_files, tmp_path / "plain", extra=["--quiet"]) == 0
     pred = ["--predecessor-checkpoint", str(tmp_path / "pred.safetensors")]
     assert header_cli(tmp_path / "header", pred + ["--predecessor-arg", "drop_path_rate=0.1"]) == 0
@@ -110,7 +111,7 @@ def test_moejet_files_name_their_model(header_cli, run_recycle, recipe, recycle_
 
 
 def test_more_calibration_images_than_the_data_has_is_one_warning_line_recorded_in_the_report(
-        run_recycle, recycle_files, tmp_path, capsys):
+        recycle_files, tmp_path, capsys):
     data = "synthetic:size=32,classes=3,per_class=4"  # 12 training images
     assert run_recycle(recycle_files, tmp_path / "out", extra=["--calib-data", data, "--calib-images", "20",
                                                                "--quiet"]) == 0

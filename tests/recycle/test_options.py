@@ -11,6 +11,8 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import OptionError, RecycleOptions, recycle
 from moejet.recycle.load import load_dense_state
 
+from ..helpers.recycling import RECIPE, calib_batches, run_recycle
+
 PRED = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2, num_classes=10)
 UPCYCLED = dict(PRED, moe_layers=(2, 3), core_experts=3, univ_experts=6, univ_factor=1.0)  # experts of 256 neurons
 PATHS = (("core", "core_experts"), ("univ", "univ_experts"))
@@ -112,8 +114,8 @@ def test_bad_drop_ratio_is_one_line(options, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
-def test_drop_ratio_flag_is_recorded(run_recycle, recycle_files, recipe, tmp_path):
-    succ = dict(recipe.succ_vit, embed_dim=64, univ_factor=1.0)
+def test_drop_ratio_flag_is_recorded(recycle_files, tmp_path):
+    succ = dict(RECIPE.succ_vit, embed_dim=64, univ_factor=1.0)
     assert run_recycle(recycle_files, tmp_path / "out", "vit", "upcycle", succ,
                        extra=["--quiet", "--drop-ratio", "0.5"]) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
@@ -141,10 +143,10 @@ def assert_bank(state, prefix, idx, channels, mlp):
 
 @pytest.mark.parametrize("mixed", ["core_upcycled", "univ_upcycled"])
 @pytest.mark.parametrize("strategy", ["importance", "random"])
-def test_mixed_sources_take_one_bank_from_the_dense_checkpoint(recycle_files, recipe, calib_batches, mixed, strategy):
-    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+def test_mixed_sources_take_one_bank_from_the_dense_checkpoint(recycle_files, mixed, strategy):
+    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
     calib = calib_batches() if strategy == "importance" else None
-    state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib,
+    state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib,
                             RecycleOptions(strategy=strategy, mixed=mixed), dense_state=dense)
     up, other = ("core", "univ") if mixed == "core_upcycled" else ("univ", "core")
     attrs = {"core": "core_experts", "univ": "univ_experts"}
@@ -165,18 +167,18 @@ def test_mixed_sources_take_one_bank_from_the_dense_checkpoint(recycle_files, re
     assert torch.equal(state["blocks.0.mlp.fc1.weight"], dense["blocks.0.mlp.fc1.weight"])  # the dense part
 
 
-def test_mixed_flag_and_its_errors(run_recycle, recycle_files, recipe, tmp_path):
+def test_mixed_flag_and_its_errors(recycle_files, tmp_path):
     dense = ["--dense-checkpoint", str(recycle_files["dense_file"])]
     assert run_recycle(recycle_files, tmp_path / "out", "vit", "uniform",
                        extra=["--quiet", "--mixed", "univ_upcycled", *dense]) == 0
     report = json.loads((tmp_path / "out" / "recycle.json").read_text())
     assert report["mixed"]["upcycled_path"] == "univ" and report["options"]["mixed"] == "univ_upcycled"
     with pytest.raises(OptionError, match="pass --dense-checkpoint"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                 RecycleOptions(strategy="uniform", mixed="core_upcycled"))
     with pytest.raises(OptionError, match="use one of none, core_upcycled, univ_upcycled"):
         RecycleOptions(strategy="uniform", mixed="both").check()
-    succ = dict(recipe.succ_vit, core_experts=0)
+    succ = dict(RECIPE.succ_vit, core_experts=0)
     dense_state = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", succ)
     with pytest.raises(OptionError, match="block 2 has no core experts"):
         recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", succ, None,
@@ -212,9 +214,9 @@ def norm2_tokens(model, names, batches):
     return {n: torch.cat(v) for n, v in seen.items()}
 
 
-def test_kmeans_router_queries_are_the_reference_centroids(recycle_files, recipe, calib_batches):
+def test_kmeans_router_queries_are_the_reference_centroids(recycle_files):
     pred = recycle_files["vit"]
-    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+    state, report = recycle(pred, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                             RecycleOptions(strategy="uniform", seed=5, router_init="kmeans"))
     info = report["router_init"]
     assert report["options"]["router_init"] == "kmeans" and info["iterations"] == 20
@@ -230,26 +232,26 @@ def test_kmeans_router_queries_are_the_reference_centroids(recycle_files, recipe
         assert block["tokens"] == 3 * 6 * 17 and block["slots"] == queries.shape[0]
         assert block["mean_cosine"] == pytest.approx(fit) and 0 < block["query_alignment"] <= 1 + 1e-9
         assert f"{name}.mlp.queries" not in report["fresh_keys"]
-    fresh, plain = recycle(pred, "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+    fresh, plain = recycle(pred, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                            RecycleOptions(strategy="uniform", seed=5))
     assert plain["router_init"] is None and f"{names[0]}.mlp.queries" in plain["fresh_keys"]
     assert all(torch.equal(fresh[k], state[k]) for k in state if not k.endswith(".queries"))
 
 
-def test_kmeans_router_on_convnext_and_its_errors(recycle_files, recipe, calib_batches, run_recycle, tmp_path):
+def test_kmeans_router_on_convnext_and_its_errors(recycle_files, tmp_path):
     batches = [x[:, :, :32, :32] for x in calib_batches()]
-    state, report = recycle(recycle_files["cnx"], "cjetmoe_femto", recipe.succ_cnx, batches,
+    state, report = recycle(recycle_files["cnx"], "cjetmoe_femto", RECIPE.succ_cnx, batches,
                             RecycleOptions(strategy="importance", router_init="kmeans"))
     for key, positions in (("3", 4), ("4", 1)):  # 18 images of 32 px: 2x2 positions in stage 2, 1x1 in stage 3
         q = state[f"{report['moe_blocks'][key]['name']}.mlp.queries"]
         assert torch.allclose(q.norm(dim=1), torch.ones(q.shape[0]), atol=1e-5)
         assert report["router_init"]["blocks"][key]["tokens"] == 18 * positions
     with pytest.raises(OptionError, match="pass calibration data"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                 RecycleOptions(strategy="uniform", router_init="kmeans"))
-    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", recipe.succ_vit)
+    dense = load_dense_state(recycle_files["dense_file"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit)
     with pytest.raises(OptionError, match="drop --dense-checkpoint"):
-        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, calib_batches(),
+        recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, calib_batches(),
                 RecycleOptions(strategy="uniform", router_init="kmeans"), dense_state=dense)
     with pytest.raises(OptionError, match="use one of fresh, kmeans"):
         RecycleOptions(strategy="uniform", router_init="spectral").check()

@@ -4,8 +4,10 @@ import json
 
 import moejet  # noqa: F401  (registers the models)
 
+from ..helpers.recycling import run_recycle
 
-def test_same_seed_is_byte_identical_and_another_seed_differs(run_recycle, recycle_files, tmp_path):
+
+def test_same_seed_is_byte_identical_and_another_seed_differs(recycle_files, tmp_path):
     for out, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert run_recycle(recycle_files, tmp_path / out, seed=seed, extra=["--quiet"]) == 0
     read = lambda out: (tmp_path / out / "model.safetensors").read_bytes()

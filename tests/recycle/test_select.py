@@ -8,13 +8,15 @@ import moejet  # noqa: F401  (registers the models)
 from moejet.recycle import RecycleOptions, collect_stats, recycle
 from moejet.recycle.layout import blocks
 
+from ..helpers.recycling import RECIPE, calib_batches, check_experts
 
-def test_importance_picks_more_important_neurons_than_random(recipe, calib_batches, recycle_files):
+
+def test_importance_picks_more_important_neurons_than_random(recycle_files):
     model, loader = recycle_files["vit"], calib_batches()
     stats = collect_stats(model, blocks(model), loader, torch.device("cpu"))
     means = {}
     for strategy in ("importance", "random"):
-        _, report = recycle(model, "vjetmoe_tiny_patch16_224", recipe.succ_vit, loader,
+        _, report = recycle(model, "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, loader,
                             RecycleOptions(strategy=strategy))
         means[strategy] = torch.stack([
             stats.neuron[f"blocks.{k}"][torch.tensor(sum(p["core"] + p["univ"], []))].mean()
@@ -22,7 +24,7 @@ def test_importance_picks_more_important_neurons_than_random(recipe, calib_batch
     assert means["importance"] > 1.2 * means["random"]
 
 
-def test_uniform_rules_and_universal_modes(recipe, recycle_files, check_experts):
+def test_uniform_rules_and_universal_modes(recycle_files):
     """shared (Eq. 7): one floor(i*h/k) set for every expert; linspace (release): round(linspace(0, h-1, k));
     subselect: the same linspace positions of each core-sized draw. Checked on the indices the weights hold."""
     floor = lambda n, k: [i * n // k for i in range(k)]
@@ -34,7 +36,7 @@ def test_uniform_rules_and_universal_modes(recipe, recycle_files, check_experts)
         ("linspace", "subselect"): ([lin(256, 128)] * 3, [[lin(256, 128)[j] for j in lin(128, 32)]] * 6),
     }
     for (rule, mode), (core, univ) in cases.items():
-        state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", recipe.succ_vit, None,
+        state, report = recycle(recycle_files["vit"], "vjetmoe_tiny_patch16_224", RECIPE.succ_vit, None,
                                 RecycleOptions(strategy="uniform", univ_mode=mode, uniform_rule=rule))
         assert report["switches"]["uniform_rule"] == rule and report["switches"]["univ_mode"] == mode
         recovered = check_experts(SimpleNamespace(state_dict=lambda state=state: state), recycle_files["vit"], report)

@@ -8,6 +8,8 @@ from moejet.recycle import collect_stats
 from moejet.recycle.layout import blocks
 from moejet.recycle.stats import percentile_threshold
 
+from ..helpers.recycling import calib_batches
+
 
 def mlp_inputs_and_activations(model, block, loader):
     """``{"in": [norm2 outputs], "act": [MLP activations]}`` of ViT block ``block``, one per batch of ``loader``."""
@@ -22,7 +24,7 @@ def mlp_inputs_and_activations(model, block, loader):
     return seen
 
 
-def test_stats_match_a_reference_computation(calib_batches, recycle_files):
+def test_stats_match_a_reference_computation(recycle_files):
     model, loader = recycle_files["vit"], calib_batches()
     bl = blocks(model)
     stats = collect_stats(model, bl, loader, torch.device("cpu"), coact_blocks=["blocks.3"], percentile=90.0)
@@ -38,7 +40,7 @@ def test_stats_match_a_reference_computation(calib_batches, recycle_files):
     assert set(stats.coact) == {"blocks.3"} and stats.images == 18
 
 
-def test_l2_metric_matches_the_release_computation(calib_batches, recycle_files):
+def test_l2_metric_matches_the_release_computation(recycle_files):
     """Per batch ||a||_2 over (images, tokens), not squared, averaged over batches (release feature_analysis)."""
     model, loader = recycle_files["vit"], calib_batches()
     stats = collect_stats(model, blocks(model), loader, torch.device("cpu"), metric="l2")

@@ -5,8 +5,10 @@ from safetensors.torch import load_file
 from moejet.train import train
 from moejet.train.checkpointing import BackgroundWriter, host_copy, read_pointer
 
+from ..helpers.runs import comparable, tiny_config
 
-def test_a_background_saved_run_equals_a_foreground_one(tiny_config, comparable, tmp_path, monkeypatch):
+
+def test_a_background_saved_run_equals_a_foreground_one(tmp_path, monkeypatch):
     threads = []
     real_submit = BackgroundWriter.submit
     monkeypatch.setattr(BackgroundWriter, "submit",

@@ -11,13 +11,16 @@ from moejet.errors import UserError
 from moejet.io.weights import save_model
 from moejet.train import build
 
+from ..helpers.models import tiny_moe
+from ..helpers.runs import TRAIN_VIT, tiny_config
+
 # ------------------------------------------------------------------------------------------ model init
 
 
-def test_init_checkpoint_reinitialises_only_a_mismatched_head(train_vit, tiny_config, tmp_path):
-    source = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=10, **train_vit)
+def test_init_checkpoint_reinitialises_only_a_mismatched_head(tmp_path):
+    source = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=10, **TRAIN_VIT)
     save_model(source, tmp_path / "recycled.safetensors", "vjetmoe_tiny_patch16_224",
-               {"img_size": 32, "num_classes": 10, **train_vit})
+               {"img_size": 32, "num_classes": 10, **TRAIN_VIT})
     # header kwargs are the defaults: the config only names the file
     config = tiny_config(model={"kwargs": {}, "init": "checkpoint",
                                 "init_checkpoint": str(tmp_path / "recycled.safetensors")})
@@ -35,7 +38,7 @@ def test_init_checkpoint_reinitialises_only_a_mismatched_head(train_vit, tiny_co
         build.build_model(wrong, num_classes=4)
 
 
-def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tiny_config, tmp_path):
+def test_init_from_dense_timm_checkpoint_and_offline_pretrained(tmp_path):
     dense_kwargs = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
     dense = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=1000, **dense_kwargs)
     torch.save({"model": dense.state_dict()}, tmp_path / "dense.pth")
@@ -84,11 +87,11 @@ def optimizer_table(optimizer, model):
             for p in g["params"]}
 
 
-def test_optimizer_groups_reproduce_the_release_per_parameter(train_vit, tiny_config):
+def test_optimizer_groups_reproduce_the_release_per_parameter():
     config = tiny_config(optim={"layer_decay": 0.5, "weight_decay": 0.05})
-    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **train_vit)
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TRAIN_VIT)
     table = optimizer_table(build.build_optimizer(config, model), model)
-    expected = release_table(model, train_vit["depth"], train_vit["moe_layers"], 0.5, 0.05)
+    expected = release_table(model, TRAIN_VIT["depth"], TRAIN_VIT["moe_layers"], 0.5, 0.05)
     assert table.keys() == expected.keys()
     for name, value in expected.items():
         assert table[name] == pytest.approx(value), name
@@ -104,8 +107,8 @@ def test_optimizer_groups_reproduce_the_release_per_parameter(train_vit, tiny_co
         0.5, 0.05)
 
 
-def test_no_layer_decay_means_every_lr_scale_is_one_and_no_decay_groups_hold(train_vit, tiny_config):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **train_vit)
+def test_no_layer_decay_means_every_lr_scale_is_one_and_no_decay_groups_hold():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TRAIN_VIT)
     optimizer = build.build_optimizer(tiny_config(optim={"layer_decay": None, "weight_decay": 0.05}), model)
     table = optimizer_table(optimizer, model)
     assert {scale for scale, _ in table.values()} == {1.0}
@@ -118,8 +121,8 @@ def test_no_layer_decay_means_every_lr_scale_is_one_and_no_decay_groups_hold(tra
         assert table[name][1] == 0.05, name
 
 
-def test_layer_decay_scales_the_scheduled_lr(train_vit, tiny_config):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **train_vit)
+def test_layer_decay_scales_the_scheduled_lr():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", img_size=32, num_classes=4, **TRAIN_VIT)
     config = tiny_config(optim={"layer_decay": 0.5})
     optimizer = build.build_optimizer(config, model)
     scheduler = build.build_scheduler(config, optimizer, steps_per_epoch=4)
@@ -128,11 +131,11 @@ def test_layer_decay_scales_the_scheduled_lr(train_vit, tiny_config):
     assert lrs[0.5 ** 5] == pytest.approx(lrs[1.0] * 0.5 ** 5)
 
 
-def test_eval_transform_is_resize_256_centre_crop_224_and_global_pool_reaches_the_model(train_vit, tiny_config):
+def test_eval_transform_is_resize_256_centre_crop_224_and_global_pool_reaches_the_model():
     from torchvision import transforms as T
 
     config = tiny_config(data={"img_size": 224, "crop_pct": 0.875},
-                         model={"kwargs": {**train_vit, "patch_size": 16, "global_pool": "avg"}})
+                         model={"kwargs": {**TRAIN_VIT, "patch_size": 16, "global_pool": "avg"}})
     name, kwargs = build.model_kwargs(config, 4)
     model = build.create_model(name, kwargs, pretrained=False)
     assert kwargs["global_pool"] == "avg" and model.global_pool == "avg"
@@ -143,7 +146,7 @@ def test_eval_transform_is_resize_256_centre_crop_224_and_global_pool_reaches_th
     assert val(image).shape == (3, 224, 224)
 
 
-def test_config_variant_sets_the_moe_model_switches(tiny_config):
+def test_config_variant_sets_the_moe_model_switches():
     expected = {"paper": (False, "softmax", False, False), "release": (True, "entmax15", True, True)}
     for variant, values in expected.items():
         name, kwargs = build.model_kwargs(tiny_config(variant=variant), 4)
@@ -174,9 +177,8 @@ def _grads(model, images, labels, seed):
     ("vjetmoe_tiny_patch16_224", "blocks.3.mlp"),
     ("cjetmoe_femto", "stages.3.blocks.0.mlp"),
 ])
-def test_grad_checkpointing_recomputes_moe_blocks_to_the_same_gradients(train_vit, tiny_moe, name, moe_block,
-                                                                        randomness):
-    kwargs = {**train_vit, "img_size": 32} if name.startswith("vjet") else tiny_moe("convnext", num_classes=5)
+def test_grad_checkpointing_recomputes_moe_blocks_to_the_same_gradients(name, moe_block, randomness):
+    kwargs = {**TRAIN_VIT, "img_size": 32} if name.startswith("vjet") else tiny_moe("convnext", num_classes=5)
     torch.manual_seed(0)
     model = timm.create_model(name, **{"num_classes": 5, **kwargs}, **randomness).train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])

@@ -18,6 +18,9 @@ from moejet.analysis.routing import capture_routing
 from moejet.train import train
 from moejet.train.telemetry import routing_telemetry
 
+from ..helpers.models import tiny_moe
+from ..helpers.runs import comparable, tiny_config
+
 
 @pytest.fixture
 def traced(monkeypatch):
@@ -29,7 +32,7 @@ def traced(monkeypatch):
     torch._dynamo.reset()
 
 
-def test_a_compiled_run_traces_everything_without_a_graph_break(tiny_config, comparable, traced, tmp_path):
+def test_a_compiled_run_traces_everything_without_a_graph_break(traced, tmp_path):
     sections = dict(variant="release", train={"ema": True, "ema_decay": 0.9, "telemetry_images": 8})
     eager = train(tiny_config(**sections), tmp_path / "eager", progress=False, verbose=False)
     compiled = train(tiny_config(**{**sections, "train": {**sections["train"], "compile": True}}),
@@ -47,7 +50,7 @@ def test_a_compiled_run_traces_everything_without_a_graph_break(tiny_config, com
 
 
 @pytest.mark.parametrize("family", ["vit", "convnext"])
-def test_telemetry_of_a_compiled_model_equals_the_eager_one(family, tiny_moe, traced):
+def test_telemetry_of_a_compiled_model_equals_the_eager_one(family, traced):
     name = "vjetmoe_tiny_patch16_224" if family == "vit" else "cjetmoe_femto"
     kwargs = tiny_moe(family, variant="release")
     torch.manual_seed(0)

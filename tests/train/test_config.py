@@ -7,10 +7,12 @@ from moejet.cli import main
 from moejet.errors import UserError
 from moejet.train.config import Config, batch_plan, config_changes, dump_config, load_config
 
+from ..helpers.runs import tiny_config, tiny_config_dict, write_config
+
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def test_batch_plan_reaches_the_global_batch(tiny_config):
+def test_batch_plan_reaches_the_global_batch():
     config = tiny_config(train={"batch_size": 512, "micro_batch_size": 64})
     assert batch_plan(config, 1) == (64, 8) and batch_plan(config, 4) == (64, 2)
     assert batch_plan(tiny_config(train={"batch_size": 512}), 4) == (128, 1)
@@ -21,7 +23,7 @@ def test_batch_plan_reaches_the_global_batch(tiny_config):
     assert config.lr == 2e-3 and tiny_config(optim={"lr": None}, train={"batch_size": 512}).lr == 4e-3 * 512 / 4096
 
 
-def test_a_config_written_as_its_changes_reads_back_as_the_same_config(tiny_config, tmp_path):
+def test_a_config_written_as_its_changes_reads_back_as_the_same_config(tmp_path):
     config = tiny_config(model={"drop_path_rate": 0.0}, train={"seed": 7})
     changes = config_changes(config, resolve_lr=False)
     assert changes["model"]["drop_path_rate"] == 0.0 and changes["train"]["seed"] == 7
@@ -51,8 +53,7 @@ def test_a_config_written_as_its_changes_reads_back_as_the_same_config(tiny_conf
     ("model.kwargs.img_size=48", "config key model.kwargs.img_size = 48 differs from data.img_size = 32: set them "
                                  "equal (or drop model.kwargs.img_size)"),
 ])
-def test_bad_config_is_a_one_line_error_naming_the_key(tiny_config_dict, write_config, tmp_path, capsys, override,
-                                                       message):
+def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path, capsys, override, message):
     cfg = write_config(tmp_path / "c.yaml", tiny_config_dict())
     assert main(["train", "--config", str(cfg), "--set", override, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

@@ -5,9 +5,10 @@ from moejet.cli import main
 from moejet.train import read_metrics
 from moejet.train.config import dump_config
 
+from ..helpers.runs import tiny_config
 
-def test_without_a_terminal_the_log_has_step_lines_and_epoch_lines_with_val_loss_and_new_bests(
-        tiny_config, tmp_path, capsys):
+
+def test_without_a_terminal_the_log_has_step_lines_and_epoch_lines_with_val_loss_and_new_bests(tmp_path, capsys):
     config, run = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(dump_config(tiny_config(train={"log_every": 2})))  # 2 epochs of 4 steps
     assert main(["train", "--config", str(config), "--out", str(run)]) == 0  # progress on; capsys is no terminal

@@ -30,6 +30,8 @@ from moejet.train import build, load_config, read_metrics, train
 from moejet.train.checkpointing import read_pointer
 from moejet.train.config import dump_config
 
+from ..helpers.runs import TRAIN_VIT, tiny_config
+
 CONFIG = dict(train={"batch_size": 8, "seed": 0, "deterministic": True, "ema": True, "ema_decay": 0.9,
                      "max_steps_per_epoch": 2})
 
@@ -40,14 +42,14 @@ def same_weights(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_config, tmp_path_factory):
+def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight") / "run"
     train(tiny_config(**CONFIG), run, progress=False, verbose=False)
     return run
 
 
 @pytest.fixture(scope="module")
-def after_one_epoch(tiny_config, tmp_path_factory):
+def after_one_epoch(tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
     train(tiny_config(**CONFIG), run, stop_after=1, progress=False, verbose=False)
     return run
@@ -137,10 +139,10 @@ def test_a_damaged_run_file_is_a_one_line_error_naming_it(after_one_epoch, tmp_p
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_resume_needs_nothing_but_the_run_directory(train_vit, tiny_config, tmp_path, monkeypatch):
+def test_resume_needs_nothing_but_the_run_directory(tmp_path, monkeypatch):
     init = tmp_path / "init.safetensors"
-    model = timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **train_vit)
-    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **train_vit})
+    model = timm.create_model("vjetmoe_tiny_patch16_224", num_classes=4, img_size=32, **TRAIN_VIT)
+    save_model(model, init, "vjetmoe_tiny_patch16_224", {"num_classes": 4, "img_size": 32, **TRAIN_VIT})
     config = tiny_config(model={"init": "checkpoint", "init_checkpoint": str(init)}, **CONFIG)
     straight = train(config, tmp_path / "straight", progress=False, verbose=False)
     train(config, tmp_path / "run", stop_after=1, progress=False, verbose=False)
@@ -169,7 +171,7 @@ def lrs(rows):
     return [row["lr"] for row in rows]
 
 
-def test_extending_a_run_needs_a_schedule_mode(tiny_config, straight, tmp_path):
+def test_extending_a_run_needs_a_schedule_mode(straight, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight, run)
     with pytest.raises(UserError, match=r"^schedule.epochs changed from 2 to 4: say how the schedule continues with "
@@ -243,7 +245,7 @@ def cli(*args, fsize=None, **popen):
 
 
 @pytest.fixture(scope="module")
-def tiny_yaml(tiny_config):
+def tiny_yaml():
     """``tiny_yaml(path, **train_keys)``: a 3-epoch CONFIG run (with these train keys) as a config file."""
 
     def write(path, **train_keys):
@@ -301,7 +303,7 @@ AUGMENT = {"auto_augment": "rand-m9-mstd0.5-inc1", "scale": [0.08, 1.0], "hflip"
 
 
 @pytest.fixture(scope="module")
-def mid_config(tiny_config):
+def mid_config():
     """``mid_config(workers=0, recovery_every=3, **train_keys)``: 8 steps per epoch (32 images, 4 per step as 2
     micro-batches of 2), drop path, full augmentation."""
 

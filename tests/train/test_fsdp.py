@@ -21,19 +21,22 @@ from moejet.train.checkpointing import read_pointer, sync_last
 from moejet.train.config import dump_config
 from moejet.train.distributed import shard_units
 
+from ..helpers.runs import TRAIN_VIT, tiny_config
+from ..helpers.subprocesses import torchrun
+
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 # 20 images, global batch 8 (2 processes x micro 2 x accumulation 2): 3 steps per epoch (8, 8, 4 images)
 DATA = {"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=3"}
 
 
 @pytest.fixture(scope="module")
-def sections(train_vit):
-    return dict(model={"kwargs": {**train_vit, "noise_std": 0.0}}, optim={"clip_grad": 0.05},  # clipping every step
+def sections():
+    return dict(model={"kwargs": {**TRAIN_VIT, "noise_std": 0.0}}, optim={"clip_grad": 0.05},  # clipping every step
                 data=DATA, train={"micro_batch_size": 2})
 
 
 @pytest.fixture(scope="module")
-def write_run_config(tiny_config, sections):
+def write_run_config(sections):
     """``write_run_config(path, **train_keys)``: the 2-process run as a config file."""
 
     def write(path, **train_keys):
@@ -45,7 +48,7 @@ def write_run_config(tiny_config, sections):
 
 
 @pytest.fixture(scope="module")
-def torchrun2(torchrun):
+def torchrun2():
     """``torchrun2(*args, nan_at_step=None)``: ``moejet *args`` on 2 processes, with the NaN fault of
     tests/helpers/nan_loss_at_step.py at that optimizer step when given."""
 
@@ -148,7 +151,7 @@ def test_uncommitted_shard_directories_are_dropped_and_a_missing_one_is_named(ru
         read_pointer(run)
 
 
-def test_fsdp_needs_several_processes(tiny_config, sections, tmp_path):
+def test_fsdp_needs_several_processes(sections, tmp_path):
     config = tiny_config(**{**sections, "train": {**sections["train"], "strategy": "fsdp"}})
     with pytest.raises(UserError, match=r"^train.strategy=fsdp shards the model over processes: launch with torchrun "
                                         r"--nproc_per_node N \(N > 1\), or use train.strategy=ddp for one process$"):
@@ -161,14 +164,14 @@ def test_fsdp_needs_several_processes(tiny_config, sections, tmp_path):
     ({"strategy": "fsdp", "ema": True}, "fsdp does not keep an EMA of sharded weights"),
     ({"strategy": "fsdp", "amp": "fp16"}, "fsdp has no sharded fp16 grad scaler here"),
 ])
-def test_unsupported_fsdp_combinations_are_config_errors(tiny_config, keys, what):
+def test_unsupported_fsdp_combinations_are_config_errors(keys, what):
     with pytest.raises(UserError, match=rf"^config key train.strategy = '{keys['strategy']}' is invalid: {what}"):
         tiny_config(train=keys)
 
 
-def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages(train_vit):
+def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages():
     with torch.device("meta"):
-        vit = timm.create_model("vjetmoe_tiny_patch16_224", **train_vit)
+        vit = timm.create_model("vjetmoe_tiny_patch16_224", **TRAIN_VIT)
         convnext = timm.create_model("convnext_atto")
         mlp = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert shard_units(vit) == list(vit.blocks) and len(shard_units(vit)) == 4
@@ -176,7 +179,7 @@ def test_the_shard_units_are_the_transformer_blocks_or_the_convnext_stages(train
     assert shard_units(mlp) == []  # only the root is sharded
 
 
-def test_fsdp_shards_convnext_stages_like_ddp(tiny_config, sections, torchrun2, tmp_path):
+def test_fsdp_shards_convnext_stages_like_ddp(sections, torchrun2, tmp_path):
     kwargs = dict(dims=(8, 16, 24, 32), depths=(1, 1, 2, 2), moe_layers=(2, 3, 4, 5), core_experts=(0, 0, 2, 2),
                   univ_experts=(0, 0, 4, 4))
     weights = {}

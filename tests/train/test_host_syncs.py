@@ -7,6 +7,8 @@ import torch
 
 from moejet.train import train
 
+from ..helpers.runs import tiny_config
+
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__")
 
 
@@ -39,7 +41,7 @@ def count_syncs(monkeypatch):
 
 
 @pytest.mark.parametrize("log_every", [0, 2])
-def test_syncs_do_not_grow_with_the_steps(tiny_config, count_syncs, tmp_path, log_every):
+def test_syncs_do_not_grow_with_the_steps(count_syncs, tmp_path, log_every):
     counts = []
     for per_class in (2, 6):  # 8 and 24 images at batch 4: 2 and 6 steps
         count_syncs["n"] = 0

@@ -15,7 +15,9 @@ from moejet.cli import main
 from moejet.train import read_metrics, train
 from moejet.train.config import dump_config
 
+from ..helpers.runs import comparable, tiny_config
 from ..helpers.signal_at_step import install_signal
+from ..helpers.subprocesses import MOEJET_ENV
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 CONFIG = dict(train={"batch_size": 8, "seed": 0, "deterministic": True, "max_steps_per_epoch": 2},
@@ -23,7 +25,7 @@ CONFIG = dict(train={"batch_size": 8, "seed": 0, "deterministic": True, "max_ste
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_config, tmp_path_factory):
+def straight(tmp_path_factory):
     """The uninterrupted run, on one thread as the subprocesses run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -35,13 +37,12 @@ def straight(tiny_config, tmp_path_factory):
     return run
 
 
-def test_ctrl_c_mid_epoch_names_the_last_save_and_its_resume_command_continues_exactly(
-        tiny_config, straight, comparable, moejet_env, tmp_path):
+def test_ctrl_c_mid_epoch_names_the_last_save_and_its_resume_command_continues_exactly(straight, tmp_path):
     config, run = tmp_path / "tiny.yaml", tmp_path / "my run"
     config.write_text(dump_config(tiny_config(**CONFIG)))
     interrupted = subprocess.run(  # Ctrl-C during optimizer step 4: epoch 2's first step done, its second not
         [sys.executable, HELPERS / "signal_at_step.py", "4", "SIGINT", "train", "--config", config, "--out", run,
-         "--no-progress"], env=moejet_env, capture_output=True, text=True, timeout=300)
+         "--no-progress"], env=MOEJET_ENV, capture_output=True, text=True, timeout=300)
     assert interrupted.returncode == 130, interrupted.stderr[-2000:]
     assert interrupted.stderr.splitlines()[-1] == (
         "moejet train: interrupted at optimizer step 3; the last save is epoch 2 step 0/2 (optimizer step 2): the 1 "
@@ -49,7 +50,7 @@ def test_ctrl_c_mid_epoch_names_the_last_save_and_its_resume_command_continues_e
         f"resume with: moejet train --resume '{run}'")
 
     command = shlex.split(interrupted.stderr.splitlines()[-1].split("resume with: ")[1])
-    resumed = subprocess.run([sys.executable, "-m", *command, "--no-progress"], env=moejet_env, capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", *command, "--no-progress"], env=MOEJET_ENV, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert resumed.stdout.startswith(f"moejet train: resuming {run} from epoch 2 step 0/2 (optimizer step 2): ")
@@ -59,7 +60,7 @@ def test_ctrl_c_mid_epoch_names_the_last_save_and_its_resume_command_continues_e
 
 
 def test_sigterm_after_a_recovery_point_loses_nothing_and_the_resume_says_where_it_starts(
-        tiny_config, monkeypatch, tmp_path, capsys):
+        monkeypatch, tmp_path, capsys):
     config, run = tmp_path / "tiny.yaml", tmp_path / "run"
     config.write_text(dump_config(tiny_config(**{**CONFIG, "train": {**CONFIG["train"], "recovery_every": 1}})))
     install_signal(4, signal.SIGTERM, monkeypatch.setattr)  # a recovery point after step 3 (epoch 2, step 1)

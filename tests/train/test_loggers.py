@@ -11,6 +11,8 @@ import pytest
 from moejet.train import train
 from moejet.train.loggers import scalars, wandb_run_id
 
+from ..helpers.runs import tiny_config
+
 
 def test_scalars_flatten_routing_and_temperatures():
     row = {"epoch": 3, "train_loss": 1.5, "train_images": 64, "routing": {"blocks.2.mlp": {"core_share": 0.25,
@@ -35,7 +37,7 @@ class FakeWandb(types.ModuleType):
         self.finished += 1
 
 
-def test_wandb_gets_every_epoch_row_and_one_run_id_across_resumes(tiny_config, tmp_path, monkeypatch):
+def test_wandb_gets_every_epoch_row_and_one_run_id_across_resumes(tmp_path, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     config = tiny_config(train={"wandb": True, "wandb_project": "jetpack"})
@@ -53,7 +55,7 @@ def test_wandb_gets_every_epoch_row_and_one_run_id_across_resumes(tiny_config, t
 
 
 @pytest.mark.parametrize(("key", "package"), [("wandb", "wandb"), ("tensorboard", "tensorboard")])
-def test_a_missing_logger_package_warns_and_the_run_goes_on(tiny_config, key, package, tmp_path, monkeypatch, capsys):
+def test_a_missing_logger_package_warns_and_the_run_goes_on(key, package, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     rows = train(tiny_config(train={key: True}, schedule={"epochs": 1}), tmp_path / "run", progress=False)
@@ -61,7 +63,7 @@ def test_a_missing_logger_package_warns_and_the_run_goes_on(tiny_config, key, pa
     assert (f"moejet train: warning: train.{key} is on but {package} is not installed" in capsys.readouterr().out)
 
 
-def test_step_lines_every_n_steps_average_the_window(tiny_config, tmp_path, capsys):
+def test_step_lines_every_n_steps_average_the_window(tmp_path, capsys):
     config = tiny_config(train={"log_every": 2, "batch_size": 8}, schedule={"epochs": 1},
                          data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=2"})
     rows = train(config, tmp_path / "run", progress=False)  # 20 images at batch 8: steps of 8, 8, 4 images

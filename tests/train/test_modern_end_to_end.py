@@ -15,6 +15,8 @@ from moejet.io.hub import load_published
 from moejet.io.weights import build_from_checkpoint, save_model
 from moejet.models import moe_modules
 
+from ..helpers.runs import tiny_config_dict, write_config
+
 VIT = dict(embed_dim=32, depth=4, num_heads=2, img_size=32)
 CASES = {  # timm model, predecessor kwargs, model.kwargs (the MoE arguments)
     "dinov2-reg": ("vit_small_patch14_reg4_dinov2", dict(VIT, patch_size=8),
@@ -29,8 +31,7 @@ CASES = {  # timm model, predecessor kwargs, model.kwargs (the MoE arguments)
 
 
 @pytest.mark.parametrize("label", CASES)
-def test_auto_successor_trains_evaluates_exports_and_publishes(label, tiny_config, tiny_config_dict, write_config,
-                                                               tmp_path, capsys):
+def test_auto_successor_trains_evaluates_exports_and_publishes(label, tmp_path, capsys):
     model_name, pred_kwargs, moe_kwargs = CASES[label]
     torch.manual_seed(0)
     pred = tmp_path / "pred.safetensors"

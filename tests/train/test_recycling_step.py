@@ -15,15 +15,17 @@ from moejet.io.weights import save_model
 from moejet.train import build, train
 from moejet.train.config import config_from_dict
 
+from ..helpers.runs import TRAIN_VIT, comparable, tiny_config, tiny_config_dict, write_config
+
 # -------------------------------------------------------------------------------------- model.init: recycle
 
 PRED_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2}  # twice tiny_config's width
 
 
 @pytest.fixture
-def successor(train_vit):
-    """The successor moejet train builds for tiny_config: train_vit at 32 px, 4 classes, the config's variant."""
-    return {**train_vit, "img_size": 32, "num_classes": 4, "variant": "paper"}
+def successor():
+    """The successor moejet train builds for tiny_config: TRAIN_VIT at 32 px, 4 classes, the config's variant."""
+    return {**TRAIN_VIT, "img_size": 32, "num_classes": 4, "variant": "paper"}
 
 
 @pytest.fixture
@@ -53,8 +55,7 @@ def recycle_cli_argv(pred, out, successor):
             "--quiet", "--out", str(out)]
 
 
-def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(tiny_config, write_config, comparable, successor,
-                                                                  tmp_path, predecessor_file, capsys):
+def test_init_recycle_equals_moejet_recycle_then_init_checkpoint(successor, tmp_path, predecessor_file, capsys):
     assert main(recycle_cli_argv(predecessor_file, tmp_path / "recycled", successor)) == 0
     steps = {"train": {"max_steps_per_epoch": 2}, "schedule": {"epochs": 1}}
     from_file = tiny_config(model={"init": "checkpoint",
@@ -102,8 +103,7 @@ def _dump(config):
     return dump_config(config)
 
 
-def test_init_recycle_runs_once_resume_needs_no_predecessor(tiny_config, comparable, tmp_path, predecessor_file,
-                                                            monkeypatch):
+def test_init_recycle_runs_once_resume_needs_no_predecessor(tmp_path, predecessor_file, monkeypatch):
     import moejet.recycle.pipeline
     from moejet.train.recycling_step import recycle_into_run
 
@@ -148,8 +148,7 @@ def test_init_recycle_runs_once_resume_needs_no_predecessor(tiny_config, compara
     ({"seeds": 1}, "unknown config key recycle.seeds: valid keys of recycle are"),
     ({"predecessor_kwargs": 3}, "config key recycle.predecessor_kwargs must be a mapping"),
 ])
-def test_bad_recycle_section_is_a_one_line_error(tiny_config_dict, write_config, tmp_path, capsys, predecessor_file,
-                                                 recycle, message):
+def test_bad_recycle_section_is_a_one_line_error(tmp_path, capsys, predecessor_file, recycle, message):
     raw = tiny_config_dict()
     raw["model"]["init"] = "recycle"
     raw["recycle"] = recycle_section(predecessor_file, **recycle)
@@ -160,8 +159,7 @@ def test_bad_recycle_section_is_a_one_line_error(tiny_config_dict, write_config,
     assert not (tmp_path / "run").exists()
 
 
-def test_recycle_section_without_init_recycle_and_missing_files_are_errors(tiny_config_dict, write_config, tmp_path,
-                                                                           capsys, predecessor_file):
+def test_recycle_section_without_init_recycle_and_missing_files_are_errors(tmp_path, capsys, predecessor_file):
     raw = tiny_config_dict()
     raw["recycle"] = recycle_section(predecessor_file)
     with pytest.raises(UserError, match="the recycle section is read only with model.init=recycle"):

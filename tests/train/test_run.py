@@ -21,11 +21,13 @@ from moejet.train.state import Progress
 from moejet.train.telemetry import routing_telemetry
 
 from ..helpers.images import colour_folder
+from ..helpers.runs import TRAIN_VIT, comparable, tiny_config, write_config
+from ..helpers.subprocesses import torchrun
 
 # ------------------------------------------------------------------------------------------- full runs
 
 
-def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, capsys):
+def test_two_epoch_run_learns_and_writes_every_artefact(tmp_path, capsys):
     data = colour_folder(tmp_path / "colours")
     config = tiny_config(data={"dataset": f"folder:{data}"}, optim={"lr": 3e-3}, train={"batch_size": 8})
     run = tmp_path / "run"
@@ -89,7 +91,7 @@ def test_two_epoch_run_learns_and_writes_every_artefact(tiny_config, tmp_path, c
     assert json.loads((tmp_path / "best.json").read_text())["top1"] == pytest.approx(best["val_top1"])
 
 
-def test_routing_telemetry_leaves_training_untouched(tiny_config, tmp_path):
+def test_routing_telemetry_leaves_training_untouched(tmp_path):
     config = tiny_config(variant="release", schedule={"epochs": 2, "warmup_epochs": 0})  # release: noise in eval
     off = train(tiny_config(variant="release", train={"telemetry_images": 0}), tmp_path / "off", progress=False)
     on = train(config, tmp_path / "on", progress=False)
@@ -98,7 +100,7 @@ def test_routing_telemetry_leaves_training_untouched(tiny_config, tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_resume_continues_bit_exactly(tiny_config, comparable, tmp_path):
+def test_resume_continues_bit_exactly(tmp_path):
     # full recipe randomness: RandAugment, random erasing, mixup / cutmix, label smoothing, router noise, EMA
     config = tiny_config(
         augment={"auto_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
@@ -129,7 +131,7 @@ SMALLEST_MODEL = {"name": "vjetmoe_tiny_patch16_224", "drop_path_rate": 0.0, "kw
     "univ_experts": 4}}
 
 
-def test_a_run_directory_written_before_progress_resumes_as_a_straight_run(tiny_config, tmp_path):
+def test_a_run_directory_written_before_progress_resumes_as_a_straight_run(tmp_path):
     resumed = train(run_dir=shutil.copytree(OLD_RUN, tmp_path / "old"), resume=True, progress=False)
     straight = train(tiny_config(model=SMALLEST_MODEL), tmp_path / "straight", progress=False)
 
@@ -149,12 +151,11 @@ def test_a_run_directory_written_before_progress_resumes_as_a_straight_run(tiny_
 
 
 @pytest.mark.parametrize("processes", [2, 3])
-def test_torchrun_processes_keep_the_global_batch(processes, train_vit, tiny_config, write_config, torchrun,
-                                                  tmp_path):
+def test_torchrun_processes_keep_the_global_batch(processes, tmp_path):
     # no per-process randomness left (no noise, dropout, mixup or crops), so 2 or 3 processes with micro-batches of
     # at most 2 must follow the same trajectory as 1 process x 8; on 3 processes the shares are unequal (3/3/2 in
     # the full steps, 2/1/1 in the last), weighted by their image counts
-    sections = dict(model={"kwargs": {**train_vit, "noise_std": 0.0}},
+    sections = dict(model={"kwargs": {**TRAIN_VIT, "noise_std": 0.0}},
                     data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=3"},
                     schedule={"epochs": 1})  # 20 images: global batches of 8, 8 and 4
     single = train(tiny_config(**sections), tmp_path / "single", progress=False)
@@ -175,9 +176,9 @@ def test_torchrun_processes_keep_the_global_batch(processes, train_vit, tiny_con
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
-def test_every_image_every_epoch_and_a_partial_last_step_matches_one_big_batch(train_vit, tiny_config, tmp_path):
+def test_every_image_every_epoch_and_a_partial_last_step_matches_one_big_batch(tmp_path):
     # 20 images at global batch 8: steps of 8, 8 and 4 images; micro 2 accumulates 4, 4 and 2 micro-batches
-    sections = dict(model={"kwargs": {**train_vit, "noise_std": 0.0}},
+    sections = dict(model={"kwargs": {**TRAIN_VIT, "noise_std": 0.0}},
                     data={"dataset": "synthetic-downstream:size=32,classes=4,per_class=5,val_per_class=2"},
                     schedule={"epochs": 1})
     whole = train(tiny_config(**sections), tmp_path / "whole", progress=False)
@@ -219,7 +220,7 @@ def test_one_mix_draw_per_step_reproduces_timm_on_the_whole_batch(seed):
     assert odd_targets[2].max().item() == pytest.approx(0.9 + 0.1 / 5)
 
 
-def test_mix_is_drawn_once_per_optimizer_step(tiny_config, tmp_path, monkeypatch):
+def test_mix_is_drawn_once_per_optimizer_step(tmp_path, monkeypatch):
     import moejet.train.loop as loop
 
     draws = []
@@ -231,7 +232,7 @@ def test_mix_is_drawn_once_per_optimizer_step(tiny_config, tmp_path, monkeypatch
     assert len(draws) == rows[-1]["step"] == 4  # 32 images / 8, each step of 4 micro-batches
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_config, nan_loss_at_step, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_last_good_checkpoint(nan_loss_at_step, tmp_path, monkeypatch):
     config = tiny_config()
     run = tmp_path / "run"
     nan_loss_at_step(6)  # 4 steps per epoch: step 2 of epoch 2
@@ -247,7 +248,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_config, nan_loss_at_s
     assert [r["epoch"] for r in rows] == [1, 2]
 
 
-def test_grad_checkpointing_config_reaches_the_model(tiny_config, tmp_path, monkeypatch):
+def test_grad_checkpointing_config_reaches_the_model(tmp_path, monkeypatch):
     seen = []
     real = build.set_grad_checkpointing
     monkeypatch.setattr(build, "set_grad_checkpointing", lambda model, on: seen.append(on) or real(model, on))

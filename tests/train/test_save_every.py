@@ -6,12 +6,14 @@ from safetensors.torch import load_file
 from moejet.train import train
 from moejet.train.checkpointing import read_pointer
 
+from ..helpers.runs import comparable, tiny_config
+
 
 class Crash(Exception):
     pass
 
 
-def test_checkpoints_every_n_epochs_and_a_crash_between_them_resumes_exactly(tiny_config, comparable, tmp_path):
+def test_checkpoints_every_n_epochs_and_a_crash_between_them_resumes_exactly(tmp_path):
     config = tiny_config(train={"save_every": 2, "telemetry_images": 0}, schedule={"epochs": 3})
     committed = []
     rows = train(config, tmp_path / "straight", progress=False, verbose=False,

@@ -3,11 +3,13 @@ run with one line, on every rank, before any work."""
 
 from pathlib import Path
 
+from ..helpers.runs import tiny_config_dict, write_config
+from ..helpers.subprocesses import torchrun
+
 HELPER = Path(__file__).resolve().parents[1] / "helpers" / "unshared_run_dir.py"
 
 
-def test_a_rank_that_does_not_see_the_run_directory_stops_the_run(tiny_config_dict, write_config, torchrun,
-                                                                  tmp_path):
+def test_a_rank_that_does_not_see_the_run_directory_stops_the_run(tmp_path):
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config_dict(schedule={"epochs": 1}))
     proc = torchrun("train", "--config", cfg, "--out", tmp_path / "run", program=(HELPER,))
     assert proc.returncode != 0

@@ -10,10 +10,12 @@ import torch
 import moejet  # noqa: F401  (registers the models)
 from moejet.train.telemetry import routing_telemetry
 
+from ..helpers.models import TINY_VIT
 
-def test_routing_telemetry_matches_a_direct_computation(tiny_vit):
+
+def test_routing_telemetry_matches_a_direct_computation():
     torch.manual_seed(0)
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, moe_layers=(2, 3), core_experts=2,
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(2, 3), core_experts=2,
                               univ_experts=4).train()
     layer = model.blocks[3].mlp
     with torch.no_grad():  # expert univ1 outputs nothing: its contribution is 0, below 1% of the mean
@@ -44,8 +46,8 @@ def test_routing_telemetry_matches_a_direct_computation(tiny_vit):
     assert 0 < got["core_share"] < 1 and 0 < got["dispatch_entropy"] <= 1
 
 
-def test_core_only_layers_put_all_combine_mass_on_core_and_dense_models_report_nothing(tiny_vit):
-    model = timm.create_model("vjetmoe_tiny_patch16_224", **tiny_vit, moe_layers=(3,), core_experts=3, univ_experts=0)
+def test_core_only_layers_put_all_combine_mass_on_core_and_dense_models_report_nothing():
+    model = timm.create_model("vjetmoe_tiny_patch16_224", **TINY_VIT, moe_layers=(3,), core_experts=3, univ_experts=0)
     stats = routing_telemetry(model, [torch.randn(2, 3, 32, 32)])
     assert math.isclose(stats["blocks.3.mlp"]["core_share"], 1.0, rel_tol=1e-6)
-    assert routing_telemetry(timm.create_model("vit_tiny_patch16_224", **tiny_vit), [torch.randn(1, 3, 32, 32)]) == {}
+    assert routing_telemetry(timm.create_model("vit_tiny_patch16_224", **TINY_VIT), [torch.randn(1, 3, 32, 32)]) == {}
