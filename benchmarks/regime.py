@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ablation_recycling import ROWS, T_975, difference, run_row  # noqa: E402
 from machine import describe  # noqa: E402
+from moejet.data.synthetic import TASKS  # noqa: E402
 from moejet.demo.pretrain import ASSETS  # noqa: E402
 from moejet.demo.run import arm_config, check_assets, recycle_arm  # noqa: E402
 from moejet.demo.setup import DOWNSTREAM, FULL, QUICK, Budget  # noqa: E402
@@ -65,7 +66,7 @@ class Point:
         calibration takes at most 512 of the point's train images (``quick``: the demo's --quick sizes)."""
         base = replace(QUICK, calib_images=16) if quick else FULL
         scale = self.epochs / FULL.epochs
-        classes, extra = (8, ",val_per_class=8,classes=8") if quick else (20, "")
+        classes, extra = (8, ",val_per_class=8,classes=8") if quick else (TASKS["downstream"][1], "")
         return replace(base, epochs=self.epochs, warmup=round(base.warmup * scale),
                        eval_every=max(1, round(base.eval_every * scale)),
                        downstream=f"{DOWNSTREAM},per_class={self.per_class}{extra}",
