@@ -73,8 +73,8 @@ class Point:
                        calib_images=min(base.calib_images, classes * self.per_class))
 
 
-# cheapest first, so an interrupted sweep holds whole points; 400 per class on two seeds (its runs are 16x the
-# 25-per-class ones: three seeds would not fit the time budget)
+# cheapest first; 400 per class on two seeds (its runs are 16x the 25-per-class ones: three seeds would not fit the
+# time budget)
 POINTS = (Point("pc25_e40", 25, 40, (0, 1, 2)), Point("pc100_e40", 100, 40, (0, 1, 2)),
           Point("pc25_e160", 25, 160, (0, 1, 2)), Point("pc400_e40", 400, 40, (0, 1)))
 QUICK_POINTS = (Point("pc8_e2", 8, 2, (0, 1)), Point("pc16_e2", 16, 2, (0, 1)), Point("pc8_e4", 8, 4, (0, 1)))
@@ -331,8 +331,11 @@ def main() -> None:
     for way in timing["ways"].values():
         print(f"{way['jobs']} run(s) at a time x {way['threads']} thread(s): an epoch of every arm in "
               f"{way['epochs_s']:.1f} s", flush=True)
-    tasks = [(p, arm, s) for p in points for s in p.seeds for arm in ARMS
-             if not (args.out / p.key / arm / f"seed-{s}" / "score.json").is_file()]
+    # points cheapest first (an interrupted sweep holds whole points), a point's runs longest first (the last runs
+    # of the sweep are its short ones, so the two lanes end together)
+    tasks = sorted(((p, arm, s) for p in points for s in p.seeds for arm in ARMS
+                    if not (args.out / p.key / arm / f"seed-{s}" / "score.json").is_file()),
+                   key=lambda t: (points.index(t[0]), -expected_seconds(t[0], t[1], timing, grid[0])))
     expected = sum(expected_seconds(p, arm, timing, grid[0]) for p, arm, _ in tasks) / jobs
     print(f"{timing['machine']}: {len(tasks)} runs to go, {jobs} at a time x {threads} thread(s); expected "
           f"{expected / 3600:.1f} h (from a 1-epoch timing)", flush=True)
