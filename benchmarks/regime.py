@@ -45,6 +45,7 @@ from moejet.demo.pretrain import ASSETS  # noqa: E402
 from moejet.demo.run import arm_config, check_assets, recycle_arm  # noqa: E402
 from moejet.demo.setup import DOWNSTREAM, FULL, QUICK, Budget  # noqa: E402
 from moejet.io.files import write_json, write_text  # noqa: E402
+from moejet.train.checkpointing import read_metrics  # noqa: E402
 
 ARMS = ("dense_t", "moe_jetpack", "sparse_upcycling", "dense_s")  # ablation row keys; Dense T is the reference
 REFERENCES = ("dense_t", "sparse_upcycling", "moe_jetpack")
@@ -73,10 +74,9 @@ class Point:
                        calib_images=min(base.calib_images, classes * self.per_class))
 
 
-# cheapest first; 400 per class on two seeds (its runs are 16x the 25-per-class ones: three seeds would not fit the
-# time budget)
+# cheapest first (a 400-per-class run costs 16x a 25-per-class one)
 POINTS = (Point("pc25_e40", 25, 40, (0, 1, 2)), Point("pc100_e40", 100, 40, (0, 1, 2)),
-          Point("pc25_e160", 25, 160, (0, 1, 2)), Point("pc400_e40", 400, 40, (0, 1)))
+          Point("pc25_e160", 25, 160, (0, 1, 2)), Point("pc400_e40", 400, 40, (0, 1, 2)))
 QUICK_POINTS = (Point("pc8_e2", 8, 2, (0, 1)), Point("pc16_e2", 16, 2, (0, 1)), Point("pc8_e4", 8, 4, (0, 1)))
 ROW = {key: (arm, options) for key, _, arm, options in ROWS}
 
@@ -157,13 +157,19 @@ def expected_seconds(point: Point, arm_key: str, timing: dict[str, Any], timed: 
             + timing["recycle_s"].get(arm_key, 0.0))
 
 
+def scored_run(path: Path) -> dict[str, Any]:
+    """A run's score.json, with ``train_s``: its fine-tuning wall time summed over every resume (its
+    metrics.jsonl's last ``wall_time_s``; ``wall_s`` counts from the last start only, recycling and scoring in)."""
+    return {**json.loads((path / "score.json").read_text()), "train_s": read_metrics(path / "run")[-1]["wall_time_s"]}
+
+
 def collect(out: Path, points: tuple[Point, ...]) -> dict[str, Any]:
     """Every scored run under OUT, as {point: {"rows": {arm: {"seeds": [...]}}}} (the ablation's layout)."""
     results = {}
     for point in points:
         rows = {}
         for key in ARMS:
-            seeds = [json.loads((out / point.key / key / f"seed-{s}" / "score.json").read_text())
+            seeds = [scored_run(out / point.key / key / f"seed-{s}")
                      for s in point.seeds if (out / point.key / key / f"seed-{s}" / "score.json").is_file()]
             if seeds:
                 rows[key] = {"label": LABELS[key], "seeds": seeds}
@@ -204,7 +210,7 @@ def summary(results: dict[str, Any], machine: str, timing: dict[str, Any] | None
                 "gap_closed": (mean[arm][0] - mean["dense_t"][0]) / gap if gap else None,
                 "epochs_to_dense_t": [epochs_to_reach(r["curve"], dense_final[r["seed"]])
                                       if r["seed"] in dense_final else None for r in ordered],
-                "wall_s": [r["wall_s"] for r in ordered],
+                "wall_s": [r["wall_s"] for r in ordered], "train_s": [r["train_s"] for r in ordered],
             }
         complete = all(len(rows.get(arm, {}).get("seeds", [])) == len(point["seeds"]) for arm in ARMS)
         points[key] = {"per_class": point["per_class"], "epochs": point["epochs"], "complete": complete,
@@ -212,7 +218,8 @@ def summary(results: dict[str, Any], machine: str, timing: dict[str, Any] | None
     runs = [r for p in results.values() for row in p["rows"].values() for r in row["seeds"]]
     return {"machine": machine, "recipe": "moejet.demo.setup.FULL (the demo's), per point: per_class, epochs",
             "val_images": len(runs[0]["correct"]) if runs else None, "runs": len(runs),
-            "total_run_s": sum(r["wall_s"] for r in runs), "timing": timing, "points": points}
+            "total_run_s": sum(r["wall_s"] for r in runs), "total_train_s": sum(r["train_s"] for r in runs),
+            "timing": timing, "points": points}
 
 
 def table(brief: dict[str, Any]) -> str:
