@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -92,7 +93,8 @@ def run_one(point: Point, arm_key: str, seed: int, out: Path, quick: bool, prede
     """One run of the grid (in a worker process), scored into ``out/score.json``."""
     arm, options = ROW[arm_key]
     budget = point.budget(quick)
-    result = run_row(arm, options, seed, out, budget, predecessors, device, calib_data=budget.downstream)
+    result = {**run_row(arm, options, seed, out, budget, predecessors, device, calib_data=budget.downstream),
+              "machine": describe(device)}
     write_json(out / "score.json", result)
     return result
 
@@ -216,7 +218,12 @@ def summary(results: dict[str, Any], machine: str, timing: dict[str, Any] | None
         points[key] = {"per_class": point["per_class"], "epochs": point["epochs"], "complete": complete,
                        "rows": out_rows}
     runs = [r for p in results.values() for row in p["rows"].values() for r in row["seeds"]]
-    return {"machine": machine, "recipe": "moejet.demo.setup.FULL (the demo's), per point: per_class, epochs",
+    # the machines the runs were made on, most runs first (a run scored before runs recorded theirs: the sweep's
+    # timing machine); one machine is named alone
+    machines = Counter(r.get("machine", machine) for r in runs).most_common()
+    named = machines[0][0] if len(machines) == 1 else " + ".join(f"{m}: {n} runs" for m, n in machines)
+    return {"machine": named if machines else machine,
+            "recipe": "moejet.demo.setup.FULL (the demo's), per point: per_class, epochs",
             "val_images": len(runs[0]["correct"]) if runs else None, "runs": len(runs),
             "total_run_s": sum(r["wall_s"] for r in runs), "total_train_s": sum(r["train_s"] for r in runs),
             "timing": timing, "points": points}

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from moejet.cli import main
-from moejet.demo.pretrain import ASSETS, RECORD, sha256
+from moejet.demo.pretrain import ASSETS, RECORD, REGIME, sha256
 from moejet.demo.report import findings, ordering, seed_summary
 from moejet.demo.run import check_assets
 from moejet.demo.setup import ASSET_S, ASSET_T, PREDECESSOR_S, PREDECESSOR_T, QUICK
@@ -299,3 +299,18 @@ def test_the_report_quotes_when_recycling_pays(separated, tmp_path):
     results = {**fabricated_results({"moe_jetpack": 60.0, "dense_pretrained": 50.0}), "regime": summary}
     report = write_report(tmp_path, results, []).read_text()
     assert all(f"- {line}" in report for line in lines)
+
+
+def test_the_shipped_regime_map_is_complete_and_quoted_whole():
+    from moejet.demo.report import regime_findings
+
+    summary = json.loads((ASSETS / REGIME).read_text())
+    points = summary["points"].values()
+    seeds = {p["per_class"]: [len(row["seeds"]) for row in p["rows"].values()] for p in points}
+    assert all(counts == [3, 3, 3, 3] for counts in seeds.values()), seeds
+    assert summary["runs"] == 12 * len(summary["points"])
+    lines = regime_findings(summary)
+    assert "not complete" not in lines[0]
+    for p in points:  # every point is quoted, against Dense T and in the gap line
+        name = f"{p['per_class']}/class x {p['epochs']} epochs"
+        assert name in lines[1] and name in lines[-1]
