@@ -38,6 +38,9 @@ def install_signal(step: int, signum: int, setattr_: Callable[[Any, str, Any], N
 def main(argv: list[str]) -> int:
     from moejet.cli import main as moejet
 
+    # Ctrl-C in a terminal reaches a Python with its default SIGINT handler; a parent started in the background (a
+    # non-interactive shell's `cmd &`, as a CI job may be) leaves SIGINT ignored, and this process inherits that
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install_signal(int(argv[0]), signal.Signals[argv[1]])
     sys.argv = ["moejet", *argv[2:]]
     return moejet()
